@@ -1,0 +1,71 @@
+"""fastlin: fast, exact CPU kernels for ML building blocks, with backward passes.
+
+Design
+------
+Every public function follows one path::
+
+    public wrapper (_*_api.py)  ->  validation (_validation.py)
+        ->  Cython kernel (_<op>.pyx, OpenMP over rows / column tiles)
+            ->  C inner loops (src/fl_<op>*.h, SIMD via target_clones)
+
+* Wrappers promote dtypes, normalise axes and check ``out=``; they never
+  loop over elements.  Kernels never validate.
+* A reduction over any axis (or axes) of an N-d array is laid out as a
+  C-ordered ``(outer, n, inner)`` block reduced over ``n``: adjacent axes cost
+  a free reshape, others one transposing copy.
+* Threads come from one policy (``_threads.py``).  Work is split into fixed
+  items reduced in a fixed order, so results are bitwise identical for any
+  thread count.  The GIL is released inside every kernel.
+* ``fastlin.reference`` holds a slow, obviously correct NumPy twin of every
+  op and every backward; the tests judge the kernels against it and scipy.
+"""
+from ._normalize_api import normalize, normalize_backward
+from ._softmax_api import (log_softmax, log_softmax_backward, logsumexp,
+                           logsumexp_backward, softmax, softmax_backward)
+from ._threads import get_num_threads, set_num_threads, threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "normalize", "normalize_backward",
+    "softmax", "log_softmax", "logsumexp",
+    "softmax_backward", "log_softmax_backward", "logsumexp_backward",
+    "get_num_threads", "set_num_threads", "threads", "show_config",
+    "__version__",
+]
+
+
+def show_config(file=None):
+    """Print how fastlin was built and how it will run.
+
+    Shows the version, whether OpenMP is on, the thread count kernels will
+    use, the SIMD dispatch, the compiler flags, and the numpy/scipy versions.
+    """
+    import platform
+    import sys
+
+    import numpy
+    import scipy
+
+    from ._openmp_helpers import openmp_enabled
+    try:
+        from . import _build_config as bc
+    except ImportError:  # pragma: no cover - built by something other than setup.py
+        bc = None
+
+    def get(name):
+        return getattr(bc, name, "unknown") if bc is not None else "unknown"
+
+    lines = [
+        f"fastlin {__version__}",
+        f"  python        : {sys.version.split()[0]} ({platform.machine()})",
+        f"  numpy         : {numpy.__version__}",
+        f"  scipy         : {scipy.__version__}",
+        f"  openmp        : {'on' if openmp_enabled() else 'OFF (single-threaded build)'}",
+        f"  threads       : {get_num_threads()}",
+        f"  simd dispatch : {'target_clones (x86-64-v4 / v3 / baseline)' if get('TARGET_CLONES') is True else 'baseline only'}",
+        f"  native build  : {get('NATIVE')}",
+        f"  compiler      : {get('COMPILER')}",
+        f"  cflags        : {get('CFLAGS')}",
+    ]
+    print("\n".join(lines), file=file)

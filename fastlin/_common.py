@@ -1,0 +1,41 @@
+"""The one path from validated arrays to a kernel call and back."""
+import numpy as np
+
+from ._threads import _for_work
+from ._validation import check_out
+
+
+def run_same_shape(kernel, inputs, dtype, plan, out, *extra):
+    """Run `kernel(*blocks, result_blocks, *extra, n_threads)` for an op whose
+    output has the inputs' shape, honouring `out=`.
+
+    The kernel writes a C-contiguous (outer, n, inner) buffer.  That buffer is
+    `out` itself when `out` is C-contiguous, needs no transpose and shares no
+    memory with what the kernel reads; otherwise a temporary, copied into
+    `out` at the end (so an `out` overlapping an input is still correct).
+    """
+    shape = plan.shape
+    if out is not None:
+        check_out(out, shape, dtype)
+    if plan.size == 0:
+        return out if out is not None else np.empty(shape, dtype)
+    blocks = [plan.blocks(a, dtype) for a in inputs]
+    direct = (out is not None and plan.perm is None and out.flags.c_contiguous
+              and not any(np.may_share_memory(out, b) for b in blocks))
+    if direct:
+        res = out.reshape(plan.outer, plan.n, plan.inner)
+    else:
+        res = np.empty((plan.outer, plan.n, plan.inner), dtype)
+    kernel(*blocks, res, *extra, _for_work(plan.size))
+    if direct:
+        return out
+    full = plan.unblock(res)
+    if out is not None:
+        np.copyto(out, full)
+        return out
+    return np.ascontiguousarray(full)
+
+
+def scalar_if_0d(r):
+    """numpy's convention (and scipy's): a 0-d result comes back as a scalar."""
+    return r[()] if isinstance(r, np.ndarray) and r.ndim == 0 else r

@@ -1,0 +1,155 @@
+"""Input checking and layout planning shared by every public function.
+
+Messages name the argument, what was expected and what came.  Nothing here
+loops over elements; kernels never validate.
+"""
+import math
+import operator
+
+import numpy as np
+from numpy.exceptions import AxisError
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def result_dtype(*arrays_and_names):
+    """Computation dtype for the given (array, name) pairs.
+
+    float32 stays float32 and float64 stays float64 (mixed inputs promote as
+    numpy does); bool and integers compute in float64; float16 computes in
+    float32.  Complex, object, string and other dtypes raise TypeError, as
+    does longdouble (computing it in float64 would silently lose digits).
+    """
+    dts = []
+    for a, name in arrays_and_names:
+        dt = a.dtype
+        if dt.kind in "biu":
+            dt = np.dtype(np.float64)
+        elif dt.kind == "f":
+            if dt.itemsize > 8:
+                raise TypeError(
+                    f"{name} has dtype {dt}; fastlin computes in float32 and float64 "
+                    f"only (convert with {name}.astype(np.float64))")
+            if dt.itemsize < 4:
+                dt = np.dtype(np.float32)
+        elif dt.kind == "c":
+            raise TypeError(f"{name} must be real, got complex dtype {dt}")
+        else:
+            raise TypeError(
+                f"{name} must be a real numeric array, got dtype {dt}")
+        dts.append(dt)
+    return np.result_type(*dts)
+
+
+def as_array(x, name):
+    """np.asarray with a clear error for ragged or non-numeric input."""
+    if isinstance(x, np.ndarray):
+        return x
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name} must be array_like of real numbers: {e}") from None
+
+
+def normalize_axes(axis, ndim, name="axis"):
+    """Sorted tuple of non-negative axes; None means all axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (tuple, list)):
+        axes = axis
+    else:
+        axes = (axis,)
+    out = []
+    for ax in axes:
+        try:
+            ax = operator.index(ax)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be None, an int or a tuple of ints, got {axis!r}") from None
+        if not -ndim <= ax < ndim:
+            raise AxisError(ax, ndim, msg_prefix=name)
+        out.append(ax % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} contains a repeated axis: {axis!r}")
+    return tuple(sorted(out))
+
+
+class Plan:
+    """How an array of `shape`, reduced over `axes`, maps to (outer, n, inner).
+
+    When the reduced axes are adjacent the mapping is a free reshape of the
+    C-ordered array.  Otherwise the reduced axes are moved to the end
+    (`perm`) and the array is copied once.
+    """
+
+    def __init__(self, shape, axes, rows=False):
+        self.shape = tuple(shape)
+        self.axes = axes
+        ndim = len(shape)
+        if rows and axes and axes != tuple(range(axes[0], ndim)):
+            # the caller needs contiguous rows (inner == 1): move the axes last
+            keep = [i for i in range(ndim) if i not in axes]
+            self.perm = tuple(keep) + tuple(axes)
+            self.outer = math.prod(shape[i] for i in keep)
+            self.n = math.prod(shape[i] for i in axes)
+            self.inner = 1
+        elif not axes:
+            # reduction over no axis: each element is its own slice
+            self.perm = None
+            self.outer, self.n, self.inner = math.prod(shape), 1, 1
+        elif axes == tuple(range(axes[0], axes[-1] + 1)):
+            self.perm = None
+            self.outer = math.prod(shape[:axes[0]])
+            self.n = math.prod(shape[axes[0]:axes[-1] + 1])
+            self.inner = math.prod(shape[axes[-1] + 1:])
+        else:
+            keep = [i for i in range(ndim) if i not in axes]
+            self.perm = tuple(keep) + tuple(axes)
+            self.outer = math.prod(shape[i] for i in keep)
+            self.n = math.prod(shape[i] for i in axes)
+            self.inner = 1
+        self.size = self.outer * self.n * self.inner
+        self.reduced_shape = tuple(1 if i in axes else s for i, s in enumerate(shape))
+
+    def blocks(self, a, dtype):
+        """`a` (of self.shape) as a C-contiguous (outer, n, inner) array of dtype."""
+        if self.perm is not None:
+            a = a.transpose(self.perm)
+        a = np.ascontiguousarray(a, dtype=dtype)
+        return a.reshape(self.outer, self.n, self.inner)
+
+    def unblock(self, b):
+        """Inverse of blocks() for an output of the input's shape."""
+        if self.perm is None:
+            return b.reshape(self.shape)
+        tshape = tuple(self.shape[i] for i in self.perm)
+        return b.reshape(tshape).transpose(np.argsort(self.perm))
+
+
+def check_out(out, shape, dtype, name="out"):
+    """Validate a user-supplied output array."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} must be writeable, got a read-only array")
+    return out
+
+
+def check_eps(eps, name="eps"):
+    try:
+        eps = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {eps!r}") from None
+    if not eps >= 0 or math.isinf(eps):
+        raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
+    return eps
+
+
+def check_same_shape(a, b, name_a, name_b):
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
