@@ -38,19 +38,43 @@ FL_INLINE double fl_divisor(double nrm, double eps)
     return nrm < eps ? eps : nrm;
 }
 
+enum { FL_NB_ZERO = 0, FL_NB_CLAMP = 1, FL_NB_NORM = 2 };
+
+FL_INLINE int fl_nb_kind(double nrm, double eps)
+{
+    if (nrm == 0.0 && eps == 0.0) return FL_NB_ZERO;
+    return nrm < eps ? FL_NB_CLAMP : FL_NB_NORM;
+}
+
 #define T double
+#define VT fl_vd
+#define VI fl_vdi
+#define VL FL_VL_d
+#define ACC acc_t_d
 #define FL(name) name##_d
 #define FL_IS_DOUBLE 1
 #include "fl_normalize_tpl.h"
 #undef T
+#undef VT
+#undef VI
+#undef VL
+#undef ACC
 #undef FL
 #undef FL_IS_DOUBLE
 
 #define T float
+#define VT fl_vf
+#define VI fl_vfi
+#define VL FL_VL_f
+#define ACC acc_t_f
 #define FL(name) name##_f
 #define FL_IS_DOUBLE 0
 #include "fl_normalize_tpl.h"
 #undef T
+#undef VT
+#undef VI
+#undef VL
+#undef ACC
 #undef FL
 #undef FL_IS_DOUBLE
 

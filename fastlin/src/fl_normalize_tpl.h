@@ -1,7 +1,8 @@
 /*
- * Row L2 normalization inner loops, instantiated per dtype by fl_normalize.h.
- * Same work-item convention as the softmax family: ld == 1 is one
- * contiguous row, ld > 1 a tile of w columns of an n x ld slab.
+ * Row L2 normalization inner loops, instantiated per dtype by fl_normalize.h
+ * (T, VT, VI, VL, ACC, FL(name) as for the softmax family).  Same work-item
+ * convention: ld == 1 is one contiguous row, ld > 1 a tile of w columns of an
+ * n x ld slab.
  *
  * The norm: one pass of sum(x^2) accumulated in double.  For float32 inputs
  * that cannot overflow or underflow (|x|^2 <= 1.2e77 and >= 2e-90).  For
@@ -9,22 +10,25 @@
  * pass: max|x| gives a power-of-two scale that makes every square
  * representable, so [1e200, 1e200] and [1e-200, 1e-200] normalize exactly
  * like [1, 1].  Only such rows pay for it.
+ *
+ * The scaling multiplies by 1/d rounded to T, which is within ~1.5 ulp of a
+ * division while 1/d is a normal number of T; a divisor outside that range
+ * (FL(mul_ok)) is applied by a scalar division in double instead.
  */
 
 FL_INLINE double FL(sumsq_row)(const T *FL_RESTRICT x, ptrdiff_t n)
 {
-    double acc[FL_L] = {0};
+    ACC acc = FL(acc_zero)();
     ptrdiff_t i = 0;
-    for (; i + FL_L <= n; i += FL_L)
-        for (int j = 0; j < FL_L; j++) {
-            double v = (double)x[i + j];
-            acc[j] += v * v;
-        }
-    for (; i < n; i++) {
-        double v = (double)x[i];
-        acc[0] += v * v;
+    for (; i + VL <= n; i += VL) {
+        VT v = FL(vld)(x + i);
+        FL(acc_addmul)(&acc, v, v);
     }
-    return fl_hsum(acc);
+    if (i < n) {
+        VT v = FL(vldpad)(x + i, n - i, 0);
+        FL(acc_addmul)(&acc, v, v);
+    }
+    return FL(acc_sum)(acc);
 }
 
 /* ||x||_2 from a plain sum of squares, rescaled if that sum is unreliable. */
@@ -38,18 +42,35 @@ FL_INLINE double FL(finish_norm)(double ss, const T *x, ptrdiff_t n, ptrdiff_t s
     return sqrt(ss);
 }
 
-/* y = x / d.  Multiplying by 1/d is exact to ~1 ulp only while 1/d is a
-   normal number; float64 divisors outside [2^-1000, 2^1000] divide. */
-FL_INLINE void FL(scale_row)(const T *FL_RESTRICT x, T *FL_RESTRICT y, ptrdiff_t n, double d)
+FL_INLINE int FL(mul_ok)(double d)
 {
 #if FL_IS_DOUBLE
-    if (!(d >= 0x1p-1000 && d <= 0x1p1000)) {
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = x[i] / d;
+    return d >= 0x1p-1000 && d <= 0x1p1000;
+#else
+    return d >= 0x1p-120 && d <= 0x1p120;
+#endif
+}
+
+/* y = x / d along a strided vector, in double: the rare extreme divisors */
+static void FL(divide_strided)(const T *x, T *y, ptrdiff_t n, ptrdiff_t stride, double d)
+{
+    for (ptrdiff_t i = 0; i < n; i++) y[i * stride] = (T)((double)x[i * stride] / d);
+}
+
+/* y = x / d for a contiguous row */
+FL_INLINE void FL(scale_row)(const T *FL_RESTRICT x, T *FL_RESTRICT y, ptrdiff_t n, double d)
+{
+    if (!FL(mul_ok)(d)) {
+        FL(divide_strided)(x, y, n, 1, d);
         return;
     }
-#endif
-    double inv = 1.0 / d;
-    for (ptrdiff_t i = 0; i < n; i++) y[i] = (T)((double)x[i] * inv);
+    T s = (T)(1.0 / d);
+    ptrdiff_t i = 0;
+    for (; i + VL <= n; i += VL) {
+        FL_PREFETCH_BLOCK(x + n + i);
+        FL(vst)(y + i, FL(vld)(x + i) * s);
+    }
+    for (; i < n; i++) y[i] = x[i] * s;
 }
 
 FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
@@ -60,114 +81,146 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         FL(scale_row)(x, y, n, fl_divisor(nrm, eps));
         return;
     }
-    double ss[FL_TILE_MAX];
-    for (ptrdiff_t j = 0; j < w; j++) ss[j] = 0.0;
+    ACC ss[FL_TILE_MAX / VL];
+    VT inv[FL_TILE_MAX / VL];
+    double d[FL_TILE_MAX];
+    ptrdiff_t nv = (w + VL - 1) / VL;
+    for (ptrdiff_t k = 0; k < nv; k++) ss[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            double v = (double)xr[j];
-            ss[j] += v * v;
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            VT v = FL(tld)(xr, k, w);
+            FL(acc_addmul)(&ss[k], v, v);
         }
     }
-    int all_mul = 1;
-    for (ptrdiff_t j = 0; j < w; j++) {
-        double d = fl_divisor(FL(finish_norm)(ss[j], x + j, n, ld), eps);
-#if FL_IS_DOUBLE
-        if (!(d >= 0x1p-1000 && d <= 0x1p1000)) all_mul = 0;
-#endif
-        ss[j] = d;
-    }
-    if (all_mul) {
-        for (ptrdiff_t j = 0; j < w; j++) ss[j] = 1.0 / ss[j];
-        for (ptrdiff_t r = 0; r < n; r++) {
-            const T *xr = x + r * ld;
-            T *yr = y + r * ld;
-            for (ptrdiff_t j = 0; j < w; j++) yr[j] = (T)((double)xr[j] * ss[j]);
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double sl[VL];
+        T il[VL];
+        FL(acc_lanes)(ss[k], sl);
+        for (int j = 0; j < VL; j++) {
+            ptrdiff_t c = k * VL + j;
+            if (c < w) d[c] = fl_divisor(FL(finish_norm)(sl[j], x + c, n, ld), eps);
+            il[j] = c < w && FL(mul_ok)(d[c]) ? (T)(1.0 / d[c]) : 0;
         }
-    } else {
-        for (ptrdiff_t r = 0; r < n; r++) {
-            const T *xr = x + r * ld;
-            T *yr = y + r * ld;
-            for (ptrdiff_t j = 0; j < w; j++) yr[j] = (T)((double)xr[j] / ss[j]);
-        }
+        inv[k] = FL(vld)(il);
     }
+    for (ptrdiff_t r = 0; r < n; r++) {
+        const T *xr = x + r * ld;
+        T *yr = y + r * ld;
+        for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, FL(tld)(xr, k, w) * inv[k]);
+    }
+    for (ptrdiff_t c = 0; c < w; c++)
+        if (!FL(mul_ok)(d[c])) FL(divide_strided)(x + c, y + c, n, ld, d[c]);
 }
 
 /*
  * Backward of y = x / max(||x||, eps).
- *   ||x|| >= eps > 0 or ||x|| > 0 = eps:  gx = (g - y (g . y)) / ||x||
- *   ||x|| <  eps (the clamp is active):   gx = g / eps
- *   ||x|| == 0 == eps:                    gx = 0 (zero subgradient)
+ *   ||x|| >= eps and ||x|| > 0:   gx = (g - y (g . y)) / ||x||
+ *   ||x|| <  eps (clamp active):  gx = g / eps
+ *   ||x|| == 0 == eps:            gx = 0 (zero subgradient)
  * At ||x|| == eps the norm branch is taken, as torch's clamp_min does.
  */
+/* the norm branch along a strided vector, in double (extreme norms) */
+static void FL(nb_strided)(const T *g, const T *x, T *gx, ptrdiff_t n, ptrdiff_t stride,
+                           double nrm)
+{
+    double dot = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++)
+        dot += (double)g[i * stride] * ((double)x[i * stride] / nrm);
+    for (ptrdiff_t i = 0; i < n; i++)
+        gx[i * stride] = (T)(((double)g[i * stride] - ((double)x[i * stride] / nrm) * dot) / nrm);
+}
+
 FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT x,
                                     T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w,
                                     double eps)
 {
     if (ld == 1) {
         double nrm = FL(finish_norm)(FL(sumsq_row)(x, n), x, n, 1);
-        if (nrm == 0.0 && eps == 0.0) {
+        int kind = fl_nb_kind(nrm, eps);
+        if (kind == FL_NB_ZERO) {
             for (ptrdiff_t i = 0; i < n; i++) gx[i] = 0;
             return;
         }
-        if (nrm < eps) {
+        if (kind == FL_NB_CLAMP) {
             FL(scale_row)(g, gx, n, eps);
             return;
         }
-        /* y_i = x_i / nrm, formed on the fly exactly as the forward does */
-        int mul = 1;
-#if FL_IS_DOUBLE
-        mul = nrm >= 0x1p-1000 && nrm <= 0x1p1000;
-#endif
-        double inv = 1.0 / nrm;
-        double acc[FL_L] = {0};
-        ptrdiff_t i = 0;
-        if (mul) {
-            for (; i + FL_L <= n; i += FL_L)
-                for (int j = 0; j < FL_L; j++)
-                    acc[j] += (double)g[i + j] * ((double)x[i + j] * inv);
-            for (; i < n; i++) acc[0] += (double)g[i] * ((double)x[i] * inv);
-            double dot = fl_hsum(acc);
-            for (i = 0; i < n; i++)
-                gx[i] = (T)(((double)g[i] - ((double)x[i] * inv) * dot) * inv);
-        } else {
-            for (; i < n; i++) acc[0] += (double)g[i] * ((double)x[i] / nrm);
-            double dot = fl_hsum(acc);
-            for (i = 0; i < n; i++)
-                gx[i] = (T)(((double)g[i] - ((double)x[i] / nrm) * dot) / nrm);
+        if (!FL(mul_ok)(nrm)) {
+            FL(nb_strided)(g, x, gx, n, 1, nrm);
+            return;
         }
+        T s = (T)(1.0 / nrm);
+        ACC acc = FL(acc_zero)();
+        ptrdiff_t i = 0;
+        for (; i + VL <= n; i += VL) FL(acc_addmul)(&acc, FL(vld)(g + i), FL(vld)(x + i) * s);
+        if (i < n) FL(acc_addmul)(&acc, FL(vldpad)(g + i, n - i, 0), FL(vldpad)(x + i, n - i, 0) * s);
+        T dot = (T)FL(acc_sum)(acc);
+        for (i = 0; i + VL <= n; i += VL) {
+            FL_PREFETCH_BLOCK(x + n + i);
+            FL_PREFETCH_BLOCK(g + n + i);
+            FL(vst)(gx + i, (FL(vld)(g + i) - (FL(vld)(x + i) * s) * dot) * s);
+        }
+        for (; i < n; i++) gx[i] = (g[i] - (x[i] * s) * dot) * s;
         return;
     }
-    /* column tile: per column norm, branch and dot product */
-    double d[FL_TILE_MAX], dot[FL_TILE_MAX];
-    int kind[FL_TILE_MAX];   /* 0: zero gradient, 1: g/eps, 2: norm branch */
-    for (ptrdiff_t j = 0; j < w; j++) d[j] = 0.0;
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *xr = x + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            double v = (double)xr[j];
-            d[j] += v * v;
+    /* column tile: per column norm, branch, and dot product */
+    ACC a[FL_TILE_MAX / VL];
+    VT inv[FL_TILE_MAX / VL], dot[FL_TILE_MAX / VL];
+    VI keep[FL_TILE_MAX / VL];
+    double nrm[FL_TILE_MAX];
+    int kind[FL_TILE_MAX];
+    ptrdiff_t nv = (w + VL - 1) / VL;
+    for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            VT v = FL(tld)(x + r * ld, k, w);
+            FL(acc_addmul)(&a[k], v, v);
         }
-    }
-    for (ptrdiff_t j = 0; j < w; j++) {
-        double nrm = FL(finish_norm)(d[j], x + j, n, ld);
-        kind[j] = (nrm == 0.0 && eps == 0.0) ? 0 : (nrm < eps ? 1 : 2);
-        d[j] = kind[j] == 1 ? eps : (kind[j] == 0 ? 1.0 : nrm);
-        dot[j] = 0.0;
-    }
-    /* Division here (not 1/d): column tiles are the rarer layout and this
-       keeps every magnitude exact without a second code path. */
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *xr = x + r * ld, *gr = g + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) dot[j] += (double)gr[j] * ((double)xr[j] / d[j]);
-    }
-    for (ptrdiff_t j = 0; j < w; j++) if (kind[j] != 2) dot[j] = 0.0;
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *xr = x + r * ld, *gr = g + r * ld;
-        T *o = gx + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            double t = ((double)gr[j] - ((double)xr[j] / d[j]) * dot[j]) / d[j];
-            o[j] = (T)(kind[j] == 0 ? 0.0 : t);
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double sl[VL];
+        T il[VL];
+        FL(acc_lanes)(a[k], sl);
+        for (int j = 0; j < VL; j++) {
+            ptrdiff_t c = k * VL + j;
+            il[j] = 0;
+            if (c >= w) continue;
+            nrm[c] = FL(finish_norm)(sl[j], x + c, n, ld);
+            kind[c] = fl_nb_kind(nrm[c], eps);
+            double d = kind[c] == FL_NB_CLAMP ? eps : nrm[c];
+            if (kind[c] != FL_NB_ZERO && FL(mul_ok)(d)) il[j] = (T)(1.0 / d);
         }
+        inv[k] = FL(vld)(il);
+        a[k] = FL(acc_zero)();
+    }
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++)
+            FL(acc_addmul)(&a[k], FL(tld)(g + r * ld, k, w), FL(tld)(x + r * ld, k, w) * inv[k]);
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double dl[VL];
+        T tl[VL], kl[VL];
+        FL(acc_lanes)(a[k], dl);
+        for (int j = 0; j < VL; j++) {
+            ptrdiff_t c = k * VL + j;
+            int kd = c < w ? kind[c] : FL_NB_ZERO;
+            tl[j] = kd == FL_NB_NORM ? (T)dl[j] : 0;   /* the clamp branch has no y term */
+            kl[j] = kd == FL_NB_ZERO ? 0 : 1;
+        }
+        dot[k] = FL(vld)(tl);
+        keep[k] = FL(vld)(kl) != 0;
+    }
+    const VT zero = FL(vsplat)(0);
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            VT xs = FL(tld)(x + r * ld, k, w) * inv[k];
+            VT o = (FL(tld)(g + r * ld, k, w) - xs * dot[k]) * inv[k];
+            FL(tst)(gx + r * ld, k, w, FL(vsel)(keep[k], o, zero));
+        }
+    for (ptrdiff_t c = 0; c < w; c++) {
+        if (kind[c] == FL_NB_ZERO) continue;
+        double d = kind[c] == FL_NB_CLAMP ? eps : nrm[c];
+        if (FL(mul_ok)(d)) continue;
+        if (kind[c] == FL_NB_CLAMP) FL(divide_strided)(g + c, gx + c, n, ld, d);
+        else FL(nb_strided)(g + c, x + c, gx + c, n, ld, d);
     }
 }

@@ -1,69 +1,81 @@
 /*
- * Softmax family inner loops, instantiated once per dtype by fl_softmax.h
- * (T = element type, FL(name) = name##_d / name##_f, FL_EXP = exp of T).
- * Accumulation is always in double: for float32 this buys ~9 more digits at
- * the price of a widening convert, for float64 it is the native type.
+ * Softmax family inner loops, instantiated once per dtype by fl_softmax.h:
+ * T is the element type, VT/VI/VL its 64-byte vector, mask type and lane
+ * count, ACC its double accumulator, FL(name) the dtype-suffixed name.
  *
  * Every entry point processes one work item of a (outer, n, inner) C-ordered
  * block: with ld == 1 it is one contiguous row of n elements (reduction along
  * the last axis); with ld > 1 it is a tile of w columns of an n x ld slab,
- * reduced down the columns (reduction along an inner axis), so that the
- * loops still walk memory contiguously and vectorize across the w columns.
+ * reduced down the columns (an inner axis), walking each row of the tile
+ * contiguously and vectorizing across columns.  A row's last partial vector
+ * is masked (row kernels) or padded and never stored (column kernels: the
+ * lanes are independent columns).
+ *
+ * Sums are accumulated in double, lane by lane, and combined in a fixed
+ * pairwise order: the result depends neither on threads nor on tiling.
  */
 
-/* NaN-ignoring maximum (NaNs propagate later through exp and the sum). */
+/* NaN-ignoring row maximum, -inf for an empty or all-NaN row; NaNs
+   propagate later through exp and the sums. */
 FL_INLINE T FL(rowmax)(const T *FL_RESTRICT x, ptrdiff_t n)
 {
-    T acc[FL_L];
-    for (int j = 0; j < FL_L; j++) acc[j] = -INFINITY;
+    VT acc = FL(vsplat)(-INFINITY);
     ptrdiff_t i = 0;
-    for (; i + FL_L <= n; i += FL_L)
-        for (int j = 0; j < FL_L; j++) {
-            T v = x[i + j];
-            acc[j] = v > acc[j] ? v : acc[j];
-        }
-    for (; i < n; i++) acc[0] = x[i] > acc[0] ? x[i] : acc[0];
-    for (int w = FL_L / 2; w > 0; w /= 2)
-        for (int j = 0; j < w; j++) acc[j] = acc[j + w] > acc[j] ? acc[j + w] : acc[j];
-    return acc[0];
+    for (; i + VL <= n; i += VL) acc = FL(vmax)(FL(vld)(x + i), acc);
+    if (i < n) acc = FL(vmax)(FL(vldpad)(x + i, n - i, -INFINITY), acc);
+    return FL(vhmax)(acc);
 }
 
+/* Per-column maxima of a tile, vector k covering columns [k*VL, k*VL+VL). */
 FL_INLINE void FL(colmax)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w,
-                          T *FL_RESTRICT m)
+                          VT *FL_RESTRICT m)
 {
-    for (ptrdiff_t j = 0; j < w; j++) m[j] = -INFINITY;
+    ptrdiff_t nv = (w + VL - 1) / VL, full = w / VL;
+    for (ptrdiff_t k = 0; k < nv; k++) m[k] = FL(vsplat)(-INFINITY);
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) m[j] = xr[j] > m[j] ? xr[j] : m[j];
+        /* rows of a tile are ld apart: too far for the hardware prefetcher */
+        for (ptrdiff_t k = 0; k < nv; k++) FL_PREFETCH_BLOCK(xr + FL_PF_ROWS * ld + k * VL);
+        for (ptrdiff_t k = 0; k < full; k++) m[k] = FL(vmax)(FL(vld)(xr + k * VL), m[k]);
+        if (full < nv) m[full] = FL(vmax)(FL(vldpad)(xr + full * VL, w - full * VL, 0), m[full]);
     }
 }
 
-/* sum_i exp(x_i - m), optionally storing the exponentials in y. */
+/* sum_i exp(x_i - m), storing the exponentials in y when y is not NULL. */
 FL_INLINE double FL(expsum)(const T *FL_RESTRICT x, T *FL_RESTRICT y, ptrdiff_t n, T m)
 {
-    double acc[FL_L] = {0};
+    ACC acc = FL(acc_zero)();
     ptrdiff_t i = 0;
-    for (; i + FL_L <= n; i += FL_L)
-        for (int j = 0; j < FL_L; j++) {
-            T e = FL_EXP(x[i + j] - m);
-            if (y) y[i + j] = e;
-            acc[j] += e;
-        }
-    for (; i < n; i++) {
-        T e = FL_EXP(x[i] - m);
-        if (y) y[i] = e;
-        acc[0] += e;
+    for (; i + VL <= n; i += VL) {
+        FL_PREFETCH_BLOCK(x + n + i);
+        VT e = FL(vexp)(FL(vld)(x + i) - m);
+        if (y) FL(vst)(y + i, e);
+        FL(acc_add)(&acc, e);
     }
-    return fl_hsum(acc);
+    if (i < n) {
+        VT e = FL(vexp)(FL(vldpad)(x + i, n - i, 0) - m);
+        if (y) FL(vstpart)(y + i, e, n - i);
+        FL(acc_add)(&acc, FL(vsel)(FL(vmask)(n - i), e, FL(vsplat)(0)));
+    }
+    return FL(acc_sum)(acc);
 }
 
-/* log(sum(exp(x))) the direct way: only for rows whose stable value is not
-   finite (inf, nan, all -inf), where it reproduces scipy's edge cases. */
+/* log(sum(exp(x))) the direct way: only for slices whose stable value is
+   not finite (inf, nan, all -inf), where it reproduces scipy's edge cases. */
 static double FL(lse_direct)(const T *x, ptrdiff_t n, ptrdiff_t stride)
 {
     double s = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) s += exp((double)x[i * stride]);
     return log(s);
+}
+
+/* m + log(c) + log1p(s / c), or the direct formula when that is not finite */
+FL_INLINE double FL(lse_finish)(double s, double c, T m, const T *x, ptrdiff_t n,
+                                ptrdiff_t stride)
+{
+    if (s != 0.0) s /= c;
+    double out = log1p(s) + log(c) + (double)m;
+    return isfinite(out) ? out : FL(lse_direct)(x, n, stride);
 }
 
 /*
@@ -75,49 +87,55 @@ static double FL(lse_direct)(const T *x, ptrdiff_t n, ptrdiff_t stride)
 FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n)
 {
     T m = FL(rowmax)(x, n);
-    double acc[FL_L] = {0}, cnt[FL_L] = {0};
+    ACC acc = FL(acc_zero)(), cnt = FL(acc_zero)();
+    const VT zero = FL(vsplat)(0), one = FL(vsplat)(1);
     ptrdiff_t i = 0;
-    for (; i + FL_L <= n; i += FL_L)
-        for (int j = 0; j < FL_L; j++) {
-            T v = x[i + j];
-            T e = FL_EXP(v - m);
-            acc[j] += v == m ? 0.0 : (double)e;
-            cnt[j] += v == m ? 1.0 : 0.0;
-        }
-    for (; i < n; i++) {
-        T v = x[i];
-        T e = FL_EXP(v - m);
-        acc[0] += v == m ? 0.0 : (double)e;
-        cnt[0] += v == m ? 1.0 : 0.0;
+    for (; i + VL <= n; i += VL) {
+        FL_PREFETCH_BLOCK(x + n + i);
+        VT v = FL(vld)(x + i);
+        VT e = FL(vexp)(v - m);
+        VI top = v == m;
+        FL(acc_add)(&acc, FL(vsel)(top, zero, e));
+        FL(acc_add)(&cnt, FL(vsel)(top, one, zero));
     }
-    double s = fl_hsum(acc), c = fl_hsum(cnt);
-    if (s != 0.0) s /= c;
-    double out = log1p(s) + log(c) + (double)m;
-    if (!isfinite(out)) out = FL(lse_direct)(x, n, 1);
-    return out;
+    if (i < n) {
+        VT v = FL(vldpad)(x + i, n - i, 0);
+        VT e = FL(vexp)(v - m);
+        VI live = FL(vmask)(n - i), top = (v == m) & live;
+        FL(acc_add)(&acc, FL(vsel)(live & ~top, e, zero));
+        FL(acc_add)(&cnt, FL(vsel)(top, one, zero));
+    }
+    return FL(lse_finish)(FL(acc_sum)(acc), FL(acc_sum)(cnt), m, x, n, 1);
 }
 
 /* The same per column of a tile; lse[j] for j < w. */
 FL_INLINE void FL(lse_cols)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w,
                             double *FL_RESTRICT lse)
 {
-    T m[FL_TILE_MAX];
-    double s[FL_TILE_MAX], c[FL_TILE_MAX];
+    VT m[FL_TILE_MAX / VL];
+    ACC s[FL_TILE_MAX / VL], c[FL_TILE_MAX / VL];
+    const VT zero = FL(vsplat)(0), one = FL(vsplat)(1);
+    ptrdiff_t nv = (w + VL - 1) / VL;
     FL(colmax)(x, n, ld, w, m);
-    for (ptrdiff_t j = 0; j < w; j++) s[j] = c[j] = 0.0;
+    for (ptrdiff_t k = 0; k < nv; k++) s[k] = c[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            T v = xr[j];
-            T e = FL_EXP(v - m[j]);
-            s[j] += v == m[j] ? 0.0 : (double)e;
-            c[j] += v == m[j] ? 1.0 : 0.0;
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            VT v = FL(tld)(xr, k, w);
+            VT e = FL(vexp)(v - m[k]);
+            VI top = v == m[k];
+            FL(acc_add)(&s[k], FL(vsel)(top, zero, e));
+            FL(acc_add)(&c[k], FL(vsel)(top, one, zero));
         }
     }
-    for (ptrdiff_t j = 0; j < w; j++) {
-        double sj = s[j] != 0.0 ? s[j] / c[j] : s[j];
-        double out = log1p(sj) + log(c[j]) + (double)m[j];
-        lse[j] = isfinite(out) ? out : FL(lse_direct)(x + j, n, ld);
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double sl[VL], cl[VL];
+        T ml[VL];
+        FL(acc_lanes)(s[k], sl);
+        FL(acc_lanes)(c[k], cl);
+        FL(vst)(ml, m[k]);
+        for (ptrdiff_t j = 0; j < VL && k * VL + j < w; j++)
+            lse[k * VL + j] = FL(lse_finish)(sl[j], cl[j], ml[j], x + k * VL + j, n, ld);
     }
 }
 
@@ -128,27 +146,36 @@ FL_CLONES void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
 {
     if (ld == 1) {
         T m = FL(rowmax)(x, n);
-        double inv = 1.0 / FL(expsum)(x, y, n, m);   /* sum >= 1 unless nan */
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = (T)((double)y[i] * inv);
+        T inv = (T)(1.0 / FL(expsum)(x, y, n, m));   /* the sum is >= 1 unless nan */
+        ptrdiff_t i = 0;
+        for (; i + VL <= n; i += VL) FL(vst)(y + i, FL(vld)(y + i) * inv);
+        for (; i < n; i++) y[i] *= inv;
         return;
     }
-    T m[FL_TILE_MAX];
-    double s[FL_TILE_MAX];
+    VT m[FL_TILE_MAX / VL], inv[FL_TILE_MAX / VL];
+    ACC s[FL_TILE_MAX / VL];
+    ptrdiff_t nv = (w + VL - 1) / VL;
     FL(colmax)(x, n, ld, w, m);
-    for (ptrdiff_t j = 0; j < w; j++) s[j] = 0.0;
+    for (ptrdiff_t k = 0; k < nv; k++) s[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
         T *yr = y + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) {
-            T e = FL_EXP(xr[j] - m[j]);
-            yr[j] = e;
-            s[j] += e;
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            VT e = FL(vexp)(FL(tld)(xr, k, w) - m[k]);
+            FL(tst)(yr, k, w, e);
+            FL(acc_add)(&s[k], e);
         }
     }
-    for (ptrdiff_t j = 0; j < w; j++) s[j] = 1.0 / s[j];
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double sl[VL];
+        T il[VL];
+        FL(acc_lanes)(s[k], sl);
+        for (int j = 0; j < VL; j++) il[j] = (T)(1.0 / sl[j]);
+        inv[k] = FL(vld)(il);
+    }
     for (ptrdiff_t r = 0; r < n; r++) {
         T *yr = y + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) yr[j] = (T)((double)yr[j] * s[j]);
+        for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, FL(tld)(yr, k, w) * inv[k]);
     }
 }
 
@@ -160,25 +187,37 @@ FL_CLONES void FL(fl_log_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         T m = FL(rowmax)(x, n);
         if (!isfinite(m)) m = 0;
         T l = (T)log(FL(expsum)(x, NULL, n, m));
-        for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - m) - l;
+        ptrdiff_t i = 0;
+        for (; i + VL <= n; i += VL) FL(vst)(y + i, (FL(vld)(x + i) - m) - l);
+        for (; i < n; i++) y[i] = (x[i] - m) - l;
         return;
     }
-    T m[FL_TILE_MAX], l[FL_TILE_MAX];
-    double s[FL_TILE_MAX];
+    VT m[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
+    ACC s[FL_TILE_MAX / VL];
+    ptrdiff_t nv = (w + VL - 1) / VL;
     FL(colmax)(x, n, ld, w, m);
-    for (ptrdiff_t j = 0; j < w; j++) {
-        if (!isfinite(m[j])) m[j] = 0;
-        s[j] = 0.0;
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        T ml[VL];
+        FL(vst)(ml, m[k]);
+        for (int j = 0; j < VL; j++) if (!isfinite(ml[j])) ml[j] = 0;
+        m[k] = FL(vld)(ml);
+        s[k] = FL(acc_zero)();
     }
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) s[j] += FL_EXP(xr[j] - m[j]);
+        for (ptrdiff_t k = 0; k < nv; k++) FL(acc_add)(&s[k], FL(vexp)(FL(tld)(xr, k, w) - m[k]));
     }
-    for (ptrdiff_t j = 0; j < w; j++) l[j] = (T)log(s[j]);
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double sl[VL];
+        T ll[VL];
+        FL(acc_lanes)(s[k], sl);
+        for (int j = 0; j < VL; j++) ll[j] = (T)log(sl[j]);
+        l[k] = FL(vld)(ll);
+    }
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
         T *yr = y + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) yr[j] = (xr[j] - m[j]) - l[j];
+        for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, (FL(tld)(xr, k, w) - m[k]) - l[k]);
     }
 }
 
@@ -205,29 +244,30 @@ FL_CLONES void FL(fl_logsumexp_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT out,
 FL_INLINE double FL(lse_w_row)(const T *FL_RESTRICT x, const T *FL_RESTRICT b, ptrdiff_t n,
                                int return_sign, double *sgn)
 {
-    T m = -INFINITY;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        T v = b[i] != 0 ? x[i] : (T)-INFINITY;
-        m = v > m ? v : m;
-    }
-    double acc[FL_L] = {0}, cnt[FL_L] = {0};
+    const VT zero = FL(vsplat)(0), ninf = FL(vsplat)(-INFINITY);
+    VT mv = ninf;
     ptrdiff_t i = 0;
-    for (; i + FL_L <= n; i += FL_L)
-        for (int j = 0; j < FL_L; j++) {
-            T v = x[i + j], bw = b[i + j];
-            T e = FL_EXP(v - m);
-            int live = bw != 0, top = v == m;
-            acc[j] += (live & !top) ? (double)bw * (double)e : 0.0;
-            cnt[j] += (live & top) ? (double)bw : 0.0;
-        }
-    for (; i < n; i++) {
-        T v = x[i], bw = b[i];
-        T e = FL_EXP(v - m);
-        int live = bw != 0, top = v == m;
-        acc[0] += (live & !top) ? (double)bw * (double)e : 0.0;
-        cnt[0] += (live & top) ? (double)bw : 0.0;
+    for (; i + VL <= n; i += VL) {
+        VT bv = FL(vld)(b + i);
+        mv = FL(vmax)(FL(vsel)(bv != 0, FL(vld)(x + i), ninf), mv);
     }
-    double s = fl_hsum(acc), c = fl_hsum(cnt);
+    if (i < n) {
+        VT bv = FL(vldpad)(b + i, n - i, 0);
+        mv = FL(vmax)(FL(vsel)(bv != 0, FL(vldpad)(x + i, n - i, 0), ninf), mv);
+    }
+    T m = FL(vhmax)(mv);
+    ACC acc = FL(acc_zero)(), cnt = FL(acc_zero)();
+    for (i = 0; i < n; i += VL) {
+        int part = i + VL > n;
+        VT v = part ? FL(vldpad)(x + i, n - i, 0) : FL(vld)(x + i);
+        VT bv = part ? FL(vldpad)(b + i, n - i, 0) : FL(vld)(b + i);
+        VT e = FL(vexp)(v - m);
+        VI live = bv != 0, top = v == m;
+        VI rest = live & ~top;
+        FL(acc_addmul)(&acc, FL(vsel)(rest, bv, zero), FL(vsel)(rest, e, zero));
+        FL(acc_add)(&cnt, FL(vsel)(live & top, bv, zero));
+    }
+    double s = FL(acc_sum)(acc), c = FL(acc_sum)(cnt);
     if (s != 0.0) s /= c;
     double sg = fl_sign(s + 1.0) * fl_sign(c);
     if (s < -1.0) s = -s - 2.0;
@@ -259,26 +299,34 @@ FL_CLONES void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y
                                   T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        double acc[FL_L] = {0};
+        ACC acc = FL(acc_zero)();
         ptrdiff_t i = 0;
-        for (; i + FL_L <= n; i += FL_L)
-            for (int j = 0; j < FL_L; j++) acc[j] += (double)g[i + j] * (double)y[i + j];
-        for (; i < n; i++) acc[0] += (double)g[i] * (double)y[i];
-        double d = fl_hsum(acc);
-        for (i = 0; i < n; i++) gx[i] = (T)((double)y[i] * ((double)g[i] - d));
+        for (; i + VL <= n; i += VL) FL(acc_addmul)(&acc, FL(vld)(g + i), FL(vld)(y + i));
+        if (i < n) FL(acc_addmul)(&acc, FL(vldpad)(g + i, n - i, 0), FL(vldpad)(y + i, n - i, 0));
+        T d = (T)FL(acc_sum)(acc);
+        for (i = 0; i + VL <= n; i += VL)
+            FL(vst)(gx + i, FL(vld)(y + i) * (FL(vld)(g + i) - d));
+        for (; i < n; i++) gx[i] = y[i] * (g[i] - d);
         return;
     }
-    double d[FL_TILE_MAX];
-    for (ptrdiff_t j = 0; j < w; j++) d[j] = 0.0;
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *gr = g + r * ld, *yr = y + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) d[j] += (double)gr[j] * (double)yr[j];
+    ACC a[FL_TILE_MAX / VL];
+    VT d[FL_TILE_MAX / VL];
+    ptrdiff_t nv = (w + VL - 1) / VL;
+    for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++)
+            FL(acc_addmul)(&a[k], FL(tld)(g + r * ld, k, w), FL(tld)(y + r * ld, k, w));
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double al[VL];
+        T dl[VL];
+        FL(acc_lanes)(a[k], al);
+        for (int j = 0; j < VL; j++) dl[j] = (T)al[j];
+        d[k] = FL(vld)(dl);
     }
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *gr = g + r * ld, *yr = y + r * ld;
-        T *o = gx + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) o[j] = (T)((double)yr[j] * ((double)gr[j] - d[j]));
-    }
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++)
+            FL(tst)(gx + r * ld, k, w,
+                    FL(tld)(y + r * ld, k, w) * (FL(tld)(g + r * ld, k, w) - d[k]));
 }
 
 /* gx = g - exp(y) * sum(g) */
@@ -286,27 +334,38 @@ FL_CLONES void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRI
                                       T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        double acc[FL_L] = {0};
+        ACC acc = FL(acc_zero)();
         ptrdiff_t i = 0;
-        for (; i + FL_L <= n; i += FL_L)
-            for (int j = 0; j < FL_L; j++) acc[j] += (double)g[i + j];
-        for (; i < n; i++) acc[0] += (double)g[i];
-        double sg = fl_hsum(acc);
-        for (i = 0; i < n; i++) gx[i] = (T)((double)g[i] - (double)FL_EXP(y[i]) * sg);
+        for (; i + VL <= n; i += VL) FL(acc_add)(&acc, FL(vld)(g + i));
+        if (i < n) FL(acc_add)(&acc, FL(vldpad)(g + i, n - i, 0));
+        T sg = (T)FL(acc_sum)(acc);
+        for (i = 0; i + VL <= n; i += VL) {
+            FL_PREFETCH_BLOCK(y + n + i);
+            FL_PREFETCH_BLOCK(g + n + i);
+            FL(vst)(gx + i, FL(vld)(g + i) - FL(vexp)(FL(vld)(y + i)) * sg);
+        }
+        if (i < n)
+            FL(vstpart)(gx + i, FL(vldpad)(g + i, n - i, 0)
+                        - FL(vexp)(FL(vldpad)(y + i, n - i, 0)) * sg, n - i);
         return;
     }
-    double sg[FL_TILE_MAX];
-    for (ptrdiff_t j = 0; j < w; j++) sg[j] = 0.0;
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *gr = g + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) sg[j] += (double)gr[j];
+    ACC a[FL_TILE_MAX / VL];
+    VT sg[FL_TILE_MAX / VL];
+    ptrdiff_t nv = (w + VL - 1) / VL;
+    for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++) FL(acc_add)(&a[k], FL(tld)(g + r * ld, k, w));
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        double al[VL];
+        T sl[VL];
+        FL(acc_lanes)(a[k], al);
+        for (int j = 0; j < VL; j++) sl[j] = (T)al[j];
+        sg[k] = FL(vld)(sl);
     }
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *gr = g + r * ld, *yr = y + r * ld;
-        T *o = gx + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++)
-            o[j] = (T)((double)gr[j] - (double)FL_EXP(yr[j]) * sg[j]);
-    }
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++)
+            FL(tst)(gx + r * ld, k, w,
+                    FL(tld)(g + r * ld, k, w) - FL(vexp)(FL(tld)(y + r * ld, k, w)) * sg[k]);
 }
 
 /*
@@ -318,25 +377,34 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
 {
     if (ld == 1) {
         double lse = FL(lse_row)(x, n);
-        double go = lse == -INFINITY ? 0.0 : (double)gout[0];
-        T l = (T)lse;
-        if (lse == -INFINITY) l = 0;
-        for (ptrdiff_t i = 0; i < n; i++) gx[i] = (T)(go * (double)FL_EXP(x[i] - l));
+        int dead = lse == -INFINITY;
+        T go = dead ? 0 : gout[0], l = dead ? 0 : (T)lse;
+        ptrdiff_t i = 0;
+        for (; i + VL <= n; i += VL) {
+            FL_PREFETCH_BLOCK(x + n + i);
+            FL(vst)(gx + i, FL(vexp)(FL(vld)(x + i) - l) * go);
+        }
+        if (i < n) FL(vstpart)(gx + i, FL(vexp)(FL(vldpad)(x + i, n - i, 0) - l) * go, n - i);
         return;
     }
-    double lse[FL_TILE_MAX], go[FL_TILE_MAX];
-    T l[FL_TILE_MAX];
+    double lse[FL_TILE_MAX];
+    VT go[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
+    ptrdiff_t nv = (w + VL - 1) / VL;
     FL(lse_cols)(x, n, ld, w, lse);
-    for (ptrdiff_t j = 0; j < w; j++) {
-        int dead = lse[j] == -INFINITY;
-        go[j] = dead ? 0.0 : (double)gout[j];
-        l[j] = dead ? 0 : (T)lse[j];
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        T gl[VL], ll[VL];
+        for (int j = 0; j < VL; j++) {
+            ptrdiff_t c = k * VL + j;
+            int dead = c >= w || lse[c] == -INFINITY;
+            gl[j] = dead ? 0 : gout[c];
+            ll[j] = dead ? 0 : (T)lse[c];
+        }
+        go[k] = FL(vld)(gl);
+        l[k] = FL(vld)(ll);
     }
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *xr = x + r * ld;
-        T *o = gx + r * ld;
-        for (ptrdiff_t j = 0; j < w; j++) o[j] = (T)(go[j] * (double)FL_EXP(xr[j] - l[j]));
-    }
+    for (ptrdiff_t r = 0; r < n; r++)
+        for (ptrdiff_t k = 0; k < nv; k++)
+            FL(tst)(gx + r * ld, k, w, FL(vexp)(FL(tld)(x + r * ld, k, w) - l[k]) * go[k]);
 }
 
 /* Weighted: gx = gout * sign * b * exp(x - log|S|); zero where b == 0 and
@@ -347,10 +415,9 @@ FL_CLONES void FL(fl_logsumexp_w_bwd)(const T *FL_RESTRICT gout, const T *FL_RES
     double sg;
     double lse = FL(lse_w_row)(x, b, n, 1, &sg);
     int dead = lse == -INFINITY;
-    double go = dead ? 0.0 : (double)gout[0] * sg;
-    T l = dead ? 0 : (T)lse;
+    T go = dead ? 0 : (T)((double)gout[0] * sg), l = dead ? 0 : (T)lse;
     for (ptrdiff_t i = 0; i < n; i++) {
-        double t = go * (double)b[i] * (double)FL_EXP(x[i] - l);
-        gx[i] = (T)(b[i] != 0 ? t : 0.0);
+        T t = go * b[i] * FL_EXP(x[i] - l);
+        gx[i] = b[i] != 0 ? t : 0;
     }
 }

@@ -1,0 +1,320 @@
+"""Timing helper, machine header, table and JSON output of the benchmark suite.
+
+Nothing here knows about fastlin's ops: :mod:`bench.workloads` says what to
+time, :mod:`bench.run` says in which order; this module times a callable and
+prints what came out.
+"""
+import gc
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+__all__ = ["Timing", "time_call", "ratio", "fmt_ms", "fmt_ratio",
+           "machine_facts", "openblas_env_warning", "header_lines",
+           "format_table", "save_json"]
+
+# Variables that change which OpenBLAS kernel is picked or how it blocks.
+# Set for another purpose (an emulator, a misdetected CPU), they make the
+# BLAS-backed peers slower than they are on this machine.
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+class Timing:
+    """Median and minimum of `reps` timed calls, in seconds."""
+
+    __slots__ = ("median", "min", "reps", "error")
+
+    def __init__(self, median=math.nan, min=math.nan, reps=0, error=None):
+        self.median = median
+        self.min = min
+        self.reps = reps
+        self.error = error
+
+    @property
+    def ok(self):
+        return self.error is None and self.reps > 0
+
+    def as_dict(self):
+        d = {"median_s": self.median, "min_s": self.min, "reps": self.reps}
+        if self.error is not None:
+            d["error"] = self.error
+        return d
+
+
+def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
+    """Time ``fn()``: one warm-up call, then the median of N timed calls.
+
+    N is chosen from the first timed call (the warm-up absorbs one-time costs
+    such as SIMD dispatch and first-touch page faults, so it is a poor guide)
+    so that the N calls take about `target_s`, clamped to
+    ``[min_reps, max_reps]``.  ``setup()``, when given, runs before every call
+    outside the timed region: it is how an in-place peer gets a fresh copy of
+    its input each time.
+
+    The garbage collector is off while timing, as in :mod:`timeit`, so a
+    collection triggered by one implementation is not billed to another.
+    Whatever `fn` allocates (its output) is counted: nothing is preallocated
+    for it unless the row says so (``out=``).
+    """
+    def once():
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        r = fn()
+        dt = time.perf_counter() - t0
+        del r   # free the output before the next call, outside the timed region
+        return dt
+
+    gc_was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        once()                                    # warm-up
+        times = [once()]
+        reps = int(min(max_reps, max(min_reps, round(target_s / max(times[0], 1e-7)))))
+        times += [once() for _ in range(reps - 1)]
+    except Exception as exc:  # a peer that cannot run this case is reported, not fatal
+        return Timing(error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return Timing(statistics.median(times), min(times), len(times))
+
+
+def ratio(num, den):
+    """``num / den`` for two Timings' medians, or nan when either is missing."""
+    if num is None or den is None or not num.ok or not den.ok or den.median <= 0:
+        return math.nan
+    return num.median / den.median
+
+
+def fmt_ms(t):
+    if t is None:
+        return "-"
+    if not t.ok:
+        return "error"
+    ms = t.median * 1e3
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
+
+
+def fmt_ratio(r):
+    return "-" if r is None or math.isnan(r) else f"{r:.2f}x"
+
+
+# --------------------------------------------------------------------------
+# Machine and version facts
+# --------------------------------------------------------------------------
+
+def _cpuinfo():
+    """CPU model, logical/physical core counts and the SIMD flags that matter."""
+    model, physical, flags = platform.processor() or "unknown", set(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        text = ""
+    phys_id = core_id = None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "model name":
+            model = value
+        elif key == "physical id":
+            phys_id = value
+        elif key == "core id":
+            core_id = value
+            physical.add((phys_id, core_id))
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl")
+            if f in flags]
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_model": model,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "physical_cores": len(physical) or None,
+        "simd_flags": simd,
+    }
+
+
+def _version(modname):
+    try:
+        mod = __import__(modname)
+    except ImportError:
+        return "not installed"
+    except Exception as exc:  # a broken install says why
+        return f"unavailable ({type(exc).__name__}: {exc})"
+    return getattr(mod, "__version__", "unknown")
+
+
+def _blas_info():
+    """threadpoolctl's view of the loaded BLAS/OpenMP libraries, if available."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    out = []
+    for lib in threadpool_info():
+        out.append({
+            "user_api": lib.get("user_api"),
+            "internal_api": lib.get("internal_api"),
+            "version": lib.get("version"),
+            "kernel": lib.get("architecture"),
+            "threading_layer": lib.get("threading_layer"),
+            "num_threads": lib.get("num_threads"),
+            "library": os.path.basename(lib.get("filepath") or ""),
+        })
+    return out
+
+
+def openblas_env_warning():
+    """A warning line if OpenBLAS tuning variables are set, else None."""
+    set_vars = [f"{v}={os.environ[v]}" for v in OPENBLAS_VARS if v in os.environ]
+    if not set_vars:
+        return None
+    return ("WARNING: " + ", ".join(set_vars) + " set: BLAS-backed peers may not run "
+            "their best kernel. Rerun as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
+            "python -m bench.run")
+
+
+def machine_facts(peers, threads, mode):
+    """Everything the header prints, as a JSON-able dict.
+
+    `peers` maps a peer name to its version string (or "not installed").
+    Call it after the peers are imported, so threadpoolctl sees their
+    libraries.
+    """
+    import numpy
+    import scipy
+
+    import fastlin
+
+    cfg = io.StringIO()
+    fastlin.show_config(file=cfg)
+    return {
+        "machine": _cpuinfo(),
+        "platform": platform.platform(),
+        "versions": {
+            "python": sys.version.split()[0],
+            "numpy": numpy.__version__,
+            "scipy": scipy.__version__,
+            "fastlin": fastlin.__version__,
+            "torch": peers.get("torch", _version("torch")),
+            "sklearn": peers.get("sklearn", _version("sklearn")),
+            "threadpoolctl": _version("threadpoolctl"),
+        },
+        "fastlin_config": cfg.getvalue().rstrip().splitlines(),
+        "blas": _blas_info(),
+        "threads": list(threads),
+        "mode": mode,
+        "env": {v: os.environ.get(v) for v in
+                OPENBLAS_VARS + ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")},
+        "torch_extra": _torch_extra(peers),
+    }
+
+
+def _torch_extra(peers):
+    if "torch" not in sys.modules or peers.get("torch", "").startswith(("not", "unav")):
+        return None
+    import torch
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except Exception:  # older torch
+        cap = "unknown"
+    return {"cpu_capability": cap, "interop_threads": torch.get_num_interop_threads()}
+
+
+def header_lines(facts):
+    m, v = facts["machine"], facts["versions"]
+    lines = [
+        "fastlin benchmark suite  (python -m bench.run)",
+        f"machine : {m['cpu_model']}; {m['usable_cpus']} usable CPUs "
+        f"({m['logical_cpus']} logical, {m['physical_cores'] or '?'} physical cores); "
+        f"SIMD: {' '.join(m['simd_flags']) or 'none of avx2/avx512'}",
+        f"platform: {facts['platform']}",
+        "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+    ]
+    if facts["blas"] is None:
+        lines.append("blas    : threadpoolctl not installed (no BLAS facts)")
+    else:
+        for lib in facts["blas"]:
+            if lib["user_api"] == "blas":
+                lines.append(
+                    f"blas    : {lib['internal_api']} {lib['version']} "
+                    f"kernel={lib['kernel']} threads={lib['num_threads']} "
+                    f"({lib['threading_layer']}) {lib['library']}")
+            else:
+                lines.append(f"{lib['user_api']:<8}: {lib['internal_api']} "
+                             f"threads={lib['num_threads']} {lib['library']}")
+    # show_config() minus the versions already printed above.
+    cfg = []
+    for s in facts["fastlin_config"][1:]:
+        key, _, value = s.partition(":")
+        if key.strip() not in ("python", "numpy", "scipy"):
+            cfg.append(f"{key.strip()}={' '.join(value.split())}")
+    lines.append("fastlin : " + "; ".join(cfg))
+    if facts["torch_extra"]:
+        t = facts["torch_extra"]
+        lines.append(f"torch   : cpu capability {t['cpu_capability']}, "
+                     f"THP_MEM_ALLOC_ENABLE={facts['env']['THP_MEM_ALLOC_ENABLE']}")
+    env = facts["env"]
+    lines.append("env     : " + ", ".join(
+        f"{k}={'unset' if val is None else val}" for k, val in env.items()))
+    lines.append(f"threads : {', '.join(map(str, facts['threads']))} "
+                 "(fastlin.threads(t) and torch.set_num_threads(t); scipy, numpy "
+                 "and sklearn run these ops on one thread whatever t)")
+    lines.append(f"mode    : {facts['mode']}")
+    warn = openblas_env_warning()
+    if warn:
+        lines.append(warn)
+    return lines
+
+
+# --------------------------------------------------------------------------
+# Tables and JSON
+# --------------------------------------------------------------------------
+
+def format_table(columns, rows, right=None):
+    """Aligned text table.  `columns` are titles, `rows` lists of strings;
+    columns whose index is in `right` are right-aligned (default: all but the
+    first four)."""
+    if right is None:
+        right = set(range(4, len(columns)))
+    widths = [max(len(str(c)), *(len(str(r[i])) for r in rows)) if rows else len(c)
+              for i, c in enumerate(columns)]
+
+    def line(cells):
+        return "  ".join(str(c).rjust(w) if i in right else str(c).ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(columns), "  ".join("-" * w for w in widths)]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def _clean(obj):
+    """JSON cannot hold nan: write null instead."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def save_json(path, payload):
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(_clean(payload), f, indent=1)
+        f.write("\n")

@@ -1,0 +1,420 @@
+"""Run the benchmark suite: ``python -m bench.run [--quick] [...]``.
+
+For each workload, dtype and thread count, times fastlin and every installed
+peer in this one process, prints the medians and the ratios peer/fastlin
+(>1: fastlin is faster), the ``out=`` rows against the copy bound, a
+pass/fail summary of the targets, and saves everything as JSON.
+
+torch reads ``THP_MEM_ALLOC_ENABLE`` when it is imported (its CPU allocator
+then asks for transparent huge pages for large buffers: its best
+configuration), so this script re-executes itself with the variable set
+before anything imports torch.  Run it with the OpenBLAS tuning variables
+unset::
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.run
+"""
+import os
+import sys
+
+
+def _reexec_with_thp():
+    """Replace this process by itself with THP_MEM_ALLOC_ENABLE=1 (if unset).
+
+    An explicit value (``THP_MEM_ALLOC_ENABLE=0`` to see torch without huge
+    pages) is respected; the header reports it either way.
+    """
+    if "THP_MEM_ALLOC_ENABLE" in os.environ:
+        return
+    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")
+    argv = list(getattr(sys, "orig_argv", None) or
+                [sys.executable, "-m", "bench.run", *sys.argv[1:]])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
+
+
+if __name__ == "__main__":
+    _reexec_with_thp()   # before numpy, scipy or torch are imported
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import math  # noqa: E402
+import time  # noqa: E402
+
+import fastlin  # noqa: E402
+
+from . import harness as H  # noqa: E402
+from . import workloads as W  # noqa: E402
+
+DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
+
+# Timing budget per measurement: (target seconds for the timed calls, min reps, max reps)
+NORMAL_TIMING = (0.3, 5, 2000)
+QUICK_TIMING = (0.0, 3, 3)   # warm-up + 3 calls: the median shrugs off one outlier
+
+
+def _usable_cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _csv(kind, known=None, convert=str):
+    def parse(text):
+        items = [s.strip() for s in text.split(",") if s.strip()]
+        try:
+            items = [convert(s) for s in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{kind} must be a comma-separated list"
+                f"{' of positive integers' if convert is not str else ''}, got {text!r}"
+            ) from None
+        if known is not None:
+            bad = [s for s in items if s not in known]
+            if bad:
+                raise argparse.ArgumentTypeError(
+                    f"unknown {kind} {', '.join(map(str, bad))}; known: {', '.join(known)}")
+        if not items:
+            raise argparse.ArgumentTypeError(f"{kind} must not be empty")
+        return items
+    return parse
+
+
+def _positive_int(s):
+    n = int(s)
+    if n < 1:
+        raise ValueError(s)
+    return n
+
+
+def parse_args(argv=None):
+    ncpu = _usable_cpus()
+    wl_names = [w.key for w in W.WORKLOADS]
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Benchmark fastlin against scipy, the NumPy formula, scikit-learn and "
+                    "torch, all timed in this process. Ratios are peer/fastlin: >1 means "
+                    "fastlin is faster.")
+    p.add_argument("--quick", action="store_true",
+                   help="about a minute: only the 4096x4096 axis=-1 workload, warm-up + 3 "
+                        "calls per measurement, single-threaded peers timed once and reused "
+                        "across thread counts")
+    p.add_argument("--threads", type=_csv("thread counts", convert=_positive_int),
+                   default=sorted({1, ncpu}),
+                   help=f"comma-separated thread counts (default: 1,{ncpu} = 1 and all)")
+    p.add_argument("--ops", type=_csv("op", list(W.OPS)), default=list(W.OPS),
+                   help="comma-separated ops (default: all): " + ",".join(W.OPS))
+    p.add_argument("--dtypes", type=_csv("dtype", ["float64", "float32"]),
+                   default=["float64", "float32"], help="default: float64,float32")
+    p.add_argument("--workloads", type=_csv("workload", wl_names), default=None,
+                   help="comma-separated, default all (quick: the first): " + ",".join(wl_names))
+    p.add_argument("--peers", type=_csv("peer", W.PEERS), default=list(W.PEERS),
+                   help="default: " + ",".join(W.PEERS))
+    p.add_argument("--target-time", type=float, default=None, metavar="S",
+                   help=f"seconds of timed calls per measurement (default {NORMAL_TIMING[0]}; "
+                        "reps are chosen from the warm-up call)")
+    p.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
+                   help="where to save the results (default bench/results.json); "
+                        "'-' to skip")
+    args = p.parse_args(argv)
+    if args.workloads is None:
+        args.workloads = W.QUICK_WORKLOADS if args.quick else W.WORKLOADS
+    else:
+        args.workloads = [w for w in W.WORKLOADS if w.key in args.workloads]
+    args.threads = list(dict.fromkeys(args.threads))   # drop repeats, keep order
+    return args
+
+
+@contextlib.contextmanager
+def thread_count(t, mods):
+    """Run fastlin and torch on `t` threads; cap BLAS at `t` too (no op here
+    calls BLAS, but a peer must not get more threads than fastlin)."""
+    torch = mods["torch"].torch if "torch" in mods else None
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        from threadpoolctl import threadpool_limits
+        blas = threadpool_limits(limits=t, user_api="blas")
+    except ImportError:
+        blas = contextlib.nullcontext()
+    try:
+        if torch is not None:
+            torch.set_num_threads(t)
+        with fastlin.threads(t), blas:
+            yield
+    finally:
+        if torch is not None:
+            torch.set_num_threads(before)
+
+
+class Progress:
+    """One status line on stderr (rewritten in place on a terminal)."""
+
+    def __init__(self, total):
+        self.total, self.done, self.t0 = total, 0, time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def step(self, text):
+        self.done += 1
+        msg = f"[{self.done}/{self.total} {time.perf_counter() - self.t0:5.1f}s] {text}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + msg)
+        else:
+            sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def run_suite(args, mods, timing):
+    target, min_reps, max_reps = timing
+
+    def measure(bench):
+        return H.time_call(bench.fn, bench.setup, target, min_reps, max_reps)
+
+    peers = [p for p in args.peers if p in mods]
+    rows, bound_rows = [], []
+    n_steps = (len(args.workloads) * len(args.dtypes) * len(args.threads)
+               * (len(args.ops) + len([o for o in args.ops if o in W.COPY_BOUND])))
+    progress = Progress(n_steps)
+    for wl in args.workloads:
+        for dtype in args.dtypes:
+            case = W.Case(wl, dtype)
+            single = {}   # quick mode: (op, peer) -> Timing of a single-threaded peer
+            for t in args.threads:
+                with thread_count(t, mods):
+                    for name in args.ops:
+                        op = W.OPS[name]
+                        progress.step(f"{wl.name} {dtype} threads={t} {name}")
+                        row = {"workload": wl.name, "shape": list(wl.shape), "axis": wl.axis,
+                               "dtype": dtype, "threads": t, "op": name,
+                               "fastlin": measure(W.Bench(op.fastlin(case))),
+                               "peers": {}, "reused": []}
+                        for peer in peers:
+                            make = op.peers.get(peer)
+                            if make is None:
+                                continue
+                            key = (name, peer)
+                            if args.quick and peer in W.SINGLE_THREADED_PEERS and key in single:
+                                row["peers"][peer] = single[key]
+                                row["reused"].append(peer)
+                                continue
+                            try:
+                                bench = make(case, mods[peer])
+                            except Exception as exc:
+                                row["peers"][peer] = H.Timing(
+                                    error=f"{type(exc).__name__}: {exc}")
+                                continue
+                            if bench is None:
+                                continue
+                            row["peers"][peer] = tm = measure(bench)
+                            del bench   # frees a torch graph before the next measurement
+                            if peer in W.SINGLE_THREADED_PEERS:
+                                single[key] = tm
+                        rows.append(row)
+                        if name in W.COPY_BOUND:
+                            progress.step(f"{wl.name} {dtype} threads={t} {name}(out=) vs copy")
+                            limit, make_fl = W.COPY_BOUND[name]
+                            out = case.scratch
+                            bound_rows.append({
+                                "workload": wl.name, "dtype": dtype, "threads": t, "op": name,
+                                "limit": limit,
+                                "fastlin_out": measure(W.Bench(make_fl(case, out))),
+                                "copy": measure(W.Bench(W.copy_bench(case, out))),
+                            })
+            del case
+    progress.close()
+    return rows, bound_rows
+
+
+# --------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------
+
+def results_table(rows, peers):
+    cols = (["workload", "dtype", "thr", "op", "fastlin ms", "(min)"]
+            + [f"{p} ms" for p in peers] + [f"{p}/fl" for p in peers])
+    out = []
+    for r in rows:
+        fl = r["fastlin"]
+        cells = [r["workload"], r["dtype"], str(r["threads"]), r["op"], H.fmt_ms(fl),
+                 "-" if not fl.ok else H.fmt_ms(H.Timing(fl.min, fl.min, 1))]
+        cells += [H.fmt_ms(r["peers"].get(p)) + ("*" if p in r["reused"] else "")
+                  for p in peers]
+        cells += [H.fmt_ratio(H.ratio(r["peers"].get(p), fl)) for p in peers]
+        out.append(cells)
+    return H.format_table(cols, out)
+
+
+def bound_table(bound_rows):
+    cols = ["workload", "dtype", "thr", "op", "fastlin out= ms", "np.copyto ms",
+            "fl_out/copy", "target"]
+    out = []
+    for b in bound_rows:
+        r = H.ratio(b["fastlin_out"], b["copy"])
+        out.append([b["workload"], b["dtype"], str(b["threads"]), b["op"],
+                    H.fmt_ms(b["fastlin_out"]), H.fmt_ms(b["copy"]), H.fmt_ratio(r),
+                    f"<= {b['limit']}x"])
+    return H.format_table(cols, out)
+
+
+def _where(r):
+    return f"{r['workload']} {r['dtype']} t={r['threads']}"
+
+
+def evaluate_targets(rows, bound_rows, args, status, available):
+    """The issue's targets, each judged on its worst matching row.
+
+    A target whose op was not run is left out; one whose peer is missing, or
+    whose rows were not measured (e.g. no thread count above 1), is SKIP.
+    """
+    threads = args.threads
+    all_t = max(threads)
+    fwd = ["softmax", "log_softmax", "logsumexp"]
+    bwd = [o for o in W.OPS if o.endswith("_backward")]
+    one = lambda r: r["threads"] == 1                                  # noqa: E731
+    # (label, op, peer, row filter, threshold, strict)
+    specs = []
+    for op in fwd:
+        specs += [(f"{op} @1 thread vs scipy", op, "scipy", one, 3.0, False),
+                  (f"{op} @1 thread vs numpy", op, "numpy", one, 1.5, False),
+                  (f"{op} @1 thread vs torch", op, "torch", one, 1.0, True)]
+    specs += [("normalize @1 thread vs numpy", "normalize", "numpy", one, 2.0, False),
+              ("normalize @1 thread vs torch", "normalize", "torch", one, 1.0, True)]
+    label_all = f"@{all_t} threads" if all_t > 1 else "@all threads"
+    for op in fwd:
+        specs.append((f"{op} {label_all} on 4096x4096 vs scipy", op, "scipy",
+                      lambda r: (all_t > 1 and r["threads"] == all_t
+                                 and tuple(r["shape"]) == (4096, 4096)), 4.0, False))
+    for op in bwd:
+        specs.append((f"{op} vs torch autograd (every row)", op, "torch",
+                      lambda r: True, 1.0, False))
+
+    results = []
+    for label, op, peer, keep, thr, strict in specs:
+        if op not in args.ops:
+            continue
+        need = f"{'>' if strict else '>='} {thr:g}x"
+        got = [(H.ratio(r["peers"].get(peer), r["fastlin"]), r) for r in rows
+               if r["op"] == op and keep(r)]
+        got = [(x, r) for x, r in got if not math.isnan(x)]
+        if not got:
+            if peer not in status:
+                why = f"{peer} not requested"
+            elif peer not in available:
+                why = f"{peer} {status[peer]}"
+            else:
+                why = "no rows measured (workload or thread count not run)"
+            results.append({"target": label, "need": need, "status": "SKIP",
+                            "worst": None, "where": why, "rows": 0})
+            continue
+        worst, wr = min(got, key=lambda p: p[0])
+        ok = worst > thr if strict else worst >= thr
+        results.append({"target": label, "need": need, "status": "PASS" if ok else "FAIL",
+                        "worst": worst, "where": _where(wr), "rows": len(got)})
+
+    for op, (limit, _) in W.COPY_BOUND.items():
+        if op not in args.ops:
+            continue
+        for t in threads:
+            got = [(H.ratio(b["fastlin_out"], b["copy"]), b) for b in bound_rows
+                   if b["op"] == op and b["threads"] == t]
+            got = [(x, b) for x, b in got if not math.isnan(x)]
+            if not got:
+                continue
+            worst, wb = max(got, key=lambda p: p[0])
+            results.append({"target": f"{op}(out=) @{t} thread{'s' * (t > 1)} vs np.copyto",
+                            "need": f"<= {limit:g}x copy", "worst": worst,
+                            "status": "PASS" if worst <= limit else "FAIL",
+                            "where": _where(wb), "rows": len(got)})
+    return results
+
+
+def targets_table(results):
+    cols = ["", "target", "need", "worst", "at", "rows"]
+    out = [[t["status"], t["target"], t["need"],
+            "-" if t["worst"] is None else f"{t['worst']:.2f}x", t["where"], str(t["rows"])]
+           for t in results]
+    return H.format_table(cols, out, right={5})
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.target_time is not None:
+        timing = (args.target_time, QUICK_TIMING[1] if args.quick else NORMAL_TIMING[1],
+                  NORMAL_TIMING[2])
+    else:
+        timing = QUICK_TIMING if args.quick else NORMAL_TIMING
+
+    warn = H.openblas_env_warning()
+    if warn:
+        print(warn, file=sys.stderr)
+
+    mods, status = W.load_peers(args.peers)
+    peers = [p for p in args.peers if p in mods]
+    target, lo, hi = timing
+    reps = (f"{lo} calls" if lo == hi else
+            f"N calls, N in [{lo}, {hi}] chosen for ~{target:g}s of timing")
+    mode = (("quick" if args.quick else "full") + f": warm-up call, then {reps}; "
+            "median (and min) reported"
+            + ("; scipy/numpy/sklearn timed at the first thread count only and reused"
+               if args.quick and len(args.threads) > 1 else ""))
+    facts = H.machine_facts(status, args.threads, mode)
+    print("\n".join(H.header_lines(facts)))
+    print("peers   : " + "; ".join(f"{p} {status[p]}" for p in args.peers))
+    print("          scipy = scipy.special; numpy = the NumPy formula (backward: given the "
+          "saved forward output); sklearn = extmath.softmax / preprocessing.normalize in "
+          "place on a copy made outside timing, rows only; torch = CPU ops on "
+          "torch.from_numpy tensors, backward = torch.autograd.grad only")
+    print(flush=True)
+
+    t0 = time.perf_counter()
+    rows, bound_rows = run_suite(args, mods, timing)
+    elapsed = time.perf_counter() - t0
+
+    print("Median times; ratio = peer / fastlin (>1: fastlin faster); '-' = peer has no "
+          "such function for this case" + ("; * = single-threaded peer timed at "
+                                           f"{args.threads[0]} thread(s), reused"
+                                           if any(r["reused"] for r in rows) else ""))
+    print(results_table(rows, peers))
+    if bound_rows:
+        print()
+        print("out= preallocated vs the copy bound (np.copyto(out, x), same arrays); "
+              "ratio = fastlin / copy, lower is better")
+        print(bound_table(bound_rows))
+    targets = evaluate_targets(rows, bound_rows, args, status, set(peers))
+    print()
+    print("Targets (worst matching row):")
+    print(targets_table(targets))
+    n_fail = sum(t["status"] == "FAIL" for t in targets)
+    n_pass = sum(t["status"] == "PASS" for t in targets)
+    print(f"\n{n_pass} passed, {n_fail} failed, "
+          f"{sum(t['status'] == 'SKIP' for t in targets)} skipped; suite took {elapsed:.1f}s")
+
+    if args.json != "-":
+        payload = {
+            "header": facts,
+            "peers": status,
+            "results": [{**{k: v for k, v in r.items() if k not in ("fastlin", "peers")},
+                         "fastlin": r["fastlin"].as_dict(),
+                         "peers": {p: t.as_dict() for p, t in r["peers"].items()},
+                         "ratios": {p: H.ratio(t, r["fastlin"]) for p, t in r["peers"].items()}}
+                        for r in rows],
+            "copy_bound": [{**{k: v for k, v in b.items() if k not in ("fastlin_out", "copy")},
+                            "fastlin_out": b["fastlin_out"].as_dict(),
+                            "copy": b["copy"].as_dict(),
+                            "ratio": H.ratio(b["fastlin_out"], b["copy"])}
+                           for b in bound_rows],
+            "targets": targets,
+            "elapsed_s": elapsed,
+        }
+        H.save_json(args.json, payload)
+        print(f"results saved to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""What the suite times: workloads (shape, axis), ops, and each op's peers.
+
+A *case* is one workload in one dtype: its inputs are made once and shared
+by fastlin and every peer.  An op maps a case to the callable fastlin is
+timed on and, per peer, to a :class:`Bench` (the callable, and an optional
+untimed ``setup`` run before each call) or ``None`` when the peer has no
+such function for this case.
+
+Peers, and what they stand for:
+
+* ``scipy``   -- ``scipy.special`` (forward only; scipy has no backward).
+* ``numpy``   -- the stable textbook formula in plain NumPy, forward and
+  backward.  A backward formula gets what a framework would have saved
+  from the forward (``y``, or the logsumexp result).
+* ``sklearn`` -- ``sklearn.utils.extmath.softmax`` and
+  ``sklearn.preprocessing.normalize``, both in place (``copy=False``) on a
+  fresh copy of the input made outside the timed region; rows only
+  (``axis=-1``), as that is all they compute.
+* ``torch``   -- torch CPU on tensors made with ``torch.from_numpy`` outside
+  the timed region (no copy).  A backward times only the backward:
+  ``torch.autograd.grad(y, x, g, retain_graph=True)`` on a graph built once.
+"""
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+import fastlin
+
+__all__ = ["Workload", "WORKLOADS", "QUICK_WORKLOADS", "OPS", "PEERS", "COPY_BOUND",
+           "Bench", "Case", "load_peers"]
+
+EPS = 1e-12  # normalize's default, given to every implementation
+
+
+@dataclass(frozen=True)
+class Workload:
+    shape: tuple
+    axis: int
+
+    @property
+    def name(self):
+        return f"{'x'.join(map(str, self.shape))} axis={self.axis}"
+
+    @property
+    def key(self):
+        """The name on the command line: ``4096x4096``, ``4096x4096/axis0``."""
+        base = "x".join(map(str, self.shape))
+        return base if self.axis == -1 else f"{base}/axis{self.axis}"
+
+    @property
+    def rows_axis(self):
+        """True when the reduction runs along the last axis (rows)."""
+        return self.axis in (-1, len(self.shape) - 1)
+
+
+WORKLOADS = [
+    Workload((4096, 4096), -1),
+    Workload((65536, 256), -1),   # many short rows
+    Workload((256, 65536), -1),   # few long rows
+    Workload((4096, 4096), 0),    # strided reduction (columns)
+]
+QUICK_WORKLOADS = WORKLOADS[:1]
+
+PEERS = ["scipy", "numpy", "sklearn", "torch"]
+
+# Peers that run these ops on one thread whatever the thread count under test
+# (NumPy ufuncs and reductions are single-threaded; none of these ops calls BLAS).
+SINGLE_THREADED_PEERS = {"scipy", "numpy", "sklearn"}
+
+
+@dataclass
+class Bench:
+    fn: object
+    setup: object = None
+
+
+class Case:
+    """Inputs of one workload in one dtype, made once (fixed seed)."""
+
+    def __init__(self, workload, dtype, seed=0):
+        self.workload = workload
+        self.axis = workload.axis
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        shape = workload.shape
+        self.x = rng.standard_normal(shape, dtype=self.dtype)
+        self.g = rng.standard_normal(shape, dtype=self.dtype)
+        red = tuple(s for i, s in enumerate(shape) if i != self.axis % len(shape))
+        self.g_red = rng.standard_normal(red, dtype=self.dtype)   # logsumexp's grad
+
+    # Forward outputs the backward passes take (computed once, outside timing).
+    @cached_property
+    def y_softmax(self):
+        return fastlin.softmax(self.x, axis=self.axis)
+
+    @cached_property
+    def y_log_softmax(self):
+        return fastlin.log_softmax(self.x, axis=self.axis)
+
+    @cached_property
+    def lse_keepdims(self):
+        return fastlin.logsumexp(self.x, axis=self.axis, keepdims=True)
+
+    @cached_property
+    def scratch(self):
+        """Preallocated buffer: in-place peers' input copy, and ``out=``."""
+        return np.empty_like(self.x)
+
+    def inplace(self, fn):
+        """A Bench running ``fn(buf)`` on a fresh copy of x made before each call."""
+        buf = self.scratch
+        return Bench(lambda: fn(buf), setup=lambda: np.copyto(buf, self.x))
+
+    # torch tensors sharing memory with the NumPy inputs.
+    def t(self, name):
+        import torch
+        cache = self.__dict__.setdefault("_torch", {})
+        if name not in cache:
+            cache[name] = torch.from_numpy(getattr(self, name))
+        return cache[name]
+
+    def torch_grad(self, forward, grad_name):
+        """A Bench timing only the backward of ``forward(x)`` (graph built once)."""
+        import torch
+        x = torch.from_numpy(self.x).requires_grad_(True)
+        y = forward(x)
+        g = self.t(grad_name)
+        return Bench(lambda: torch.autograd.grad(y, x, g, retain_graph=True))
+
+
+def load_peers(wanted):
+    """Import the wanted peers.  Returns ``(modules, status)``: modules maps a
+    peer to a namespace of the functions used; status maps every wanted peer to
+    its version or why it is missing ("not installed")."""
+    mods, status = {}, {}
+    for name in wanted:
+        try:
+            if name == "scipy":
+                import scipy
+                import scipy.special as m
+                status[name] = scipy.__version__
+            elif name == "numpy":
+                m = np
+                status[name] = np.__version__
+            elif name == "sklearn":
+                import sklearn
+                from sklearn.preprocessing import normalize as sk_normalize
+                from sklearn.utils.extmath import softmax as sk_softmax
+                m = _Namespace(softmax=sk_softmax, normalize=sk_normalize)
+                status[name] = sklearn.__version__
+            elif name == "torch":
+                import torch
+                import torch.nn.functional as F
+                m = _Namespace(torch=torch, F=F)
+                status[name] = torch.__version__
+            else:
+                raise ValueError(f"unknown peer {name!r}; known: {', '.join(PEERS)}")
+        except ImportError:
+            status[name] = "not installed"
+            continue
+        except ValueError:
+            raise
+        except Exception as exc:  # e.g. a torch wheel that fails to load
+            status[name] = f"unavailable ({type(exc).__name__}: {exc})"
+            continue
+        mods[name] = m
+    return mods, status
+
+
+class _Namespace:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+# --------------------------------------------------------------------------
+# NumPy formulas (the "numpy" peer)
+# --------------------------------------------------------------------------
+
+def np_softmax(x, axis):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def np_log_softmax(x, axis):
+    s = x - x.max(axis, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis, keepdims=True))
+
+
+def np_logsumexp(x, axis):
+    m = x.max(axis, keepdims=True)
+    return (m + np.log(np.exp(x - m).sum(axis, keepdims=True))).squeeze(axis)
+
+
+def np_normalize(x, axis):
+    return x / np.linalg.norm(x, axis=axis, keepdims=True)
+
+
+def np_softmax_backward(g, y, axis):
+    return y * (g - (g * y).sum(axis, keepdims=True))
+
+
+def np_log_softmax_backward(g, y, axis):
+    return g - np.exp(y) * g.sum(axis, keepdims=True)
+
+
+def np_logsumexp_backward(g_red, x, lse_keepdims, axis):
+    return np.exp(x - lse_keepdims) * np.expand_dims(g_red, axis)
+
+
+def np_normalize_backward(g, x, axis, eps=EPS):
+    n = np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+    y = x / n
+    return (g - y * (g * y).sum(axis, keepdims=True)) / n
+
+
+# --------------------------------------------------------------------------
+# Ops
+# --------------------------------------------------------------------------
+
+@dataclass
+class Op:
+    name: str
+    fastlin: object       # case -> the callable to time
+    peers: dict = field(default_factory=dict)   # peer -> (case, module) -> Bench or None
+
+    @property
+    def backward(self):
+        return self.name.endswith("_backward")
+
+
+def _softmax_backward(c):
+    y = c.y_softmax
+    return lambda: fastlin.softmax_backward(c.g, y, axis=c.axis)
+
+
+def _np_softmax_backward(c, m):
+    y = c.y_softmax
+    return Bench(lambda: np_softmax_backward(c.g, y, c.axis))
+
+
+def _log_softmax_backward(c):
+    y = c.y_log_softmax
+    return lambda: fastlin.log_softmax_backward(c.g, y, axis=c.axis)
+
+
+def _np_log_softmax_backward(c, m):
+    y = c.y_log_softmax
+    return Bench(lambda: np_log_softmax_backward(c.g, y, c.axis))
+
+
+def _np_logsumexp_backward(c, m):
+    lse = c.lse_keepdims
+    return Bench(lambda: np_logsumexp_backward(c.g_red, c.x, lse, c.axis))
+
+
+def _rows_only(make):
+    """sklearn computes along rows only: no entry for other axes."""
+    return lambda c, m: make(c, m) if c.workload.rows_axis else None
+
+
+OPS = {op.name: op for op in [
+    Op("softmax",
+       lambda c: lambda: fastlin.softmax(c.x, axis=c.axis),
+       {"scipy": lambda c, m: Bench(lambda: m.softmax(c.x, axis=c.axis)),
+        "numpy": lambda c, m: Bench(lambda: np_softmax(c.x, c.axis)),
+        "sklearn": _rows_only(lambda c, m: c.inplace(lambda b: m.softmax(b, copy=False))),
+        "torch": lambda c, m: Bench(lambda: m.torch.softmax(c.t("x"), dim=c.axis))}),
+    Op("log_softmax",
+       lambda c: lambda: fastlin.log_softmax(c.x, axis=c.axis),
+       {"scipy": lambda c, m: Bench(lambda: m.log_softmax(c.x, axis=c.axis)),
+        "numpy": lambda c, m: Bench(lambda: np_log_softmax(c.x, c.axis)),
+        "torch": lambda c, m: Bench(lambda: m.torch.log_softmax(c.t("x"), dim=c.axis))}),
+    Op("logsumexp",
+       lambda c: lambda: fastlin.logsumexp(c.x, axis=c.axis),
+       {"scipy": lambda c, m: Bench(lambda: m.logsumexp(c.x, axis=c.axis)),
+        "numpy": lambda c, m: Bench(lambda: np_logsumexp(c.x, c.axis)),
+        "torch": lambda c, m: Bench(lambda: m.torch.logsumexp(c.t("x"), dim=c.axis))}),
+    Op("normalize",
+       lambda c: lambda: fastlin.normalize(c.x, axis=c.axis, eps=EPS),
+       {"numpy": lambda c, m: Bench(lambda: np_normalize(c.x, c.axis)),
+        "sklearn": _rows_only(lambda c, m: c.inplace(lambda b: m.normalize(b, copy=False))),
+        "torch": lambda c, m: Bench(
+            lambda: m.F.normalize(c.t("x"), p=2.0, dim=c.axis, eps=EPS))}),
+    Op("softmax_backward", _softmax_backward,
+       {"numpy": _np_softmax_backward,
+        "torch": lambda c, m: c.torch_grad(lambda x: m.torch.softmax(x, dim=c.axis), "g")}),
+    Op("log_softmax_backward", _log_softmax_backward,
+       {"numpy": _np_log_softmax_backward,
+        "torch": lambda c, m: c.torch_grad(
+            lambda x: m.torch.log_softmax(x, dim=c.axis), "g")}),
+    Op("logsumexp_backward",
+       lambda c: lambda: fastlin.logsumexp_backward(c.g_red, c.x, axis=c.axis),
+       {"numpy": _np_logsumexp_backward,
+        "torch": lambda c, m: c.torch_grad(
+            lambda x: m.torch.logsumexp(x, dim=c.axis), "g_red")}),
+    Op("normalize_backward",
+       lambda c: lambda: fastlin.normalize_backward(c.g, c.x, axis=c.axis, eps=EPS),
+       {"numpy": lambda c, m: Bench(lambda: np_normalize_backward(c.g, c.x, c.axis)),
+        "torch": lambda c, m: c.torch_grad(
+            lambda x: m.F.normalize(x, p=2.0, dim=c.axis, eps=EPS), "g")}),
+]}
+
+
+# The copy bound: fastlin writing into a preallocated `out=` against
+# np.copyto of the same input into the same array -- the least any
+# same-shape op must move.  Target: fastlin_out / copy at most this.
+COPY_BOUND = {
+    "normalize": (1.3, lambda c, out: lambda: fastlin.normalize(c.x, axis=c.axis, eps=EPS,
+                                                                out=out)),
+    "softmax": (2.5, lambda c, out: lambda: fastlin.softmax(c.x, axis=c.axis, out=out)),
+}
+
+
+def copy_bench(case, out):
+    return lambda: np.copyto(out, case.x)

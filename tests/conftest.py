@@ -1,0 +1,58 @@
+"""Shared fixtures: a seeded generator and the memory layouts every op must accept."""
+import numpy as np
+import pytest
+
+import fastlin
+
+# Every variant holds the same values as the C-ordered original; only the
+# memory layout (strides, offset, writeability) differs.
+LAYOUTS = ("C", "F", "transposed", "negative", "sliced", "readonly")
+
+
+def as_layout(a, name):
+    """A copy of `a` with the same values in the memory layout `name`."""
+    a = np.asarray(a)
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown layout {name!r}")
+    if a.ndim == 0:
+        # one element has one layout (and np.ascontiguousarray would make it 1-d)
+        r = a.copy()
+        r.flags.writeable = name != "readonly"
+        return r
+    if name == "C":
+        return np.array(a, order="C")
+    if name == "F":
+        return np.array(a, order="F")
+    if name == "transposed":
+        # a transposed view of a C-ordered array of the transposed shape
+        return np.ascontiguousarray(a.T).T
+    if name == "negative":
+        # every axis walked backwards
+        return np.flip(np.flip(a).copy())
+    if name == "sliced":
+        # every other element of a larger buffer, at a non-zero offset
+        buf = np.full(tuple(2 * s + 1 for s in a.shape), -7, dtype=a.dtype)
+        view = buf[(slice(1, None, 2),) * a.ndim]
+        view[...] = a
+        return view
+    r = a.copy()  # "readonly"
+    r.flags.writeable = False
+    return r
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(20240607)
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request):
+    """A function turning an array into the parametrized layout."""
+    return lambda a: as_layout(a, request.param)
+
+
+@pytest.fixture(autouse=True)
+def _default_threads():
+    """Leave the process-wide thread setting as each test found it (the default)."""
+    yield
+    fastlin.set_num_threads(None)
