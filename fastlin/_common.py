@@ -33,7 +33,8 @@ def run_same_shape(kernel, inputs, dtype, plan, out, *extra):
     if out is not None:
         np.copyto(out, full)
         return out
-    return np.ascontiguousarray(full)
+    # not np.ascontiguousarray: it turns a 0-d array into shape (1,)
+    return full if full.flags.c_contiguous else full.copy(order="C")
 
 
 def scalar_if_0d(r):

@@ -4,8 +4,8 @@ import numpy as np
 from . import _softmax as _k
 from ._common import run_same_shape, scalar_if_0d
 from ._threads import _for_work
-from ._validation import (Plan, as_array, check_same_shape, normalize_axes,
-                          result_dtype)
+from ._validation import (Plan, as_array, check_same_shape, is_weak_scalar,
+                          normalize_axes, result_dtype)
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward",
            "log_softmax_backward", "logsumexp_backward"]
@@ -306,6 +306,7 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     array([0.25, 0.75])
     """
     a, b, dtype, plan, a0_shape = _lse_setup(a, axis, b)
+    weak = is_weak_scalar(grad)
     grad = as_array(grad, "grad")
     rshape = _reduced_shape(plan, keepdims)
     try:
@@ -314,7 +315,8 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
         raise ValueError(
             f"grad must have the shape of logsumexp's output {rshape}, got {grad.shape}"
         ) from None
-    dtype = np.result_type(dtype, result_dtype((grad, "grad")))
+    if not weak:
+        dtype = np.result_type(dtype, result_dtype((grad, "grad")))
     ga = np.zeros((plan.outer, plan.n, plan.inner), dtype)
     if plan.size:
         if b is None:

@@ -4,6 +4,7 @@ Messages name the argument, what was expected and what came.  Nothing here
 loops over elements; kernels never validate.
 """
 import math
+import numbers
 import operator
 
 import numpy as np
@@ -39,6 +40,11 @@ def result_dtype(*arrays_and_names):
                 f"{name} must be a real numeric array, got dtype {dt}")
         dts.append(dt)
     return np.result_type(*dts)
+
+
+def is_weak_scalar(x):
+    """A Python int/float/bool: like numpy (NEP 50) it does not set the dtype."""
+    return isinstance(x, (int, float)) and not isinstance(x, np.generic)
 
 
 def as_array(x, name):
@@ -140,10 +146,9 @@ def check_out(out, shape, dtype, name="out"):
 
 
 def check_eps(eps, name="eps"):
-    try:
-        eps = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a real number, got {eps!r}") from None
+    if not isinstance(eps, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(eps).__name__} {eps!r}")
+    eps = float(eps)
     if not eps >= 0 or math.isinf(eps):
         raise ValueError(f"{name} must be a finite number >= 0, got {eps!r}")
     return eps

@@ -1,8 +1,18 @@
 """Shared fixtures: a seeded generator and the memory layouts every op must accept."""
-import numpy as np
-import pytest
+import os
+import sys
 
-import fastlin
+# The tests judge the *installed* package.  `python -m pytest` run from the
+# checkout puts the checkout first on sys.path, where `fastlin/` is the
+# uncompiled source; drop it so that `import fastlin` finds the install (an
+# editable install still resolves to the checkout through its own finder).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import fastlin  # noqa: E402
 
 # Every variant holds the same values as the C-ordered original; only the
 # memory layout (strides, offset, writeability) differs.

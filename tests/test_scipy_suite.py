@@ -7,9 +7,7 @@ plugin ``tests/_scipy_patch_plugin.py``, which swaps fastlin's functions into
 the test module just before each test runs and deselects the tests on complex
 input (fastlin is real-only; the plugin's docstring lists them and why).
 
-Every scipy test on real input must pass, except the ones in KNOWN_BUGS: they
-fail because of a fastlin bug and run in a separate strict xfail, so that the
-fix shows up as an XPASS to be folded back in.
+Every scipy test on real input must pass.
 """
 import os
 import re
@@ -22,10 +20,6 @@ import pytest
 HERE = Path(__file__).resolve().parent
 SUITE = "scipy.special.tests.test_logsumexp"
 
-# scipy tests failing because of fastlin bugs (reported; see test_softmax.py):
-# softmax / log_softmax of a 0-d input return a shape-(1,) array, not a scalar.
-KNOWN_BUGS = ["test_softmax_scalar", "test_log_softmax_scalar"]
-
 
 def run_suite(tmp_path, *args):
     pytest.importorskip(SUITE, reason="this scipy install ships without its tests")
@@ -37,7 +31,7 @@ def run_suite(tmp_path, *args):
     cmd = [sys.executable, "-m", "pytest", "--pyargs", SUITE,
            "-p", "_scipy_patch_plugin", "-p", "no:cacheprovider", "-q", "-rfE", *args]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
     return proc, proc.stdout + proc.stderr
 
 
@@ -54,8 +48,7 @@ def fastlin_calls(output):
 
 
 def test_scipy_logsumexp_suite_on_fastlin(tmp_path):
-    not_known = " and ".join(f"not {name}" for name in KNOWN_BUGS)
-    proc, out = run_suite(tmp_path, "-k", not_known)
+    proc, out = run_suite(tmp_path)
     assert proc.returncode == 0, out
     c = counts(out)
     assert c.get("failed", 0) == 0 and c.get("error", 0) == 0 and c.get("errors", 0) == 0, out
@@ -64,21 +57,13 @@ def test_scipy_logsumexp_suite_on_fastlin(tmp_path):
     assert all(calls[name] > 0 for name in ("softmax", "log_softmax", "logsumexp")), out
 
 
-@pytest.mark.xfail(strict=True, reason="fastlin returns shape (1,) for 0-d softmax/log_softmax "
-                                       "input where scipy returns a scalar")
-def test_scipy_suite_known_fastlin_bugs(tmp_path):
-    proc, out = run_suite(tmp_path, "-k", " or ".join(KNOWN_BUGS))
-    assert counts(out).get("passed", 0) == len(KNOWN_BUGS), out
-    assert proc.returncode == 0, out
-
-
 def test_patch_plugin_deselects_only_complex_tests(tmp_path):
     """The deselected tests are exactly the complex/private-helper ones."""
     pytest.importorskip(SUITE, reason="this scipy install ships without its tests")
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--pyargs", SUITE, "-p", "_scipy_patch_plugin",
          "-p", "no:cacheprovider", "-q", "--collect-only"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": str(HERE)})
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out

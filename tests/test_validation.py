@@ -248,8 +248,8 @@ def test_logsumexp_a_and_b_not_broadcastable(b_shape):
     (np.nan, ValueError, r"^eps must be a finite number >= 0, got nan"),
     (np.inf, ValueError, r"^eps must be a finite number >= 0, got inf"),
     (-np.inf, ValueError, r"^eps must be a finite number >= 0"),
-    ("abc", TypeError, r"^eps must be a real number, got 'abc'"),
-    (None, TypeError, r"^eps must be a real number, got None"),
+    ("abc", TypeError, r"^eps must be a real number, got str 'abc'"),
+    (None, TypeError, r"^eps must be a real number, got NoneType None"),
     (1j, TypeError, r"^eps must be a real number"),
     (np.array([1.0, 2.0]), TypeError, r"^eps must be a real number"),
 ], ids=["negative", "-0.5", "nan", "inf", "-inf", "str", "None", "complex", "array"])

@@ -6,10 +6,10 @@
  *
  * The norm: one pass of sum(x^2) accumulated in double.  For float32 inputs
  * that cannot overflow or underflow (|x|^2 <= 1.2e77 and >= 2e-90).  For
- * float64 a sum outside [2^-960, 2^960] (or nan) takes a second, scaled
- * pass: max|x| gives a power-of-two scale that makes every square
- * representable, so [1e200, 1e200] and [1e-200, 1e-200] normalize exactly
- * like [1, 1].  Only such rows pay for it.
+ * float64 a sum outside [2^-960, 2^960] (or nan) sends the vector to the
+ * scaled slow path of fl_normalize.h, which works in units of 2^e (e the
+ * exponent of max|x|), so [1e200, 1e200], [1e-200, 1e-200], [1e-310, 0] and
+ * [1.3e308, -1.3e308] all normalize like [1, 1].  Only such rows pay for it.
  *
  * The scaling multiplies by 1/d rounded to T, which is within ~1.5 ulp of a
  * division while 1/d is a normal number of T; a divisor outside that range
@@ -31,16 +31,25 @@ FL_INLINE double FL(sumsq_row)(const T *FL_RESTRICT x, ptrdiff_t n)
     return FL(acc_sum)(acc);
 }
 
-/* ||x||_2 from a plain sum of squares, rescaled if that sum is unreliable. */
-FL_INLINE double FL(finish_norm)(double ss, const T *x, ptrdiff_t n, ptrdiff_t stride)
+/* Does this sum of squares need the scaled slow path?  (float64 only) */
+FL_INLINE int FL(needs_slow)(double ss)
 {
 #if FL_IS_DOUBLE
-    if (!(ss >= 0x1p-960 && ss <= 0x1p960)) return fl_scaled_norm(x, n, stride);
+    return !fl_sumsq_ok(ss);
 #else
-    (void)x; (void)n; (void)stride;
+    (void)ss;
+    return 0;
 #endif
-    return sqrt(ss);
 }
+
+#if FL_IS_DOUBLE
+#define FL_SLOW_FWD fl_normalize_slow_d
+#define FL_SLOW_BWD fl_normalize_bwd_slow_d
+#else
+/* never called: float32 squares cannot leave double's range */
+#define FL_SLOW_FWD(x, y, n, stride, eps) ((void)0)
+#define FL_SLOW_BWD(g, x, gx, n, stride, eps) ((void)0)
+#endif
 
 FL_INLINE int FL(mul_ok)(double d)
 {
@@ -77,13 +86,18 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                     ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w, double eps)
 {
     if (ld == 1) {
-        double nrm = FL(finish_norm)(FL(sumsq_row)(x, n), x, n, 1);
-        FL(scale_row)(x, y, n, fl_divisor(nrm, eps));
+        double ss = FL(sumsq_row)(x, n);
+        if (FL(needs_slow)(ss)) {
+            FL_SLOW_FWD(x, y, n, 1, eps);
+            return;
+        }
+        FL(scale_row)(x, y, n, fl_divisor(sqrt(ss), eps));
         return;
     }
     ACC ss[FL_TILE_MAX / VL];
     VT inv[FL_TILE_MAX / VL];
     double d[FL_TILE_MAX];
+    int slow[FL_TILE_MAX];
     ptrdiff_t nv = (w + VL - 1) / VL;
     for (ptrdiff_t k = 0; k < nv; k++) ss[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++) {
@@ -99,7 +113,10 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         FL(acc_lanes)(ss[k], sl);
         for (int j = 0; j < VL; j++) {
             ptrdiff_t c = k * VL + j;
-            if (c < w) d[c] = fl_divisor(FL(finish_norm)(sl[j], x + c, n, ld), eps);
+            if (c < w) {
+                slow[c] = FL(needs_slow)(sl[j]);
+                d[c] = slow[c] ? 1.0 : fl_divisor(sqrt(sl[j]), eps);
+            }
             il[j] = c < w && FL(mul_ok)(d[c]) ? (T)(1.0 / d[c]) : 0;
         }
         inv[k] = FL(vld)(il);
@@ -109,8 +126,11 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         T *yr = y + r * ld;
         for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, FL(tld)(xr, k, w) * inv[k]);
     }
-    for (ptrdiff_t c = 0; c < w; c++)
-        if (!FL(mul_ok)(d[c])) FL(divide_strided)(x + c, y + c, n, ld, d[c]);
+    /* the rare columns that the vector pass could not scale exactly */
+    for (ptrdiff_t c = 0; c < w; c++) {
+        if (slow[c]) FL_SLOW_FWD(x + c, y + c, n, ld, eps);
+        else if (!FL(mul_ok)(d[c])) FL(divide_strided)(x + c, y + c, n, ld, d[c]);
+    }
 }
 
 /*
@@ -136,7 +156,12 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
                                     double eps)
 {
     if (ld == 1) {
-        double nrm = FL(finish_norm)(FL(sumsq_row)(x, n), x, n, 1);
+        double ss = FL(sumsq_row)(x, n);
+        if (FL(needs_slow)(ss)) {
+            FL_SLOW_BWD(g, x, gx, n, 1, eps);
+            return;
+        }
+        double nrm = sqrt(ss);
         int kind = fl_nb_kind(nrm, eps);
         if (kind == FL_NB_ZERO) {
             for (ptrdiff_t i = 0; i < n; i++) gx[i] = 0;
@@ -169,7 +194,7 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
     VT inv[FL_TILE_MAX / VL], dot[FL_TILE_MAX / VL];
     VI keep[FL_TILE_MAX / VL];
     double nrm[FL_TILE_MAX];
-    int kind[FL_TILE_MAX];
+    int kind[FL_TILE_MAX], slow[FL_TILE_MAX];
     ptrdiff_t nv = (w + VL - 1) / VL;
     for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++)
@@ -185,7 +210,8 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
             ptrdiff_t c = k * VL + j;
             il[j] = 0;
             if (c >= w) continue;
-            nrm[c] = FL(finish_norm)(sl[j], x + c, n, ld);
+            slow[c] = FL(needs_slow)(sl[j]);
+            nrm[c] = slow[c] ? 1.0 : sqrt(sl[j]);
             kind[c] = fl_nb_kind(nrm[c], eps);
             double d = kind[c] == FL_NB_CLAMP ? eps : nrm[c];
             if (kind[c] != FL_NB_ZERO && FL(mul_ok)(d)) il[j] = (T)(1.0 / d);
@@ -217,6 +243,10 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
             FL(tst)(gx + r * ld, k, w, FL(vsel)(keep[k], o, zero));
         }
     for (ptrdiff_t c = 0; c < w; c++) {
+        if (slow[c]) {
+            FL_SLOW_BWD(g + c, x + c, gx + c, n, ld, eps);
+            continue;
+        }
         if (kind[c] == FL_NB_ZERO) continue;
         double d = kind[c] == FL_NB_CLAMP ? eps : nrm[c];
         if (FL(mul_ok)(d)) continue;
@@ -224,3 +254,6 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
         else FL(nb_strided)(g + c, x + c, gx + c, n, ld, d);
     }
 }
+
+#undef FL_SLOW_FWD
+#undef FL_SLOW_BWD
