@@ -132,7 +132,9 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
         Axis or axes over which the sum is taken.  Default None: all elements.
     b : array_like, optional
         Weights for ``exp(a)``, broadcastable with `a`; may be negative.
-        Entries of `a` whose weight is 0 are ignored, even if inf or nan.
+        Entries of `a` whose weight is 0 are ignored, even if inf or nan --
+        except, as in scipy, in a slice whose result is not finite, which is
+        recomputed as ``log(sum(b * exp(a)))`` (where ``0 * inf`` is nan).
     keepdims : bool, optional
         Keep the reduced axes as dimensions of size one.
     return_sign : bool, optional

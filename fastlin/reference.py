@@ -65,15 +65,28 @@ def log_softmax(x, axis=None):
     return (t - np.log(np.sum(np.exp(t), axis=ax, keepdims=True))).astype(dt)
 
 
+def _shift(al, bl, ax):
+    """Max of `al` over `ax` (entries with zero weight and non-finite maxima
+    excluded), so that exp(al - shift) cannot overflow even in longdouble."""
+    live = np.where(np.broadcast_to(bl, al.shape) != 0, al, -np.inf)
+    m = np.max(live, axis=ax, keepdims=True) if live.size else np.zeros(
+        np.sum(live, axis=ax, keepdims=True).shape, LD)
+    return np.where(np.isfinite(m), m, LD(0))
+
+
 def logsumexp(a, axis=None, b=None, keepdims=False):
     """log(sum(b * exp(a))) in longdouble (no sign handling: sums must be > 0)."""
     a = np.atleast_1d(np.asarray(a))
     dt = _dtype(a) if b is None else _dtype(a, b)
     al = a.astype(LD)
     bl = LD(1) if b is None else np.asarray(b).astype(LD)
-    ax = _axis(axis, np.broadcast(al, bl).ndim)
-    with np.errstate(divide="ignore"):
-        r = np.log(np.sum(bl * np.exp(al), axis=ax, keepdims=keepdims))
+    al, bl = np.broadcast_arrays(al, bl)
+    ax = _axis(axis, al.ndim)
+    m = _shift(al, bl, ax)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.log(np.sum(bl * np.exp(al - m), axis=ax, keepdims=True)) + m
+    if not keepdims:
+        r = np.squeeze(r, axis=ax)
     return r.astype(dt)
 
 
@@ -105,13 +118,15 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     ax = _axis(axis, al.ndim)
     ax = (ax,) if np.isscalar(ax) else tuple(ax)
     ax = tuple(i % al.ndim for i in ax)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.sum(bl * np.exp(al), axis=ax, keepdims=True)
-        lse = np.log(np.abs(s))
+    m = _shift(al, bl, ax)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = np.sum(bl * np.exp(al - m), axis=ax, keepdims=True)
+        lse = np.log(np.abs(s)) + m
         g = np.asarray(grad).astype(LD)
         if not keepdims:
             g = np.expand_dims(g, ax) if g.ndim else g
-        w = np.where(bl != 0, bl * np.exp(al - lse) * np.sign(s), LD(0))
+        # the softmax weights, b exp(a - m) / |s|: no large cancellation in a - lse
+        w = np.where(bl != 0, bl * np.exp(al - m) / np.abs(s) * np.sign(s), LD(0))
         ga = np.where(np.isneginf(lse), LD(0), g * w)
     # sum over axes along which a was broadcast against b
     lead = ga.ndim - len(shape0)
