@@ -14,7 +14,7 @@ import statistics
 import sys
 import time
 
-__all__ = ["Timing", "time_call", "ratio", "fmt_ms", "fmt_ratio",
+__all__ = ["Timing", "time_call", "ratio", "fmt_ms", "fmt_ratio", "loadavg",
            "machine_facts", "openblas_env_warning", "header_lines",
            "format_table", "save_json"]
 
@@ -146,6 +146,15 @@ def _cpuinfo():
     }
 
 
+def loadavg():
+    """1-minute load average: above ~0.5 another process shares the CPUs and
+    every time in the table is suspect."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # pragma: no cover - not Unix
+        return None
+
+
 def _version(modname):
     try:
         mod = __import__(modname)
@@ -214,6 +223,7 @@ def machine_facts(peers, threads, mode):
         },
         "fastlin_config": cfg.getvalue().rstrip().splitlines(),
         "blas": _blas_info(),
+        "load_average": loadavg(),
         "threads": list(threads),
         "mode": mode,
         "env": {v: os.environ.get(v) for v in
@@ -273,6 +283,8 @@ def header_lines(facts):
                  "(fastlin.threads(t) and torch.set_num_threads(t); scipy, numpy "
                  "and sklearn run these ops on one thread whatever t)")
     lines.append(f"mode    : {facts['mode']}")
+    lines.append(f"load    : 1-min load average {facts['load_average']} at start "
+                 "(compare with the CPU count: a busy machine makes every time noisy)")
     warn = openblas_env_warning()
     if warn:
         lines.append(warn)

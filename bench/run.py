@@ -391,8 +391,10 @@ def main(argv=None):
     print(targets_table(targets))
     n_fail = sum(t["status"] == "FAIL" for t in targets)
     n_pass = sum(t["status"] == "PASS" for t in targets)
+    load_end = H.loadavg()
     print(f"\n{n_pass} passed, {n_fail} failed, "
-          f"{sum(t['status'] == 'SKIP' for t in targets)} skipped; suite took {elapsed:.1f}s")
+          f"{sum(t['status'] == 'SKIP' for t in targets)} skipped; suite took {elapsed:.1f}s; "
+          f"1-min load average {load_end} at the end")
 
     if args.json != "-":
         payload = {
@@ -410,6 +412,7 @@ def main(argv=None):
                            for b in bound_rows],
             "targets": targets,
             "elapsed_s": elapsed,
+            "load_average_end": load_end,
         }
         H.save_json(args.json, payload)
         print(f"results saved to {args.json}")

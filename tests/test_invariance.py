@@ -294,9 +294,11 @@ FP_ENV_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_import_and_kernels_leave_ftz_daz_off():
+def test_import_and_kernels_leave_ftz_daz_off(tmp_path):
+    # cwd outside the checkout: `python -c` puts cwd first on sys.path, and the
+    # checkout's fastlin/ is the uncompiled source, not the installed package
     r = subprocess.run([sys.executable, "-c", FP_ENV_SCRIPT, repr(2.0 ** -1022)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr
 
 
@@ -359,13 +361,13 @@ def test_invalid_thread_counts_raise(bad, exc):
     assert fastlin.get_num_threads() == before
 
 
-def test_omp_num_threads_is_honoured():
+def test_omp_num_threads_is_honoured(tmp_path):
     if not openmp_enabled():
         pytest.skip("built without OpenMP: one thread only")
     code = "import fastlin; print(fastlin.get_num_threads())"
     for n in ("1", "3"):
         env = dict(os.environ, OMP_NUM_THREADS=n)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=env, timeout=120)
+                           env=env, timeout=120, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == n
