@@ -41,6 +41,13 @@ import contextlib  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 
+# Benchmark the *installed* fastlin: `python -m bench.run` from the checkout
+# puts the checkout first on sys.path, where fastlin/ is the uncompiled source
+# (an editable install still resolves to the checkout through its finder).
+# bench itself is already imported, so its submodules still resolve.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+
 import fastlin  # noqa: E402
 
 from . import harness as H  # noqa: E402

@@ -16,11 +16,15 @@
  * (FL(mul_ok)) is applied by a scalar division in double instead.
  */
 
-FL_INLINE double FL(sumsq_row)(const T *FL_RESTRICT x, ptrdiff_t n)
+/* sum of squares of a row; pr / pw (when not NULL) are rows the next pass
+   reads / writes, prefetched meanwhile */
+FL_INLINE double FL(sumsq_row)(const T *FL_RESTRICT x, ptrdiff_t n, const T *pr, T *pw)
 {
     ACC acc = FL(acc_zero)();
     ptrdiff_t i = 0;
     for (; i + VL <= n; i += VL) {
+        if (pr) FL_PREFETCH_BLOCK(pr + i);
+        if (pw) FL_PREFETCH_W(pw + i);
         VT v = FL(vld)(x + i);
         FL(acc_addmul)(&acc, v, v);
     }
@@ -86,7 +90,7 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                     ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w, double eps)
 {
     if (ld == 1) {
-        double ss = FL(sumsq_row)(x, n);
+        double ss = FL(sumsq_row)(x, n, NULL, y);
         if (FL(needs_slow)(ss)) {
             FL_SLOW_FWD(x, y, n, 1, eps);
             return;
@@ -156,7 +160,7 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
                                     double eps)
 {
     if (ld == 1) {
-        double ss = FL(sumsq_row)(x, n);
+        double ss = FL(sumsq_row)(x, n, g, gx);
         if (FL(needs_slow)(ss)) {
             FL_SLOW_BWD(g, x, gx, n, 1, eps);
             return;

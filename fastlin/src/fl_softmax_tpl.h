@@ -16,12 +16,16 @@
  */
 
 /* NaN-ignoring row maximum, -inf for an empty or all-NaN row; NaNs
-   propagate later through exp and the sums. */
-FL_INLINE T FL(rowmax)(const T *FL_RESTRICT x, ptrdiff_t n)
+   propagate later through exp and the sums.  pw, when not NULL, is the
+   row's output, prefetched for writing meanwhile. */
+FL_INLINE T FL(rowmax)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw)
 {
     VT acc = FL(vsplat)(-INFINITY);
     ptrdiff_t i = 0;
-    for (; i + VL <= n; i += VL) acc = FL(vmax)(FL(vld)(x + i), acc);
+    for (; i + VL <= n; i += VL) {
+        if (pw) FL_PREFETCH_W(pw + i);
+        acc = FL(vmax)(FL(vld)(x + i), acc);
+    }
     if (i < n) acc = FL(vmax)(FL(vldpad)(x + i, n - i, -INFINITY), acc);
     return FL(vhmax)(acc);
 }
@@ -84,9 +88,9 @@ FL_INLINE double FL(lse_finish)(double s, double c, T m, const T *x, ptrdiff_t n
  * other exp(x - m).  log1p keeps the digits when one term dominates
  * (logsumexp([0, -40]) = 4.25e-18, not 0).
  */
-FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n)
+FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw)
 {
-    T m = FL(rowmax)(x, n);
+    T m = FL(rowmax)(x, n, pw);
     ACC acc = FL(acc_zero)(), cnt = FL(acc_zero)();
     const VT zero = FL(vsplat)(0), one = FL(vsplat)(1);
     ptrdiff_t i = 0;
@@ -145,7 +149,7 @@ FL_CLONES void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                   ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        T m = FL(rowmax)(x, n);
+        T m = FL(rowmax)(x, n, y);
         T inv = (T)(1.0 / FL(expsum)(x, y, n, m));   /* the sum is >= 1 unless nan */
         ptrdiff_t i = 0;
         for (; i + VL <= n; i += VL) FL(vst)(y + i, FL(vld)(y + i) * inv);
@@ -184,12 +188,26 @@ FL_CLONES void FL(fl_log_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                       ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        T m = FL(rowmax)(x, n);
+        T m = FL(rowmax)(x, n, y);
         if (!isfinite(m)) m = 0;
-        T l = (T)log(FL(expsum)(x, NULL, n, m));
+        /* y = x - m is stored by the exp pass (which hides the stores), and
+           the last pass updates y in cache */
+        ACC acc = FL(acc_zero)();
         ptrdiff_t i = 0;
-        for (; i + VL <= n; i += VL) FL(vst)(y + i, (FL(vld)(x + i) - m) - l);
-        for (; i < n; i++) y[i] = (x[i] - m) - l;
+        for (; i + VL <= n; i += VL) {
+            FL_PREFETCH_BLOCK(x + n + i);
+            VT t = FL(vld)(x + i) - m;
+            FL(vst)(y + i, t);
+            FL(acc_add)(&acc, FL(vexp)(t));
+        }
+        if (i < n) {
+            VT t = FL(vldpad)(x + i, n - i, 0) - m;
+            FL(vstpart)(y + i, t, n - i);
+            FL(acc_add)(&acc, FL(vsel)(FL(vmask)(n - i), FL(vexp)(t), FL(vsplat)(0)));
+        }
+        T l = (T)log(FL(acc_sum)(acc));
+        for (i = 0; i + VL <= n; i += VL) FL(vst)(y + i, FL(vld)(y + i) - l);
+        for (; i < n; i++) y[i] -= l;
         return;
     }
     VT m[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
@@ -226,7 +244,7 @@ FL_CLONES void FL(fl_logsumexp_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT out,
                                     ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        out[0] = (T)FL(lse_row)(x, n);
+        out[0] = (T)FL(lse_row)(x, n, NULL);
         return;
     }
     double lse[FL_TILE_MAX];
@@ -301,11 +319,17 @@ FL_CLONES void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y
     if (ld == 1) {
         ACC acc = FL(acc_zero)();
         ptrdiff_t i = 0;
-        for (; i + VL <= n; i += VL) FL(acc_addmul)(&acc, FL(vld)(g + i), FL(vld)(y + i));
+        for (; i + VL <= n; i += VL) {
+            FL_PREFETCH_W(gx + i);
+            FL(acc_addmul)(&acc, FL(vld)(g + i), FL(vld)(y + i));
+        }
         if (i < n) FL(acc_addmul)(&acc, FL(vldpad)(g + i, n - i, 0), FL(vldpad)(y + i, n - i, 0));
         T d = (T)FL(acc_sum)(acc);
-        for (i = 0; i + VL <= n; i += VL)
+        for (i = 0; i + VL <= n; i += VL) {
+            FL_PREFETCH_BLOCK(y + n + i);
+            FL_PREFETCH_BLOCK(g + n + i);
             FL(vst)(gx + i, FL(vld)(y + i) * (FL(vld)(g + i) - d));
+        }
         for (; i < n; i++) gx[i] = y[i] * (g[i] - d);
         return;
     }
@@ -336,7 +360,11 @@ FL_CLONES void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRI
     if (ld == 1) {
         ACC acc = FL(acc_zero)();
         ptrdiff_t i = 0;
-        for (; i + VL <= n; i += VL) FL(acc_add)(&acc, FL(vld)(g + i));
+        for (; i + VL <= n; i += VL) {
+            FL_PREFETCH_BLOCK(y + i);
+            FL_PREFETCH_W(gx + i);
+            FL(acc_add)(&acc, FL(vld)(g + i));
+        }
         if (i < n) FL(acc_add)(&acc, FL(vldpad)(g + i, n - i, 0));
         T sg = (T)FL(acc_sum)(acc);
         for (i = 0; i + VL <= n; i += VL) {
@@ -376,7 +404,7 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
                                     T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        double lse = FL(lse_row)(x, n);
+        double lse = FL(lse_row)(x, n, gx);
         int dead = lse == -INFINITY;
         T go = dead ? 0 : gout[0], l = dead ? 0 : (T)lse;
         ptrdiff_t i = 0;
