@@ -15,6 +15,7 @@ The build degrades gracefully and says so:
 What was decided is written to ``fastlin/_build_config.py`` and reported by
 ``fastlin.show_config()``.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -127,8 +128,12 @@ class BuildExt(build_ext):
 def extensions():
     from Cython.Build import cythonize
 
+    # the C inner loops live in headers: list them so that editing one
+    # rebuilds the extensions
+    headers = sorted(glob.glob("fastlin/src/*.h")) + sorted(glob.glob("fastlin/*.pxd"))
     exts = [
-        Extension(f"fastlin.{name}", [f"fastlin/{name}.pyx"], include_dirs=["fastlin/src"])
+        Extension(f"fastlin.{name}", [f"fastlin/{name}.pyx"], include_dirs=["fastlin/src"],
+                  depends=headers)
         for name in EXTENSIONS
     ]
     return cythonize(

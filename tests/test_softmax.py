@@ -1095,3 +1095,21 @@ def test_hypothesis_logsumexp_masked_by_zero_weights(case):
     fin = np.isfinite(masked_r)
     assert_close(np.asarray(got_r)[fin], np.asarray(masked_r)[fin], np.asarray(tol)[fin])
     np.testing.assert_array_equal(np.asarray(got_s)[fin], np.asarray(masked_s)[fin])
+
+
+@pytest.mark.parametrize("fn", ["softmax", "log_softmax", "logsumexp"])
+def test_column_tiles_leading_minus_inf_and_nan(fn):
+    """Down columns (the tile kernel's online max/sum): a column that starts
+    with -inf entries while no other lane of the row rises (the cheap path),
+    and a column whose first entry is nan while another lane rises."""
+    x = np.array([[-INF, 5.0, NAN, 1.0],
+                  [-INF, 4.0, 1.0, 1.0],
+                  [1.0, 3.0, 2.0, 1.0],
+                  [2.0, 2.0, 3.0, 1.0]])
+    got = getattr(fastlin, fn)(x, 0)
+    with np.errstate(all="ignore"):
+        want = getattr(sp, fn)(x, 0)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    fin = np.isfinite(want)
+    np.testing.assert_array_equal(np.asarray(got)[~fin], np.asarray(want)[~fin])
+    np.testing.assert_allclose(np.asarray(got)[fin], np.asarray(want)[fin], rtol=1e-14, atol=0)

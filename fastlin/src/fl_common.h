@@ -55,8 +55,12 @@
  */
 #define FL_PREFETCH_W(p) __builtin_prefetch((const void *)(p), 1, 3)
 
-#define FL_PF_ROWS 6     /* column tiles prefetch this many rows ahead */
+#ifndef FL_PF_BYTES
+#define FL_PF_BYTES 8192 /* column tiles prefetch this far ahead */
+#endif
+#ifndef FL_TILE_MAX
 #define FL_TILE_MAX 512   /* widest column tile (elements) a kernel accepts */
+#endif
 
 /* ------------------------------------------------------------------ exp */
 /*
@@ -315,6 +319,22 @@ FL_INLINE void tst_f(float *row, ptrdiff_t k, ptrdiff_t w, fl_vf v)
     else vstpart_f(row + c, v, w - c);
 }
 
+/*
+ * Column tiles: before working on row r of a tile, prefetch row r + pf of
+ * each array the pass streams (pf = FL_PF_BYTES of tile ahead).  Rows of a
+ * tile are ld elements apart, too far for the hardware prefetcher, which
+ * otherwise restarts on every row segment (2x slower tiles measured).
+ */
+FL_INLINE ptrdiff_t fl_pf_rows(ptrdiff_t w, size_t itemsize)
+{
+    return FL_PF_BYTES / (ptrdiff_t)(w * itemsize + 64) + 1;
+}
+#define FL_TILE_PREFETCH(p, w, itemsize, write) do { \
+        const char *fl_q_ = (const char *)(p); \
+        for (size_t fl_o_ = 0; fl_o_ < (size_t)(w) * (itemsize); fl_o_ += 64) \
+            __builtin_prefetch(fl_q_ + fl_o_, write, 3); \
+    } while (0)
+
 #define vexp_d fl_vexp_d
 #define vexp_f fl_vexp_f
 
@@ -325,10 +345,12 @@ FL_INLINE acc_t_d acc_zero_d(void) { acc_t_d a = {0}; return a; }
 FL_INLINE acc_t_f acc_zero_f(void) { acc_t_f a = {{0}, {0}}; return a; }
 FL_INLINE void fl_widen(fl_vf v, fl_vd *lo, fl_vd *hi)
 {
-    fl_vf8 h[2];
-    memcpy(h, &v, sizeof v);
-    *lo = __builtin_convertvector(h[0], fl_vd);
-    *hi = __builtin_convertvector(h[1], fl_vd);
+    /* halves by shuffle (one vcvtps2pd each on AVX-512; going through
+       memory made gcc split them into 128-bit pieces) */
+    fl_vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+    fl_vf8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    *lo = __builtin_convertvector(a, fl_vd);
+    *hi = __builtin_convertvector(b, fl_vd);
 }
 FL_INLINE void acc_add_d(acc_t_d *a, fl_vd v) { *a += v; }
 FL_INLINE void acc_add_f(acc_t_f *a, fl_vf v)
@@ -348,6 +370,32 @@ FL_INLINE void acc_addmul_f(acc_t_f *a, fl_vf u, fl_vf v)
     a->lo += ul * vl;
     a->hi += uh * vh;
 }
+/* a = a * u + v, with u and v widened to double */
+FL_INLINE void acc_muladd_d(acc_t_d *a, fl_vd u, fl_vd v) { *a = *a * u + v; }
+FL_INLINE void acc_muladd_f(acc_t_f *a, fl_vf u, fl_vf v)
+{
+    fl_vd ul, uh, vl, vh;
+    fl_widen(u, &ul, &uh);
+    fl_widen(v, &vl, &vh);
+    a->lo = a->lo * ul + vl;
+    a->hi = a->hi * uh + vh;
+}
+/* is any lane of the mask set? */
+FL_INLINE int vany_d(fl_vdi m)
+{
+    int64_t t[FL_VL_d], r = 0;
+    memcpy(t, &m, sizeof m);
+    for (int j = 0; j < FL_VL_d; j++) r |= t[j];
+    return r != 0;
+}
+FL_INLINE int vany_f(fl_vfi m)
+{
+    int32_t t[FL_VL_f], r = 0;
+    memcpy(t, &m, sizeof m);
+    for (int j = 0; j < FL_VL_f; j++) r |= t[j];
+    return r != 0;
+}
+
 /* the lanes' values, lane j = element j of a block */
 FL_INLINE void acc_lanes_d(acc_t_d a, double *out) { memcpy(out, &a, sizeof a); }
 FL_INLINE void acc_lanes_f(acc_t_f a, double *out)

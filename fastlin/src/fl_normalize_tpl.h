@@ -103,10 +103,12 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
     double d[FL_TILE_MAX];
     int slow[FL_TILE_MAX];
     ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     for (ptrdiff_t k = 0; k < nv; k++) ss[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
         for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
             VT v = FL(tld)(xr, k, w);
             FL(acc_addmul)(&ss[k], v, v);
         }
@@ -128,7 +130,11 @@ FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
         T *yr = y + r * ld;
-        for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, FL(tld)(xr, k, w) * inv[k]);
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(y + (r + pf) * ld + k * VL, 1, 3);
+            FL(tst)(yr, k, w, FL(tld)(xr, k, w) * inv[k]);
+        }
     }
     /* the rare columns that the vector pass could not scale exactly */
     for (ptrdiff_t c = 0; c < w; c++) {
@@ -200,12 +206,15 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
     double nrm[FL_TILE_MAX];
     int kind[FL_TILE_MAX], slow[FL_TILE_MAX];
     ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
-    for (ptrdiff_t r = 0; r < n; r++)
+    for (ptrdiff_t r = 0; r < n; r++) {
         for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
             VT v = FL(tld)(x + r * ld, k, w);
             FL(acc_addmul)(&a[k], v, v);
         }
+    }
     for (ptrdiff_t k = 0; k < nv; k++) {
         double sl[VL];
         T il[VL];
@@ -223,9 +232,13 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
         inv[k] = FL(vld)(il);
         a[k] = FL(acc_zero)();
     }
-    for (ptrdiff_t r = 0; r < n; r++)
-        for (ptrdiff_t k = 0; k < nv; k++)
+    for (ptrdiff_t r = 0; r < n; r++) {
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(g + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
             FL(acc_addmul)(&a[k], FL(tld)(g + r * ld, k, w), FL(tld)(x + r * ld, k, w) * inv[k]);
+        }
+    }
     for (ptrdiff_t k = 0; k < nv; k++) {
         double dl[VL];
         T tl[VL], kl[VL];
@@ -240,12 +253,16 @@ FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT
         keep[k] = FL(vld)(kl) != 0;
     }
     const VT zero = FL(vsplat)(0);
-    for (ptrdiff_t r = 0; r < n; r++)
+    for (ptrdiff_t r = 0; r < n; r++) {
         for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(g + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(gx + (r + pf) * ld + k * VL, 1, 3);
             VT xs = FL(tld)(x + r * ld, k, w) * inv[k];
             VT o = (FL(tld)(g + r * ld, k, w) - xs * dot[k]) * inv[k];
             FL(tst)(gx + r * ld, k, w, FL(vsel)(keep[k], o, zero));
         }
+    }
     for (ptrdiff_t c = 0; c < w; c++) {
         if (slow[c]) {
             FL_SLOW_BWD(g + c, x + c, gx + c, n, ld, eps);

@@ -35,13 +35,60 @@ FL_INLINE void FL(colmax)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, ptr
                           VT *FL_RESTRICT m)
 {
     ptrdiff_t nv = (w + VL - 1) / VL, full = w / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     for (ptrdiff_t k = 0; k < nv; k++) m[k] = FL(vsplat)(-INFINITY);
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
-        /* rows of a tile are ld apart: too far for the hardware prefetcher */
-        for (ptrdiff_t k = 0; k < nv; k++) FL_PREFETCH_BLOCK(xr + FL_PF_ROWS * ld + k * VL);
-        for (ptrdiff_t k = 0; k < full; k++) m[k] = FL(vmax)(FL(vld)(xr + k * VL), m[k]);
+        for (ptrdiff_t k = 0; k < full; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+            m[k] = FL(vmax)(FL(vld)(xr + k * VL), m[k]);
+        }
         if (full < nv) m[full] = FL(vmax)(FL(vldpad)(xr + full * VL, w - full * VL, 0), m[full]);
+    }
+}
+
+/*
+ * Per-column maximum m and sum s = sum_r exp(x_r - m) of a tile in ONE pass
+ * over it (online rescaling: when a row raises a column's maximum from m to
+ * m', s becomes s * exp(m - m') + exp(x - m')).  A row that raises no lane
+ * takes the cheap path s += exp(x - m); a row that raises some lane rescales
+ * all of its vectors, which for a lane whose maximum did not move is exactly
+ * the cheap path (the scale is 1), so the result does not depend on how
+ * columns are grouped into tiles.  A -inf entry adds exactly 0 (never
+ * exp(-inf - -inf) = nan), so a column that is all -inf gets s = 0; a nan
+ * entry makes s nan, as it does the row kernels' sum.
+ */
+FL_INLINE void FL(col_maxsum)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w,
+                              VT *FL_RESTRICT m, ACC *FL_RESTRICT s)
+{
+    ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
+    const VT zero = FL(vsplat)(0), one = FL(vsplat)(1), ninf = FL(vsplat)(-INFINITY);
+    for (ptrdiff_t k = 0; k < nv; k++) {
+        m[k] = ninf;
+        s[k] = FL(acc_zero)();
+    }
+    for (ptrdiff_t r = 0; r < n; r++) {
+        const T *xr = x + r * ld;
+        VI up = FL(tld)(xr, 0, w) > m[0];
+        for (ptrdiff_t k = 1; k < nv; k++) up |= FL(tld)(xr, k, w) > m[k];
+        if (!FL(vany)(up)) {
+            for (ptrdiff_t k = 0; k < nv; k++) {
+                __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+                VT v = FL(tld)(xr, k, w);
+                FL(acc_add)(&s[k], FL(vsel)(v == ninf, zero, FL(vexp)(v - m[k])));
+            }
+            continue;
+        }
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            VT v = FL(tld)(xr, k, w);
+            VT mn = FL(vmax)(v, m[k]);
+            VI same = m[k] == mn;
+            VT sc = FL(vsel)(same, one, FL(vexp)(m[k] - mn));
+            VT e = FL(vsel)(v == ninf, zero, FL(vexp)(v - mn));
+            FL(acc_muladd)(&s[k], sc, e);
+            m[k] = mn;
+        }
     }
 }
 
@@ -120,11 +167,13 @@ FL_INLINE void FL(lse_cols)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, p
     ACC s[FL_TILE_MAX / VL], c[FL_TILE_MAX / VL];
     const VT zero = FL(vsplat)(0), one = FL(vsplat)(1);
     ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     FL(colmax)(x, n, ld, w, m);
     for (ptrdiff_t k = 0; k < nv; k++) s[k] = c[k] = FL(acc_zero)();
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
         for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
             VT v = FL(tld)(xr, k, w);
             VT e = FL(vexp)(v - m[k]);
             VI top = v == m[k];
@@ -156,20 +205,12 @@ FL_CLONES void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         for (; i < n; i++) y[i] *= inv;
         return;
     }
+    /* two passes over the tile: running max and sum, then the output */
     VT m[FL_TILE_MAX / VL], inv[FL_TILE_MAX / VL];
     ACC s[FL_TILE_MAX / VL];
     ptrdiff_t nv = (w + VL - 1) / VL;
-    FL(colmax)(x, n, ld, w, m);
-    for (ptrdiff_t k = 0; k < nv; k++) s[k] = FL(acc_zero)();
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *xr = x + r * ld;
-        T *yr = y + r * ld;
-        for (ptrdiff_t k = 0; k < nv; k++) {
-            VT e = FL(vexp)(FL(tld)(xr, k, w) - m[k]);
-            FL(tst)(yr, k, w, e);
-            FL(acc_add)(&s[k], e);
-        }
-    }
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
+    FL(col_maxsum)(x, n, ld, w, m, s);
     for (ptrdiff_t k = 0; k < nv; k++) {
         double sl[VL];
         T il[VL];
@@ -178,8 +219,13 @@ FL_CLONES void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         inv[k] = FL(vld)(il);
     }
     for (ptrdiff_t r = 0; r < n; r++) {
+        const T *xr = x + r * ld;
         T *yr = y + r * ld;
-        for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, FL(tld)(yr, k, w) * inv[k]);
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(y + (r + pf) * ld + k * VL, 1, 3);
+            FL(tst)(yr, k, w, FL(vexp)(FL(tld)(xr, k, w) - m[k]) * inv[k]);
+        }
     }
 }
 
@@ -210,32 +256,38 @@ FL_CLONES void FL(fl_log_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
         for (; i < n; i++) y[i] -= l;
         return;
     }
+    /* two passes: running max and sum, then the output.  A column whose
+       maximum is not finite takes scipy's rule (shift by 0) in a scalar pass. */
     VT m[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
     ACC s[FL_TILE_MAX / VL];
     ptrdiff_t nv = (w + VL - 1) / VL;
-    FL(colmax)(x, n, ld, w, m);
-    for (ptrdiff_t k = 0; k < nv; k++) {
-        T ml[VL];
-        FL(vst)(ml, m[k]);
-        for (int j = 0; j < VL; j++) if (!isfinite(ml[j])) ml[j] = 0;
-        m[k] = FL(vld)(ml);
-        s[k] = FL(acc_zero)();
-    }
-    for (ptrdiff_t r = 0; r < n; r++) {
-        const T *xr = x + r * ld;
-        for (ptrdiff_t k = 0; k < nv; k++) FL(acc_add)(&s[k], FL(vexp)(FL(tld)(xr, k, w) - m[k]));
-    }
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
+    FL(col_maxsum)(x, n, ld, w, m, s);
     for (ptrdiff_t k = 0; k < nv; k++) {
         double sl[VL];
-        T ll[VL];
+        T ml[VL], ll[VL];
         FL(acc_lanes)(s[k], sl);
-        for (int j = 0; j < VL; j++) ll[j] = (T)log(sl[j]);
+        FL(vst)(ml, m[k]);
+        for (int j = 0; j < VL; j++) {
+            ptrdiff_t c = k * VL + j;
+            if (!isfinite(ml[j])) {
+                ml[j] = 0;
+                sl[j] = 0.0;
+                for (ptrdiff_t r = 0; c < w && r < n; r++) sl[j] += FL_EXP(x[r * ld + c]);
+            }
+            ll[j] = (T)log(sl[j]);
+        }
+        m[k] = FL(vld)(ml);
         l[k] = FL(vld)(ll);
     }
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
         T *yr = y + r * ld;
-        for (ptrdiff_t k = 0; k < nv; k++) FL(tst)(yr, k, w, (FL(tld)(xr, k, w) - m[k]) - l[k]);
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(y + (r + pf) * ld + k * VL, 1, 3);
+            FL(tst)(yr, k, w, (FL(tld)(xr, k, w) - m[k]) - l[k]);
+        }
     }
 }
 
@@ -336,10 +388,15 @@ FL_CLONES void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y
     ACC a[FL_TILE_MAX / VL];
     VT d[FL_TILE_MAX / VL];
     ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
-    for (ptrdiff_t r = 0; r < n; r++)
-        for (ptrdiff_t k = 0; k < nv; k++)
+    for (ptrdiff_t r = 0; r < n; r++) {
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(g + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(y + (r + pf) * ld + k * VL, 0, 3);
             FL(acc_addmul)(&a[k], FL(tld)(g + r * ld, k, w), FL(tld)(y + r * ld, k, w));
+        }
+    }
     for (ptrdiff_t k = 0; k < nv; k++) {
         double al[VL];
         T dl[VL];
@@ -347,10 +404,15 @@ FL_CLONES void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y
         for (int j = 0; j < VL; j++) dl[j] = (T)al[j];
         d[k] = FL(vld)(dl);
     }
-    for (ptrdiff_t r = 0; r < n; r++)
-        for (ptrdiff_t k = 0; k < nv; k++)
+    for (ptrdiff_t r = 0; r < n; r++) {
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(g + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(y + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(gx + (r + pf) * ld + k * VL, 1, 3);
             FL(tst)(gx + r * ld, k, w,
                     FL(tld)(y + r * ld, k, w) * (FL(tld)(g + r * ld, k, w) - d[k]));
+        }
+    }
 }
 
 /* gx = g - exp(y) * sum(g) */
@@ -380,9 +442,14 @@ FL_CLONES void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRI
     ACC a[FL_TILE_MAX / VL];
     VT sg[FL_TILE_MAX / VL];
     ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     for (ptrdiff_t k = 0; k < nv; k++) a[k] = FL(acc_zero)();
-    for (ptrdiff_t r = 0; r < n; r++)
-        for (ptrdiff_t k = 0; k < nv; k++) FL(acc_add)(&a[k], FL(tld)(g + r * ld, k, w));
+    for (ptrdiff_t r = 0; r < n; r++) {
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(g + (r + pf) * ld + k * VL, 0, 3);
+            FL(acc_add)(&a[k], FL(tld)(g + r * ld, k, w));
+        }
+    }
     for (ptrdiff_t k = 0; k < nv; k++) {
         double al[VL];
         T sl[VL];
@@ -390,10 +457,15 @@ FL_CLONES void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRI
         for (int j = 0; j < VL; j++) sl[j] = (T)al[j];
         sg[k] = FL(vld)(sl);
     }
-    for (ptrdiff_t r = 0; r < n; r++)
-        for (ptrdiff_t k = 0; k < nv; k++)
+    for (ptrdiff_t r = 0; r < n; r++) {
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(g + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(y + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(gx + (r + pf) * ld + k * VL, 1, 3);
             FL(tst)(gx + r * ld, k, w,
                     FL(tld)(g + r * ld, k, w) - FL(vexp)(FL(tld)(y + r * ld, k, w)) * sg[k]);
+        }
+    }
 }
 
 /*
@@ -418,6 +490,7 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
     double lse[FL_TILE_MAX];
     VT go[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
     ptrdiff_t nv = (w + VL - 1) / VL;
+    const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
     FL(lse_cols)(x, n, ld, w, lse);
     for (ptrdiff_t k = 0; k < nv; k++) {
         T gl[VL], ll[VL];
@@ -430,9 +503,13 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
         go[k] = FL(vld)(gl);
         l[k] = FL(vld)(ll);
     }
-    for (ptrdiff_t r = 0; r < n; r++)
-        for (ptrdiff_t k = 0; k < nv; k++)
+    for (ptrdiff_t r = 0; r < n; r++) {
+        for (ptrdiff_t k = 0; k < nv; k++) {
+            __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
+            __builtin_prefetch(gx + (r + pf) * ld + k * VL, 1, 3);
             FL(tst)(gx + r * ld, k, w, FL(vexp)(FL(tld)(x + r * ld, k, w) - l[k]) * go[k]);
+        }
+    }
 }
 
 /* Weighted: gx = gout * sign * b * exp(x - log|S|); zero where b == 0 and
