@@ -2,7 +2,8 @@
 import numpy as np
 
 from ._threads import _for_work
-from ._validation import check_out
+from ._validation import (Plan, as_array, check_out, check_same_shape,
+                          normalize_axes, result_dtype)
 
 
 def run_same_shape(kernel, inputs, dtype, plan, out, *extra):
@@ -40,3 +41,22 @@ def run_same_shape(kernel, inputs, dtype, plan, out, *extra):
 def scalar_if_0d(r):
     """numpy's convention (and scipy's): a 0-d result comes back as a scalar."""
     return r[()] if isinstance(r, np.ndarray) and r.ndim == 0 else r
+
+
+def forward_same_shape(kernel, x, axis, out, *extra):
+    """A forward op whose output has the shape of `x`: validate, run, return."""
+    x = as_array(x, "x")
+    dtype = result_dtype((x, "x"))
+    plan = Plan(x.shape, normalize_axes(axis, x.ndim))
+    r = run_same_shape(kernel, [x], dtype, plan, out, *extra)
+    return r if out is not None else scalar_if_0d(r)
+
+
+def backward_same_shape(kernel, grad, saved, saved_name, axis, *extra):
+    """A backward op taking (grad, saved forward array) of one shape."""
+    grad = as_array(grad, "grad")
+    saved = as_array(saved, saved_name)
+    check_same_shape(grad, saved, "grad", saved_name)
+    dtype = result_dtype((grad, "grad"), (saved, saved_name))
+    plan = Plan(saved.shape, normalize_axes(axis, saved.ndim))
+    return scalar_if_0d(run_same_shape(kernel, [grad, saved], dtype, plan, None, *extra))

@@ -1,8 +1,7 @@
 """Public normalize and normalize_backward."""
 from . import _normalize as _k
-from ._common import run_same_shape, scalar_if_0d
-from ._validation import (Plan, as_array, check_eps, check_same_shape,
-                          normalize_axes, result_dtype)
+from ._common import backward_same_shape, forward_same_shape
+from ._validation import check_eps
 
 __all__ = ["normalize", "normalize_backward"]
 
@@ -48,12 +47,7 @@ def normalize(x, axis=-1, eps=1e-12, *, out=None):
     array([[0.6, 0.8],
            [0. , 0. ]])
     """
-    x = as_array(x, "x")
-    dtype = result_dtype((x, "x"))
-    eps = check_eps(eps)
-    plan = Plan(x.shape, normalize_axes(axis, x.ndim))
-    r = run_same_shape(_k.normalize_fwd, [x], dtype, plan, out, eps)
-    return r if out is not None else scalar_if_0d(r)
+    return forward_same_shape(_k.normalize_fwd, x, axis, out, check_eps(eps))
 
 
 def normalize_backward(grad, x, axis=-1, eps=1e-12):
@@ -88,10 +82,4 @@ def normalize_backward(grad, x, axis=-1, eps=1e-12):
     >>> fastlin.normalize_backward(np.array([1.0, 0.0]), np.array([3.0, 4.0]))
     array([ 0.128, -0.096])
     """
-    grad = as_array(grad, "grad")
-    x = as_array(x, "x")
-    check_same_shape(grad, x, "grad", "x")
-    dtype = result_dtype((grad, "grad"), (x, "x"))
-    eps = check_eps(eps)
-    plan = Plan(x.shape, normalize_axes(axis, x.ndim))
-    return scalar_if_0d(run_same_shape(_k.normalize_bwd, [grad, x], dtype, plan, None, eps))
+    return backward_same_shape(_k.normalize_bwd, grad, x, "x", axis, check_eps(eps))

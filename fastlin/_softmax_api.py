@@ -2,10 +2,10 @@
 import numpy as np
 
 from . import _softmax as _k
-from ._common import run_same_shape, scalar_if_0d
+from ._common import backward_same_shape, forward_same_shape, scalar_if_0d
 from ._threads import _for_work
-from ._validation import (Plan, as_array, check_same_shape, is_weak_scalar,
-                          normalize_axes, result_dtype)
+from ._validation import (Plan, as_array, is_weak_scalar, normalize_axes,
+                          result_dtype)
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward",
            "log_softmax_backward", "logsumexp_backward"]
@@ -45,11 +45,7 @@ def softmax(x, axis=None, *, out=None):
     >>> fastlin.softmax([1.0, 2.0, 3.0])
     array([0.09003057, 0.24472847, 0.66524096])
     """
-    x = as_array(x, "x")
-    dtype = result_dtype((x, "x"))
-    plan = Plan(x.shape, normalize_axes(axis, x.ndim))
-    r = run_same_shape(_k.softmax_fwd, [x], dtype, plan, out)
-    return r if out is not None else scalar_if_0d(r)
+    return forward_same_shape(_k.softmax_fwd, x, axis, out)
 
 
 def log_softmax(x, axis=None, *, out=None):
@@ -83,11 +79,7 @@ def log_softmax(x, axis=None, *, out=None):
     >>> fastlin.log_softmax([1000.0, 1.0])
     array([   0., -999.])
     """
-    x = as_array(x, "x")
-    dtype = result_dtype((x, "x"))
-    plan = Plan(x.shape, normalize_axes(axis, x.ndim))
-    r = run_same_shape(_k.log_softmax_fwd, [x], dtype, plan, out)
-    return r if out is not None else scalar_if_0d(r)
+    return forward_same_shape(_k.log_softmax_fwd, x, axis, out)
 
 
 def _lse_setup(a, axis, b):
@@ -219,12 +211,7 @@ def softmax_backward(grad, y, axis=None):
     >>> fastlin.softmax_backward(np.array([1.0, 0.0, 0.0]), y)
     array([ 0.08192507, -0.02203304, -0.05989202])
     """
-    grad = as_array(grad, "grad")
-    y = as_array(y, "y")
-    check_same_shape(grad, y, "grad", "y")
-    dtype = result_dtype((grad, "grad"), (y, "y"))
-    plan = Plan(y.shape, normalize_axes(axis, y.ndim))
-    return scalar_if_0d(run_same_shape(_k.softmax_bwd, [grad, y], dtype, plan, None))
+    return backward_same_shape(_k.softmax_bwd, grad, y, "y", axis)
 
 
 def log_softmax_backward(grad, y, axis=None):
@@ -256,12 +243,7 @@ def log_softmax_backward(grad, y, axis=None):
     >>> fastlin.log_softmax_backward(np.array([1.0, 0.0]), y)
     array([ 0.5, -0.5])
     """
-    grad = as_array(grad, "grad")
-    y = as_array(y, "y")
-    check_same_shape(grad, y, "grad", "y")
-    dtype = result_dtype((grad, "grad"), (y, "y"))
-    plan = Plan(y.shape, normalize_axes(axis, y.ndim))
-    return scalar_if_0d(run_same_shape(_k.log_softmax_bwd, [grad, y], dtype, plan, None))
+    return backward_same_shape(_k.log_softmax_bwd, grad, y, "y", axis)
 
 
 def _unbroadcast(g, shape):
