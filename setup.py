@@ -27,7 +27,7 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_openmp_helpers", "_softmax", "_normalize"]
+EXTENSIONS = ["_openmp_helpers", "_softmax", "_normalize", "_distance"]
 
 OPENMP_TEST = textwrap.dedent("""
     #include <omp.h>
@@ -70,7 +70,7 @@ class BuildExt(build_ext):
     def build_extensions(self):
         ctype = self.compiler.compiler_type
         msvc = ctype == "msvc"
-        compile_args = ["/O2"] if msvc else ["-O3", "-fno-strict-aliasing"]
+        compile_args = ["/O2"] if msvc else ["-O3", "-fno-strict-aliasing", "-fno-math-errno"]
         link_args = []
         macros = []
 

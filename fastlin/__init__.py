@@ -19,6 +19,8 @@ Every public function follows one path::
 * ``fastlin.reference`` holds a slow, obviously correct NumPy twin of every
   op and every backward; the tests judge the kernels against it and scipy.
 """
+from ._distance_api import (cdist, cdist_backward, pdist, pdist_backward,
+                            squareform)
 from ._normalize_api import normalize, normalize_backward
 from ._softmax_api import (log_softmax, log_softmax_backward, logsumexp,
                            logsumexp_backward, softmax, softmax_backward)
@@ -30,6 +32,7 @@ __all__ = [
     "normalize", "normalize_backward",
     "softmax", "log_softmax", "logsumexp",
     "softmax_backward", "log_softmax_backward", "logsumexp_backward",
+    "cdist", "pdist", "squareform", "cdist_backward", "pdist_backward",
     "get_num_threads", "set_num_threads", "threads", "show_config",
     "__version__",
 ]

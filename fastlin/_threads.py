@@ -93,6 +93,32 @@ def threads(n):
             _num_threads = previous
 
 
+_blas_controller = None
+
+
+@contextlib.contextmanager
+def blas_single_thread():
+    """Limit BLAS to one thread inside fastlin's own OpenMP regions.
+
+    A kernel that calls BLAS from several OpenMP threads would otherwise
+    oversubscribe the cores (measured 60-70x slower here), and a BLAS whose
+    result depended on its own thread count would break the bitwise
+    thread-count invariance.  threadpoolctl finds whichever BLAS scipy
+    loaded; the controller is built once (scanning the loaded libraries is
+    the slow part).
+    """
+    global _blas_controller
+    try:
+        if _blas_controller is None:
+            from threadpoolctl import ThreadpoolController
+            _blas_controller = ThreadpoolController()
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        yield
+        return
+    with _blas_controller.limit(limits=1, user_api="blas"):
+        yield
+
+
 def _for_work(size):
     """Thread count for a kernel touching `size` elements."""
     if size < SMALL_WORK:

@@ -1,0 +1,23 @@
+# floating-typed wrappers over scipy's BLAS (scipy.linalg.cython_blas): no
+# new link dependency, and the row-major bookkeeping is done once, here.
+from cython cimport floating
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+
+cdef inline void gemm_abt(int m, int n, int k, floating alpha,
+                          const floating *a, int lda, const floating *b, int ldb,
+                          floating beta, floating *c, int ldc) noexcept nogil:
+    """Row-major C (m x n, row stride ldc) = alpha * A B^T + beta * C, with A
+    m x k (row stride lda) and B n x k (row stride ldb).
+
+    In BLAS's column-major terms that is C^T = B A^T: B is read transposed,
+    A as is, and the operand order swaps.
+    """
+    cdef char tb = b'T'
+    cdef char na = b'N'
+    if floating is double:
+        dgemm(&tb, &na, &n, &m, &k, &alpha, <double *>b, &ldb, <double *>a, &lda,
+              &beta, c, &ldc)
+    else:
+        sgemm(&tb, &na, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda,
+              &beta, c, &ldc)

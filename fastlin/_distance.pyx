@@ -1,0 +1,127 @@
+"""Pairwise distance kernels: cdist and pdist at GEMM speed, exact where it matters.
+
+For rows a of XA and b of XB (centred on a common point, which changes no
+distance and removes the cancellation a large common offset would cause):
+
+1. squared norms |a|^2, |b|^2 in double;
+2. per output tile (TILE x TILE), one BLAS GEMM writes -2 a.b into the tile
+   (BLAS limited to one thread: the OpenMP threads own the tiles);
+3. the epilogue (src/fl_distance.h) adds the norms, detects the entries
+   whose GEMM value cannot be trusted (d2 < tau (|a|^2 + |b|^2), or a
+   non-finite row) and recomputes those exactly from the original rows,
+   then takes the square root.
+
+cdist writes straight into its output; pdist computes the upper triangle of
+tiles into per-thread scratch and copies each pair into the condensed vector.
+Every tile is computed whole by one thread, so results do not depend on the
+thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange, threadid
+
+from fastlin._blas cimport gemm_abt
+
+cdef extern from "fl_distance.h" nogil:
+    Py_ssize_t fl_dist_row_d(double *c, Py_ssize_t nb, double na, const double *nbv,
+                             int bad_a, const unsigned char *bad_b, const double *a0,
+                             const double *b0, Py_ssize_t k, double tau, int take_sqrt,
+                             double scale)
+    Py_ssize_t fl_dist_row_f(float *c, Py_ssize_t nb, double na, const double *nbv,
+                             int bad_a, const unsigned char *bad_b, const float *a0,
+                             const float *b0, Py_ssize_t k, double tau, int take_sqrt,
+                             double scale)
+
+# Output tile edge: a 256 x 256 float64 tile (512 KiB) stays in L2 between the
+# GEMM that writes it and the epilogue that finishes it.
+DEF TILE = 256
+
+
+cdef inline void _epilogue_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_ssize_t tn,
+                                const double *na, const double *nb,
+                                const unsigned char *bad_a, const unsigned char *bad_b,
+                                const floating *a0, const floating *b0, Py_ssize_t k,
+                                double tau, bint take_sqrt, double scale) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(tm):
+        if floating is double:
+            fl_dist_row_d(c + i * ldc, tn, na[i], nb, bad_a[i], bad_b, a0 + i * k, b0, k,
+                          tau, take_sqrt, scale)
+        else:
+            fl_dist_row_f(c + i * ldc, tn, na[i], nb, bad_a[i], bad_b, a0 + i * k, b0, k,
+                          tau, take_sqrt, scale)
+
+
+def sqnorms(const floating[:, ::1] X, double[::1] out, int n_threads):
+    """out[i] = sum_k X[i, k]^2, accumulated in double."""
+    cdef Py_ssize_t m = X.shape[0], k = X.shape[1], i, j
+    cdef double s
+    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+        s = 0
+        for j in range(k):
+            s = s + <double>X[i, j] * <double>X[i, j]
+        out[i] = s
+
+
+def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
+                const floating[:, ::1] A0, const floating[:, ::1] B0,
+                const double[::1] na, const double[::1] nb,
+                const unsigned char[::1] bad_a, const unsigned char[::1] bad_b,
+                floating[:, ::1] out, double tau, bint take_sqrt, double scale,
+                int n_threads):
+    """out (mA, mB) = distances between rows of A and B (centred, for the
+    GEMM) / A0 and B0 (original, for the exact path)."""
+    cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
+    cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t t, i0, j0, tm, tn
+    cdef const floating *pa = &A[0, 0]
+    cdef const floating *pb = &B[0, 0]
+    cdef const floating *pa0 = &A0[0, 0]
+    cdef const floating *pb0 = &B0[0, 0]
+    cdef floating *pc = &out[0, 0]
+    for t in prange(ntm * ntn, nogil=True, schedule='static', num_threads=n_threads):
+        i0 = (t // ntn) * TILE
+        j0 = (t % ntn) * TILE
+        tm = min(TILE, mA - i0)
+        tn = min(TILE, mB - j0)
+        gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                 pb + j0 * k, <int>k, <floating>0.0, pc + i0 * mB + j0, <int>mB)
+        _epilogue_rows(pc + i0 * mB + j0, mB, tm, tn, &na[i0], &nb[j0], &bad_a[i0],
+                       &bad_b[j0], pa0 + i0 * k, pb0 + j0 * k, k, tau, take_sqrt, scale)
+
+
+def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
+                const double[::1] na, const unsigned char[::1] bad,
+                floating[::1] out, floating[:, ::1] scratch, double tau,
+                bint take_sqrt, double scale, int n_threads):
+    """Condensed distances (scipy's order) between the rows of A / A0.
+    scratch: (n_threads, TILE * TILE), one tile per thread."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
+    cdef Py_ssize_t nt = (m + TILE - 1) // TILE
+    cdef Py_ssize_t t, bi, bj, i0, j0, tm, tn, i, j, jstart, base
+    cdef floating *c
+    cdef const floating *pa = &A[0, 0]
+    cdef const floating *pa0 = &A0[0, 0]
+    # dynamic: half of the (bi, bj) pairs are below the diagonal and empty;
+    # which thread computes a tile changes nothing in it.
+    for t in prange(nt * nt, nogil=True, schedule='dynamic', num_threads=n_threads):
+        bi = t // nt
+        bj = t % nt
+        if bj < bi:
+            continue
+        i0 = bi * TILE
+        j0 = bj * TILE
+        tm = min(TILE, m - i0)
+        tn = min(TILE, m - j0)
+        c = &scratch[threadid(), 0]
+        gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                 pa + j0 * k, <int>k, <floating>0.0, c, <int>tn)
+        _epilogue_rows(c, tn, tm, tn, &na[i0], &na[j0], &bad[i0], &bad[j0],
+                       pa0 + i0 * k, pa0 + j0 * k, k, tau, take_sqrt, scale)
+        for i in range(tm):
+            # pairs (i0 + i, j0 + j) with j0 + j > i0 + i
+            jstart = 0
+            if bi == bj:
+                jstart = i + 1
+            base = m * (i0 + i) - ((i0 + i) * (i0 + i + 1)) // 2 - (i0 + i) - 1
+            for j in range(jstart, tn):
+                out[base + j0 + j] = c[i * tn + j]

@@ -1,0 +1,69 @@
+/*
+ * Pairwise distance epilogue: turn one row of a GEMM tile of cross terms
+ * into distances, and recompute exactly the entries where the GEMM identity
+ * cannot be trusted.
+ *
+ *   d2 = |a|^2 + |b|^2 - 2 a.b      (a, b centred rows; the tile holds -2 a.b)
+ *
+ * The rounding error of that expression is about eps * sqrt(k) * s with
+ * s = |a|^2 + |b|^2: relative to d2 it stays small while d2 is not much
+ * smaller than s.  Entries with d2 < tau * s, and every pair involving a row
+ * flagged non-finite, are recomputed as sum((a - b)^2) in double from the
+ * original rows: near points, exact duplicates (0) and inf/nan rows (scipy's
+ * inf/nan) are all exact.  Three short passes over a row that is in L1: the
+ * first and last vectorize (sqrt needs -fno-math-errno, which setup.py sets).
+ */
+#ifndef FL_DISTANCE_H
+#define FL_DISTANCE_H
+#include "fl_common.h"
+
+#define FL_DIST_TPL(T, SFX)                                                               \
+static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k)                  \
+{                                                                                         \
+    double s = 0.0;                                                                       \
+    for (ptrdiff_t i = 0; i < k; i++) {                                                   \
+        double d = (double)a[i] - (double)b[i];                                           \
+        s += d * d;                                                                       \
+    }                                                                                     \
+    return s;                                                                             \
+}                                                                                         \
+                                                                                          \
+/* c[0..nb): -2 a.b_j on entry, the distance on exit (sqrt'ed when take_sqrt,            \
+   times `scale`).  na = |a|^2, nbv[j] = |b_j|^2 (centred); a0 and b0 + j*k are          \
+   the rows the exact path reads.  Returns how many entries it recomputed. */             \
+FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,          \
+                                      const double *FL_RESTRICT nbv, int bad_a,           \
+                                      const unsigned char *FL_RESTRICT bad_b,             \
+                                      const T *a0, const T *b0, ptrdiff_t k, double tau,  \
+                                      int take_sqrt, double scale)                        \
+{                                                                                         \
+    ptrdiff_t nexact = 0;                                                                 \
+    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
+        double s = na + nbv[j];                                                           \
+        T v = (T)(s + (double)c[j]);                                                      \
+        nexact += ((double)v < tau * s) | bad_a | bad_b[j];                               \
+        c[j] = v;                                                                         \
+    }                                                                                     \
+    if (nexact)                                                                           \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double s = na + nbv[j];                                                       \
+            if (((double)c[j] < tau * s) | bad_a | bad_b[j])                              \
+                c[j] = (T)fl_sqdist_exact_##SFX(a0, b0 + j * k, k);                       \
+        }                                                                                 \
+    if (take_sqrt)                                                                        \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double v = (double)c[j];                                                      \
+            c[j] = (T)sqrt((v < 0.0 ? 0.0 : v) * scale);                                  \
+        }                                                                                 \
+    else                                                                                  \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double v = (double)c[j];                                                      \
+            c[j] = (T)((v < 0.0 ? 0.0 : v) * scale);                                      \
+        }                                                                                 \
+    return nexact;                                                                        \
+}
+
+FL_DIST_TPL(double, d)
+FL_DIST_TPL(float, f)
+
+#endif
