@@ -1,0 +1,122 @@
+"""cdist_backward / pdist_backward: finite differences, torch autograd, and the
+documented zero-distance subgradient."""
+import numpy as np
+import pytest
+
+import fastlin
+
+METRICS = ["euclidean", "sqeuclidean", "cosine", "mahalanobis"]
+
+
+def _vi(n, rng):
+    M = rng.standard_normal((n, n))
+    return M @ M.T + n * np.eye(n)
+
+
+def _loss_cdist(G, metric, VI):
+    return lambda A, B: float(np.sum(G * fastlin.cdist(A, B, metric, VI=VI)))
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_cdist_backward_matches_central_differences(metric):
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((6, 4)), rng.standard_normal((5, 4))
+    G = rng.standard_normal((6, 5))
+    VI = _vi(4, rng) if metric == "mahalanobis" else None
+    gA, gB = fastlin.cdist_backward(G, A, B, metric, VI=VI)
+    f = _loss_cdist(G, metric, VI)
+    h = 1e-6
+    for X, gX, which in ((A, gA, 0), (B, gB, 1)):
+        fd = np.zeros_like(X)
+        for idx in np.ndindex(X.shape):
+            Xp, Xm = X.copy(), X.copy()
+            Xp[idx] += h
+            Xm[idx] -= h
+            args_p = (Xp, B) if which == 0 else (A, Xp)
+            args_m = (Xm, B) if which == 0 else (A, Xm)
+            fd[idx] = (f(*args_p) - f(*args_m)) / (2 * h)
+        # truncation O(h^2 * f''') and rounding O(eps * |f| / h): both < 1e-8 here
+        np.testing.assert_allclose(gX, fd, rtol=0, atol=1e-6 * max(1.0, np.abs(fd).max()))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+def test_pdist_backward_matches_central_differences(metric):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((7, 3))
+    g = rng.standard_normal(21)
+    gX = fastlin.pdist_backward(g, X, metric)
+    h = 1e-6
+    fd = np.zeros_like(X)
+    for idx in np.ndindex(X.shape):
+        Xp, Xm = X.copy(), X.copy()
+        Xp[idx] += h
+        Xm[idx] -= h
+        fd[idx] = (np.sum(g * fastlin.pdist(Xp, metric))
+                   - np.sum(g * fastlin.pdist(Xm, metric))) / (2 * h)
+    np.testing.assert_allclose(gX, fd, rtol=0, atol=1e-6 * max(1.0, np.abs(fd).max()))
+
+
+def test_against_torch_autograd():
+    torch = pytest.importorskip("torch", reason="torch is not installed: autograd comparison skipped")
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((40, 9)) + 3.0, rng.standard_normal((30, 9)) + 3.0
+    G = rng.standard_normal((40, 30))
+    defs = {
+        "euclidean": lambda a, b: torch.cdist(a, b),
+        "sqeuclidean": lambda a, b: torch.cdist(a, b) ** 2,
+        "cosine": lambda a, b: 1 - (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T,
+    }
+    for metric, fn in defs.items():
+        ta = torch.tensor(A, requires_grad=True)
+        tb = torch.tensor(B, requires_grad=True)
+        (fn(ta, tb) * torch.tensor(G)).sum().backward()
+        gA, gB = fastlin.cdist_backward(G, A, B, metric)
+        scale = max(np.abs(ta.grad.numpy()).max(), 1.0)
+        np.testing.assert_allclose(gA, ta.grad.numpy(), rtol=0, atol=1e-12 * scale)
+        np.testing.assert_allclose(gB, tb.grad.numpy(), rtol=0, atol=1e-12 * scale)
+    X = rng.standard_normal((25, 4))
+    g = rng.standard_normal(25 * 24 // 2)
+    tx = torch.tensor(X, requires_grad=True)
+    (torch.pdist(tx) * torch.tensor(g)).sum().backward()
+    np.testing.assert_allclose(fastlin.pdist_backward(g, X), tx.grad.numpy(), rtol=0,
+                               atol=1e-12 * max(1.0, np.abs(tx.grad.numpy()).max()))
+
+
+def test_zero_distance_gives_the_finite_zero_subgradient():
+    X = np.array([[1.0, 2.0], [1.0, 2.0], [3.0, -1.0]])
+    gA, gB = fastlin.cdist_backward(np.ones((3, 3)), X, X)
+    assert np.all(np.isfinite(gA)) and np.all(np.isfinite(gB))
+    # rows 0 and 1 coincide: that pair contributes nothing; only row 2 pulls
+    d = np.linalg.norm(X[0] - X[2])
+    np.testing.assert_allclose(gA[0], (X[0] - X[2]) / d, rtol=1e-15)
+    gX = fastlin.pdist_backward(np.ones(3), X)
+    assert np.all(np.isfinite(gX))
+    # a zero row under cosine: zero gradient, not nan
+    Z = np.array([[0.0, 0.0], [1.0, 1.0]])
+    gA, gB = fastlin.cdist_backward(np.ones((2, 2)), Z, Z, "cosine")
+    np.testing.assert_array_equal(gA[0], 0.0)
+
+
+def test_float32_backward_follows_float64():
+    rng = np.random.default_rng(6)
+    A, B = rng.standard_normal((50, 16)), rng.standard_normal((40, 16))
+    G = rng.standard_normal((50, 40))
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        g64 = fastlin.cdist_backward(G, A, B, metric)
+        g32 = fastlin.cdist_backward(G.astype(np.float32), A.astype(np.float32),
+                                     B.astype(np.float32), metric)
+        for a, b in zip(g32, g64):
+            assert a.dtype == np.float32
+            # ~50 terms of size |G| |X| summed in float32
+            np.testing.assert_allclose(a, b, rtol=0,
+                                       atol=64 * np.finfo(np.float32).eps * np.abs(b).max())
+
+
+def test_backward_validation():
+    X = np.ones((3, 2))
+    with pytest.raises(ValueError, match="grad must have the shape of the distances"):
+        fastlin.cdist_backward(np.ones((2, 3)), X, X)
+    with pytest.raises(ValueError, match="grad must have the shape of the condensed"):
+        fastlin.pdist_backward(np.ones(2), X)
+    with pytest.raises(ValueError, match="same number of columns, got 2 and 3"):
+        fastlin.cdist_backward(np.ones((3, 3)), X, np.ones((3, 3)))
