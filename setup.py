@@ -10,6 +10,8 @@ The build degrades gracefully and says so:
   they build for the baseline only.
 * Default flags are portable (``-O3``, never ``-ffast-math``, never
   ``-march=native``): a wheel must run on any x86-64 machine.
+  ``-fno-math-errno`` only lets ``sqrt`` vectorize (errno is never read);
+  it changes no floating-point result and no FP state.
   ``FASTLIN_NATIVE=1`` adds ``-march=native`` for a local build.
 
 What was decided is written to ``fastlin/_build_config.py`` and reported by
