@@ -21,6 +21,8 @@ Every public function follows one path::
 """
 from ._distance_api import (cdist, cdist_backward, pdist, pdist_backward,
                             squareform)
+from ._mahalanobis_api import mahalanobis, mahalanobis_backward
+from ._margin_api import max_margin_loss, max_margin_loss_backward
 from ._normalize_api import normalize, normalize_backward
 from ._softmax_api import (log_softmax, log_softmax_backward, logsumexp,
                            logsumexp_backward, softmax, softmax_backward)
@@ -33,6 +35,8 @@ __all__ = [
     "softmax", "log_softmax", "logsumexp",
     "softmax_backward", "log_softmax_backward", "logsumexp_backward",
     "cdist", "pdist", "squareform", "cdist_backward", "pdist_backward",
+    "max_margin_loss", "max_margin_loss_backward",
+    "mahalanobis", "mahalanobis_backward",
     "get_num_threads", "set_num_threads", "threads", "show_config",
     "__version__",
 ]

@@ -21,3 +21,27 @@ cdef inline void gemm_abt(int m, int n, int k, floating alpha,
     else:
         sgemm(&tb, &na, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda,
               &beta, c, &ldc)
+
+from scipy.linalg.cython_blas cimport dtrmm, dtrsm, strmm, strsm
+
+
+cdef inline void rows_times_lower(int m, int d, const floating *L, floating *Z) noexcept nogil:
+    """Row-major Z (m x d) := Z L, L lower triangular (d x d, row-major):
+    every row z becomes L^T z.  Column-major: Z^T := U Z^T with U = L^T upper."""
+    cdef char side = b'L', uplo = b'U', tr = b'N', diag = b'N'
+    cdef floating one = 1
+    if floating is double:
+        dtrmm(&side, &uplo, &tr, &diag, &d, &m, &one, <double *>L, &d, Z, &d)
+    else:
+        strmm(&side, &uplo, &tr, &diag, &d, &m, &one, <float *>L, &d, Z, &d)
+
+
+cdef inline void rows_solve_lower(int m, int d, const floating *L, floating *Z) noexcept nogil:
+    """Row-major Z (m x d) := Z L^{-T}: every row z becomes L^{-1} z
+    (column-major: solve L Z^T = Z^T with L = U^T)."""
+    cdef char side = b'L', uplo = b'U', tr = b'T', diag = b'N'
+    cdef floating one = 1
+    if floating is double:
+        dtrsm(&side, &uplo, &tr, &diag, &d, &m, &one, <double *>L, &d, Z, &d)
+    else:
+        strsm(&side, &uplo, &tr, &diag, &d, &m, &one, <float *>L, &d, Z, &d)

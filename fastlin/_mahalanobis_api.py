@@ -1,0 +1,191 @@
+"""Public mahalanobis and mahalanobis_backward (one distribution, many points)."""
+import numpy as np
+from scipy.linalg import lapack, solve_triangular
+
+from . import _mahalanobis as _k
+from ._threads import _for_work, blas_single_thread
+from ._validation import as_array, result_dtype
+
+__all__ = ["mahalanobis", "mahalanobis_backward"]
+
+_REGULARISE = ("regularise it, e.g. {name} + 1e-9 * trace({name}) / d * I, or use a "
+               "shrinkage estimator such as sklearn.covariance.LedoitWolf")
+
+
+def _factor(M, name):
+    """Lower Cholesky factor of a symmetric positive definite matrix, with the
+    failing column named (LAPACK potrf's info)."""
+    Md = np.asarray(M, dtype=np.float64)
+    scale = np.abs(Md).max(initial=0.0)
+    if np.abs(Md - Md.T).max(initial=0.0) > 1e-10 * scale:
+        raise ValueError(f"{name} must be symmetric (|{name} - {name}.T| up to "
+                         f"{np.abs(Md - Md.T).max():.3g})")
+    c, info = lapack.dpotrf(Md, lower=1, clean=1)
+    if info > 0:
+        raise ValueError(f"{name} is not positive definite (Cholesky failed at column "
+                         f"{info - 1}); " + _REGULARISE.format(name=name))
+    if info < 0:  # pragma: no cover - argument error inside LAPACK
+        raise ValueError(f"LAPACK potrf rejected {name} (info={info})")
+    return c
+
+
+def _setup(X, mean, cov, VI, cholesky):
+    X = as_array(X, "X")
+    mean = as_array(mean, "mean")
+    if X.ndim < 1:
+        raise ValueError("X must have at least 1 dimension (..., d), got a scalar")
+    d = X.shape[-1]
+    if mean.shape != (d,):
+        raise ValueError(f"mean must have shape ({d},) for points of dimension {d}, "
+                         f"got {mean.shape}")
+    given = [(k, v) for k, v in (("cov", cov), ("VI", VI), ("cholesky", cholesky))
+             if v is not None]
+    if len(given) != 1:
+        raise ValueError("give exactly one of cov, VI (the precision matrix) or cholesky "
+                         f"(a lower factor of cov); got {len(given)}: "
+                         f"{', '.join(k for k, _ in given) or 'none'}")
+    kind, M = given[0]
+    M = as_array(M, kind)
+    dtype = result_dtype((X, "X"), (mean, "mean"), (M, kind))
+    if M.shape != (d, d):
+        raise ValueError(f"{kind} must have shape ({d}, {d}) for points of dimension {d}, "
+                         f"got {M.shape}")
+    if not np.all(np.isfinite(M)):
+        raise ValueError(f"{kind} must be finite (it holds nan or inf)")
+    if kind == "cholesky":
+        Md = np.asarray(M, dtype=np.float64)
+        if np.any(np.triu(Md, 1) != 0):
+            raise ValueError("cholesky must be lower triangular (its strict upper part "
+                             "is not zero)")
+        if np.any(np.diag(Md) <= 0):
+            raise ValueError("cholesky must have a positive diagonal (cov = L L^T must be "
+                             "positive definite); " + _REGULARISE.format(name="cov"))
+        L = Md
+    else:
+        L = _factor(M, kind)
+    return X, mean, kind, np.ascontiguousarray(L, dtype=dtype), dtype, d
+
+
+def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
+    r"""Mahalanobis distance of each point of X to one distribution.
+
+    ``d(x) = sqrt((x - mean)^T cov^-1 (x - mean))``
+
+    Parameters
+    ----------
+    X : array_like, shape (..., d)
+        Points; a single point (d,) gives a scalar.
+    mean : array_like, shape (d,)
+    cov : array_like, shape (d, d), optional
+        The covariance (symmetric positive definite).
+    VI : array_like, shape (d, d), optional
+        The precision matrix, scipy's convention: ``mahalanobis(u, mean,
+        VI=VI)`` equals ``scipy.spatial.distance.mahalanobis(u, mean, VI)``.
+    cholesky : array_like, shape (d, d), optional
+        A lower Cholesky factor L of the covariance (``cov = L L^T``).
+    squared : bool, optional
+        Return the squared distance (what most pipelines use).
+
+    Give exactly one of `cov`, `VI`, `cholesky`.
+
+    Returns
+    -------
+    dist : ndarray, shape (...)
+
+    Raises
+    ------
+    ValueError
+        For a matrix of the wrong shape, not symmetric, holding nan/inf, or
+        not positive definite (naming the column where Cholesky failed).  A
+        singular covariance must be regularised: add a small multiple of the
+        identity (``cov + 1e-9 * trace(cov) / d * I``) or use a shrinkage
+        estimator.
+
+    Notes
+    -----
+    The matrix is factored once (Cholesky); each block of 256 rows of
+    ``X - mean`` then goes through one BLAS triangular solve (cov, cholesky)
+    or triangular product (VI), and its rows' squared norms are summed in
+    float64.  No explicit inverse is formed; X is read once.
+    """
+    X, mean, kind, L, dtype, d = _setup(X, mean, cov, VI, cholesky)
+    lead = X.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    Xr = np.ascontiguousarray(X, dtype=dtype).reshape(n, d)
+    out = np.empty(n, dtype)
+    if n and d:
+        nt = _for_work(n * d)
+        scratch = np.empty((max(nt, 1), 256 * d), dtype)
+        with blas_single_thread():
+            _k.maha(Xr, np.ascontiguousarray(mean, dtype=dtype), L, kind != "VI",
+                    bool(squared), out, scratch, nt)
+    elif n:
+        out[...] = 0
+    out = out.reshape(lead)
+    return out[()] if out.ndim == 0 else out
+
+
+def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
+    r"""Backward pass of :func:`mahalanobis`.
+
+    Parameters
+    ----------
+    grad : array_like, shape (...)
+        Gradient of the loss with respect to the distances.
+    X, mean, cov, VI, cholesky, squared
+        As given to :func:`mahalanobis`.
+
+    Returns
+    -------
+    gX : ndarray, shape (..., d)
+    gmean : ndarray, shape (d,)
+    gM : ndarray, shape (d, d)
+        The gradient with respect to whichever matrix was given:
+
+        * cov: ``-cov^-1 (sum_i a_i delta_i delta_i^T) cov^-1`` (symmetric),
+          formed from ``w_i = cov^-1 delta_i`` by two triangular solves;
+        * VI: ``sum_i a_i delta_i delta_i^T`` (symmetric);
+        * cholesky: ``tril(-2 sum_i a_i w_i z_i^T)`` with ``z_i = L^-1 delta_i``
+          (only the lower triangle is a free parameter);
+
+        where ``a_i = grad_i`` (squared) or ``grad_i / (2 d_i)``.
+
+    Notes
+    -----
+    At zero distance the plain (non-squared) distance is not differentiable;
+    the zero subgradient is returned there (finite).
+    """
+    X, mean, kind, L, dtype, d = _setup(X, mean, cov, VI, cholesky)
+    lead = X.shape[:-1]
+    n = int(np.prod(lead, dtype=np.int64))
+    g = as_array(grad, "grad")
+    if g.shape != lead:
+        raise ValueError(f"grad must have the shape of the distances {lead}, got {g.shape}")
+    delta = np.ascontiguousarray(X, dtype=dtype).reshape(n, d) - np.asarray(mean, dtype)
+    g = np.asarray(g, dtype=dtype).reshape(n)
+    if kind == "VI":
+        P = np.asarray(VI, dtype=dtype)
+        W = delta @ P                               # rows: VI delta_i
+        d2 = np.einsum("ij,ij->i", delta, W, dtype=np.float64)
+    else:
+        Z = solve_triangular(L, delta.T, lower=True).T          # rows z_i = L^-1 delta_i
+        W = solve_triangular(L, Z.T, lower=True, trans="T").T   # rows w_i = cov^-1 delta_i
+        d2 = np.einsum("ij,ij->i", Z, Z, dtype=np.float64)
+    if squared:
+        a = g.astype(np.float64)
+    else:
+        dist = np.sqrt(np.maximum(d2, 0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            a = np.where(dist > 0, g / (2 * dist), 0.0)
+    a = a.astype(dtype)
+    gX = (2 * a)[:, None] * W
+    gmean = -gX.sum(axis=0)
+    if kind == "VI":
+        gM = (delta * a[:, None]).T @ delta
+    elif kind == "cov":
+        gM = -(W * a[:, None]).T @ W
+    else:
+        gM = np.tril(-2 * (W * a[:, None]).T @ Z)
+    if kind != "cholesky":
+        gM = (gM + gM.T) / 2          # symmetric to the last bit
+    return gX.reshape(lead + (d,)), gmean.astype(dtype), gM.astype(dtype)
