@@ -30,6 +30,11 @@ cdef extern from "fl_distance.h" nogil:
                              int bad_a, const unsigned char *bad_b, const float *a0,
                              const float *b0, Py_ssize_t k, double tau, int take_sqrt,
                              double scale)
+    void fl_dist_direct_row_d(double *c, Py_ssize_t nb, const double *a, const double *bt,
+                              Py_ssize_t ldb, Py_ssize_t k, int take_sqrt, double scale)
+    void fl_dist_direct_row_f(float *c, Py_ssize_t nb, const float *a, const float *bt,
+                              Py_ssize_t ldb, Py_ssize_t k, int take_sqrt, double scale)
+    int FL_DIRECT_K
 
 # Output tile edge: a 256 x 256 float64 tile (512 KiB) stays in L2 between the
 # GEMM that writes it and the epilogue that finishes it.
@@ -51,6 +56,22 @@ cdef inline void _epilogue_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_s
                           tau, take_sqrt, scale)
 
 
+cdef inline void _direct_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_ssize_t tn,
+                              const floating *a0, const floating *bt, Py_ssize_t ldb,
+                              Py_ssize_t k, bint take_sqrt, double scale) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(tm):
+        if floating is double:
+            fl_dist_direct_row_d(c + i * ldc, tn, a0 + i * k, bt, ldb, k, take_sqrt, scale)
+        else:
+            fl_dist_direct_row_f(c + i * ldc, tn, a0 + i * k, bt, ldb, k, take_sqrt, scale)
+
+
+def direct_k():
+    """Rows with at most this many columns are computed directly, without GEMM."""
+    return FL_DIRECT_K
+
+
 def sqnorms(const floating[:, ::1] X, double[::1] out, int n_threads):
     """out[i] = sum_k X[i, k]^2, accumulated in double."""
     cdef Py_ssize_t m = X.shape[0], k = X.shape[1], i, j
@@ -67,9 +88,11 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 const double[::1] na, const double[::1] nb,
                 const unsigned char[::1] bad_a, const unsigned char[::1] bad_b,
                 floating[:, ::1] out, double tau, bint take_sqrt, double scale,
-                int n_threads):
+                int n_threads, const floating[:, ::1] BT=None):
     """out (mA, mB) = distances between rows of A and B (centred, for the
-    GEMM) / A0 and B0 (original, for the exact path)."""
+    GEMM) / A0 and B0 (original, for the exact path).  With BT (B0
+    transposed, k x mB) every entry is computed directly instead (few
+    columns)."""
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
     cdef Py_ssize_t t, i0, j0, tm, tn
@@ -78,11 +101,17 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef const floating *pa0 = &A0[0, 0]
     cdef const floating *pb0 = &B0[0, 0]
     cdef floating *pc = &out[0, 0]
+    cdef bint direct = BT is not None
+    cdef const floating *pbt = &BT[0, 0] if direct else NULL
     for t in prange(ntm * ntn, nogil=True, schedule='static', num_threads=n_threads):
         i0 = (t // ntn) * TILE
         j0 = (t % ntn) * TILE
         tm = min(TILE, mA - i0)
         tn = min(TILE, mB - j0)
+        if direct:
+            _direct_rows(pc + i0 * mB + j0, mB, tm, tn, pa0 + i0 * k, pbt + j0, mB, k,
+                         take_sqrt, scale)
+            continue
         gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
                  pb + j0 * k, <int>k, <floating>0.0, pc + i0 * mB + j0, <int>mB)
         _epilogue_rows(pc + i0 * mB + j0, mB, tm, tn, &na[i0], &nb[j0], &bad_a[i0],
@@ -92,7 +121,8 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
 def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 const double[::1] na, const unsigned char[::1] bad,
                 floating[::1] out, floating[:, ::1] scratch, double tau,
-                bint take_sqrt, double scale, int n_threads):
+                bint take_sqrt, double scale, int n_threads,
+                const floating[:, ::1] AT=None):
     """Condensed distances (scipy's order) between the rows of A / A0.
     scratch: (n_threads, TILE * TILE), one tile per thread."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
@@ -101,6 +131,8 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
     cdef const floating *pa0 = &A0[0, 0]
+    cdef bint direct = AT is not None
+    cdef const floating *pat = &AT[0, 0] if direct else NULL
     # dynamic: half of the (bi, bj) pairs are below the diagonal and empty;
     # which thread computes a tile changes nothing in it.
     for t in prange(nt * nt, nogil=True, schedule='dynamic', num_threads=n_threads):
@@ -113,10 +145,13 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
         tm = min(TILE, m - i0)
         tn = min(TILE, m - j0)
         c = &scratch[threadid(), 0]
-        gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                 pa + j0 * k, <int>k, <floating>0.0, c, <int>tn)
-        _epilogue_rows(c, tn, tm, tn, &na[i0], &na[j0], &bad[i0], &bad[j0],
-                       pa0 + i0 * k, pa0 + j0 * k, k, tau, take_sqrt, scale)
+        if direct:
+            _direct_rows(c, tn, tm, tn, pa0 + i0 * k, pat + j0, m, k, take_sqrt, scale)
+        else:
+            gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                     pa + j0 * k, <int>k, <floating>0.0, c, <int>tn)
+            _epilogue_rows(c, tn, tm, tn, &na[i0], &na[j0], &bad[i0], &bad[j0],
+                           pa0 + i0 * k, pa0 + j0 * k, k, tau, take_sqrt, scale)
         for i in range(tm):
             # pairs (i0 + i, j0 + j) with j0 + j > i0 + i
             jstart = 0

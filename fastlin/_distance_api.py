@@ -174,16 +174,20 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     B0, bad_b, zero_b = (A0, bad_a, zero_a) if same else _prepare(XB, dtype, metric, sw, L)
     if out is not None and (np.may_share_memory(out, A0) or np.may_share_memory(out, B0)):
         A0, B0 = A0.copy(), (A0.copy() if same else B0.copy())
+    take_sqrt, scale = _kernel_params(metric)
+    nt = _for_work(mA * mB * max(n, 1))
     if n == 0:
         res[...] = 0
+    elif n <= _k.direct_k():
+        # few columns: direct differences (exact), no GEMM, no centring
+        _k.cdist_tiles(A0, B0, A0, B0, np.empty(mA), np.empty(mB), bad_a, bad_b, res, 0.0,
+                       take_sqrt, scale, nt, np.ascontiguousarray(B0.T))
     else:
-        take_sqrt, scale = _kernel_params(metric)
         centre = A0.mean(axis=0, dtype=np.float64).astype(dtype)
         if not np.all(np.isfinite(centre)):
             centre = np.zeros_like(centre)
         A = A0 - centre
         B = A if same else B0 - centre
-        nt = _for_work(mA * mB * max(n, 1))
         na = np.empty(mA)
         _k.sqnorms(A, na, nt)
         nb = na if same else np.empty(mB)
@@ -242,16 +246,22 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
         res[...] = 0
     else:
         take_sqrt, scale = _kernel_params(metric)
-        centre = A0.mean(axis=0, dtype=np.float64).astype(dtype)
-        if not np.all(np.isfinite(centre)):
-            centre = np.zeros_like(centre)
-        A = A0 - centre
         nt = _for_work(size * max(n, 1))
-        na = np.empty(m)
-        _k.sqnorms(A, na, nt)
         scratch = np.empty((max(nt, 1), 256 * 256), dtype)
-        with blas_single_thread():
-            _k.pdist_tiles(A, A0, na, bad, res, scratch, TAU[dtype], take_sqrt, scale, nt)
+        if n <= _k.direct_k():
+            # few columns: direct differences (exact), no GEMM, no centring
+            _k.pdist_tiles(A0, A0, np.empty(m), bad, res, scratch, 0.0, take_sqrt, scale,
+                           nt, np.ascontiguousarray(A0.T))
+        else:
+            centre = A0.mean(axis=0, dtype=np.float64).astype(dtype)
+            if not np.all(np.isfinite(centre)):
+                centre = np.zeros_like(centre)
+            A = A0 - centre
+            na = np.empty(m)
+            _k.sqnorms(A, na, nt)
+            with blas_single_thread():
+                _k.pdist_tiles(A, A0, na, bad, res, scratch, TAU[dtype], take_sqrt, scale,
+                               nt)
     if metric == "cosine" and zero.any():
         sq = squareform(res, checks=False)
         sq[zero, :] = np.nan

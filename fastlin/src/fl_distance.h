@@ -17,6 +17,10 @@
 #define FL_DISTANCE_H
 #include "fl_common.h"
 
+/* rows of at most this many columns skip GEMM (see fl_dist_direct_row) */
+#define FL_DIRECT_K 16
+#define FL_DIRECT_TILE 256   /* = the tile edge of _distance.pyx */
+
 #define FL_DIST_TPL(T, SFX)                                                               \
 static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k)                  \
 {                                                                                         \
@@ -61,6 +65,30 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
             c[j] = (T)((v < 0.0 ? 0.0 : v) * scale);                                      \
         }                                                                                 \
     return nexact;                                                                        \
+}                                                                                         \
+                                                                                          \
+/* Few columns (k <= FL_DIRECT_K): GEMM cannot pay for itself, and the    \
+   direct sum is exact anyway.  c[j] = dist(a, b_j) with the k x ldb       \
+   transposed rows bt, vectorized across j; accumulated in double. */      \
+FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,                  \
+                                        const T *FL_RESTRICT a,                            \
+                                        const T *FL_RESTRICT bt, ptrdiff_t ldb,            \
+                                        ptrdiff_t k, int take_sqrt, double scale)          \
+{                                                                                         \
+    double acc[FL_DIRECT_TILE];                                                           \
+    for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
+    for (ptrdiff_t q = 0; q < k; q++) {                                                   \
+        const double aq = (double)a[q];                                                   \
+        const T *br = bt + q * ldb;                                                       \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double d = aq - (double)br[j];                                                \
+            acc[j] += d * d;                                                              \
+        }                                                                                 \
+    }                                                                                     \
+    if (take_sqrt)                                                                        \
+        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt(acc[j] * scale);                \
+    else                                                                                  \
+        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)(acc[j] * scale);                    \
 }
 
 FL_DIST_TPL(double, d)
