@@ -82,22 +82,45 @@ def _precision_factor(VI, n, XA, XB, dtype):
     return L.astype(dtype)
 
 
-def _prepare(X, dtype, metric, sw, L):
-    """Rows as the kernel reads them: weighted / whitened / normalized, and
-    flags for non-finite rows (and zero rows under cosine)."""
-    X0 = np.ascontiguousarray(X, dtype=dtype)
-    zero = None
-    if sw is not None:
-        X0 = X0 * sw
-    if L is not None:
-        X0 = np.ascontiguousarray(X0 @ L)
-    if metric == "cosine":
-        nrm = np.sqrt(np.einsum("ij,ij->i", X0, X0, dtype=np.float64))
-        zero = nrm == 0
-        with np.errstate(invalid="ignore", divide="ignore"):
-            X0 = (X0 / np.where(zero, 1.0, nrm)[:, None]).astype(dtype)
-    bad = (~np.isfinite(X0).all(axis=1)).astype(np.uint8)
-    return np.ascontiguousarray(X0), bad, zero
+class _Operands:
+    """The rows the kernels read, for one collection of points.
+
+    exact: the rows of the exact (direct-difference) path -- the original
+           points for (sq)euclidean, whose weights stay separate (``wv``) so
+           that the difference is taken before weighting; unit rows for
+           cosine; centred-then-whitened rows for mahalanobis.
+    gemm:  the GEMM operand, centred on `centre` (and weighted), built lazily.
+    bad:   non-finite rows (always take the exact path).
+    zero:  rows of zero norm under cosine (nan distances, as scipy).
+    """
+
+    def __init__(self, X, dtype, metric, sw, L, centre_x):
+        X0 = np.ascontiguousarray(X, dtype=dtype)
+        self.zero = None
+        if metric == "mahalanobis":
+            # centre in x space before whitening: a large offset never reaches X L
+            X0 = np.ascontiguousarray((X0 - centre_x) @ L)
+        elif metric == "cosine":
+            if sw is not None:
+                X0 = X0 * sw
+            nrm = np.sqrt(np.einsum("ij,ij->i", X0, X0, dtype=np.float64))
+            self.zero = nrm == 0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                X0 = np.ascontiguousarray(X0 / np.where(self.zero, 1.0, nrm)[:, None],
+                                          dtype=dtype)
+        self.exact = X0
+        self.sw = sw if metric in ("euclidean", "sqeuclidean") else None
+        self.bad = (~np.isfinite(X0).all(axis=1)).astype(np.uint8)
+
+    def gemm(self, centre):
+        G = self.exact - centre
+        return G * self.sw if self.sw is not None else G
+
+
+def _centre(X, dtype):
+    c = np.asarray(X).mean(axis=0, dtype=np.float64) if len(X) else np.zeros(X.shape[1])
+    c = np.where(np.isfinite(c), c, 0.0)
+    return c.astype(dtype)
 
 
 def _kernel_params(metric):
@@ -169,36 +192,39 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     if mA == 0 or mB == 0:
         return res
     L = _precision_factor(VI, n, XA, XB, dtype) if metric == "mahalanobis" else None
-    A0, bad_a, zero_a = _prepare(XA, dtype, metric, sw, L)
+    cx = _centre(XA, dtype) if metric == "mahalanobis" else None
     same = XB is XA
-    B0, bad_b, zero_b = (A0, bad_a, zero_a) if same else _prepare(XB, dtype, metric, sw, L)
-    if out is not None and (np.may_share_memory(out, A0) or np.may_share_memory(out, B0)):
-        A0, B0 = A0.copy(), (A0.copy() if same else B0.copy())
+    OA = _Operands(XA, dtype, metric, sw, L, cx)
+    OB = OA if same else _Operands(XB, dtype, metric, sw, L, cx)
+    if out is not None and (np.may_share_memory(out, OA.exact)
+                            or np.may_share_memory(out, OB.exact)):
+        OA.exact = OA.exact.copy()
+        OB.exact = OA.exact if same else OB.exact.copy()
+    wv = None if OA.sw is None else (OA.sw.astype(np.float64) ** 2)
     take_sqrt, scale = _kernel_params(metric)
     nt = _for_work(mA * mB * max(n, 1))
     if n == 0:
         res[...] = 0
     elif n <= _k.direct_k():
         # few columns: direct differences (exact), no GEMM, no centring
-        _k.cdist_tiles(A0, B0, A0, B0, np.empty(mA), np.empty(mB), bad_a, bad_b, res, 0.0,
-                       take_sqrt, scale, nt, np.ascontiguousarray(B0.T))
+        _k.cdist_tiles(OA.exact, OB.exact, OA.exact, OB.exact, np.empty(mA), np.empty(mB),
+                       OA.bad, OB.bad, res, 0.0, take_sqrt, scale, nt, wv,
+                       np.ascontiguousarray(OB.exact.T))
     else:
-        centre = A0.mean(axis=0, dtype=np.float64).astype(dtype)
-        if not np.all(np.isfinite(centre)):
-            centre = np.zeros_like(centre)
-        A = A0 - centre
-        B = A if same else B0 - centre
+        c = _centre(OA.exact, dtype)
+        A = OA.gemm(c)
+        B = A if same else OB.gemm(c)
         na = np.empty(mA)
         _k.sqnorms(A, na, nt)
         nb = na if same else np.empty(mB)
         if not same:
             _k.sqnorms(B, nb, nt)
         with blas_single_thread():
-            _k.cdist_tiles(A, B, A0, B0, na, nb, bad_a, bad_b, res, TAU[dtype],
-                           take_sqrt, scale, nt)
+            _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, OA.bad, OB.bad, res, TAU[dtype],
+                           take_sqrt, scale, nt, wv)
     if metric == "cosine":
-        res[zero_a, :] = np.nan
-        res[:, zero_b] = np.nan
+        res[OA.zero, :] = np.nan
+        res[:, OB.zero] = np.nan
     return res
 
 
@@ -239,33 +265,32 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     if size == 0:
         return res
     L = _precision_factor(VI, n, X, X[:0], dtype) if metric == "mahalanobis" else None
-    A0, bad, zero = _prepare(X, dtype, metric, sw, L)
-    if out is not None and np.may_share_memory(out, A0):
-        A0 = A0.copy()
+    cx = _centre(X, dtype) if metric == "mahalanobis" else None
+    O = _Operands(X, dtype, metric, sw, L, cx)
+    if out is not None and np.may_share_memory(out, O.exact):
+        O.exact = O.exact.copy()
+    wv = None if O.sw is None else (O.sw.astype(np.float64) ** 2)
+    take_sqrt, scale = _kernel_params(metric)
+    nt = _for_work(size * max(n, 1))
     if n == 0:
         res[...] = 0
     else:
-        take_sqrt, scale = _kernel_params(metric)
-        nt = _for_work(size * max(n, 1))
         scratch = np.empty((max(nt, 1), 256 * 256), dtype)
         if n <= _k.direct_k():
             # few columns: direct differences (exact), no GEMM, no centring
-            _k.pdist_tiles(A0, A0, np.empty(m), bad, res, scratch, 0.0, take_sqrt, scale,
-                           nt, np.ascontiguousarray(A0.T))
+            _k.pdist_tiles(O.exact, O.exact, np.empty(m), O.bad, res, scratch, 0.0,
+                           take_sqrt, scale, nt, wv, np.ascontiguousarray(O.exact.T))
         else:
-            centre = A0.mean(axis=0, dtype=np.float64).astype(dtype)
-            if not np.all(np.isfinite(centre)):
-                centre = np.zeros_like(centre)
-            A = A0 - centre
+            A = O.gemm(_centre(O.exact, dtype))
             na = np.empty(m)
             _k.sqnorms(A, na, nt)
             with blas_single_thread():
-                _k.pdist_tiles(A, A0, na, bad, res, scratch, TAU[dtype], take_sqrt, scale,
-                               nt)
-    if metric == "cosine" and zero.any():
+                _k.pdist_tiles(A, O.exact, na, O.bad, res, scratch, TAU[dtype], take_sqrt,
+                               scale, nt, wv)
+    if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
-        sq[zero, :] = np.nan
-        sq[:, zero] = np.nan
+        sq[O.zero, :] = np.nan
+        sq[:, O.zero] = np.nan
         res[...] = squareform(sq, checks=False, force="tovector")
     return res
 

@@ -22,12 +22,14 @@
 #define FL_DIRECT_TILE 256   /* = the tile edge of _distance.pyx */
 
 #define FL_DIST_TPL(T, SFX)                                                               \
-static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k)                  \
+/* sum_i w_i (a_i - b_i)^2 in double (w NULL: all ones): the difference is      \
+   taken before any weighting, so near points keep their digits */                \
+static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k, const double *w) \
 {                                                                                         \
     double s = 0.0;                                                                       \
     for (ptrdiff_t i = 0; i < k; i++) {                                                   \
         double d = (double)a[i] - (double)b[i];                                           \
-        s += d * d;                                                                       \
+        s += (w ? w[i] : 1.0) * d * d;                                                    \
     }                                                                                     \
     return s;                                                                             \
 }                                                                                         \
@@ -38,8 +40,9 @@ static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k)        
 FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,          \
                                       const double *FL_RESTRICT nbv, int bad_a,           \
                                       const unsigned char *FL_RESTRICT bad_b,             \
-                                      const T *a0, const T *b0, ptrdiff_t k, double tau,  \
-                                      int take_sqrt, double scale)                        \
+                                      const T *a0, const T *b0, ptrdiff_t k,              \
+                                      const double *w, double tau, int take_sqrt,         \
+                                      double scale)                                       \
 {                                                                                         \
     ptrdiff_t nexact = 0;                                                                 \
     for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
@@ -52,7 +55,7 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
             double s = na + nbv[j];                                                       \
             if (((double)c[j] < tau * s) | bad_a | bad_b[j])                              \
-                c[j] = (T)fl_sqdist_exact_##SFX(a0, b0 + j * k, k);                       \
+                c[j] = (T)fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w);                       \
         }                                                                                 \
     if (take_sqrt)                                                                        \
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
@@ -73,16 +76,17 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
 FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,                  \
                                         const T *FL_RESTRICT a,                            \
                                         const T *FL_RESTRICT bt, ptrdiff_t ldb,            \
-                                        ptrdiff_t k, int take_sqrt, double scale)          \
+                                        ptrdiff_t k, const double *w, int take_sqrt,       \
+                                        double scale)                                      \
 {                                                                                         \
     double acc[FL_DIRECT_TILE];                                                           \
     for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
-        const double aq = (double)a[q];                                                   \
+        const double aq = (double)a[q], wq = w ? w[q] : 1.0;                              \
         const T *br = bt + q * ldb;                                                       \
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
             double d = aq - (double)br[j];                                                \
-            acc[j] += d * d;                                                              \
+            acc[j] += wq * d * d;                                                         \
         }                                                                                 \
     }                                                                                     \
     if (take_sqrt)                                                                        \
