@@ -192,7 +192,9 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     if mA == 0 or mB == 0:
         return res
     L = _precision_factor(VI, n, XA, XB, dtype) if metric == "mahalanobis" else None
-    cx = _centre(XA, dtype) if metric == "mahalanobis" else None
+    # the centre from the C-ordered copy: a layout-dependent summation order
+    # would change the bits of every distance
+    cx = _centre(np.ascontiguousarray(XA, dtype), dtype) if metric == "mahalanobis" else None
     same = XB is XA
     OA = _Operands(XA, dtype, metric, sw, L, cx)
     OB = OA if same else _Operands(XB, dtype, metric, sw, L, cx)
@@ -265,7 +267,7 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     if size == 0:
         return res
     L = _precision_factor(VI, n, X, X[:0], dtype) if metric == "mahalanobis" else None
-    cx = _centre(X, dtype) if metric == "mahalanobis" else None
+    cx = _centre(np.ascontiguousarray(X, dtype), dtype) if metric == "mahalanobis" else None
     O = _Operands(X, dtype, metric, sw, L, cx)
     if out is not None and np.may_share_memory(out, O.exact):
         O.exact = O.exact.copy()
