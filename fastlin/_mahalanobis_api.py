@@ -17,7 +17,10 @@ def _factor(M, name):
     failing column named (LAPACK potrf's info)."""
     Md = np.asarray(M, dtype=np.float64)
     scale = np.abs(Md).max(initial=0.0)
-    if np.abs(Md - Md.T).max(initial=0.0) > 1e-10 * scale:
+    # symmetric up to the rounding of the dtype it came in (float32 covariances
+    # are symmetric only to ~1 ulp of float32), and 1e-10 for float64
+    eps = np.finfo(M.dtype).eps if M.dtype.kind == "f" else 0.0
+    if np.abs(Md - Md.T).max(initial=0.0) > max(1e-10, 64 * eps) * scale:
         raise ValueError(f"{name} must be symmetric (|{name} - {name}.T| up to "
                          f"{np.abs(Md - Md.T).max():.3g})")
     c, info = lapack.dpotrf(Md, lower=1, clean=1)

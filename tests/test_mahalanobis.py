@@ -1,0 +1,791 @@
+"""mahalanobis and mahalanobis_backward: one distribution, many points.
+
+Judges: a NumPy twin written here (explicit ``np.linalg.solve`` in float64,
+refined once with a longdouble residual; the quadratic form and the row sums
+in longdouble), scipy's single-point ``scipy.spatial.distance.mahalanobis(u,
+v, VI)``, central finite differences and torch autograd.
+
+Tolerances (error bounds, with kappa the condition number of cov)
+------------------------------------------------------------------
+* Forward vs the twin: ``4 (d + 1) eps kappa |want|``.  Each row is done on
+  its own.  The Cholesky factorisation is backward stable, ``L L^T = M + E``
+  with ``|E| <= d eps |L||L^T|``, which moves d^2 = delta^T cov^-1 delta by
+  at most ``d eps kappa d^2`` (for VI: ``d eps |VI| |delta|^2``, the same
+  bound); the triangular solve / product per row adds ``d eps kappa(L)``,
+  kappa(L) = sqrt(kappa).  The bound is *relative* to d^2 (|z|^2 is d^2
+  itself), and the plain distance halves it.  The worst observed ratio of
+  error to this bound is ~0.2 (cond 1 .. 1e4).
+* float32 vs the float64 result of the same float32-representable inputs:
+  ``4 (d + 1) eps32 sqrt(kappa) |want|``.  Both factor in float64; only the
+  rounding of L to float32 (eps32 per entry) and the float32 solve differ, and
+  both perturb z = L^-1 delta by kappa(L) = sqrt(kappa) relative.
+* Backward: per entry ``c eps (d + 1) kappa`` times the normwise magnitude of
+  the terms (|a_i| |w_i| for a row of gX; their sum for gmean; sum_i |a_i|
+  |w_i|^2 for gM), plus ``c eps n`` of the same for gmean and gM, which sum n
+  rows (``bwd_tols``); c = 4 for float32 vs float64, 8 against torch (both
+  sides err).  These are worst-case bounds: observed errors are ~1e-3 of them.
+* Finite differences: central, in float64, of ``<g, dist(theta)>`` with
+  h = 1e-6 relative, judged to 1e-6 of the largest gradient entry as in
+  test_gradients.py (truncation ~1e-12, rounding ~1e-10 relative).
+"""
+import numpy as np
+import pytest
+import scipy.spatial.distance as ssd
+
+import fastlin
+
+F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
+EPS32 = float(np.finfo(np.float32).eps)
+EPS64 = float(np.finfo(np.float64).eps)
+KINDS = ("cov", "VI", "cholesky")
+RTOL_C = 4.0
+H = 1e-6
+FD_TOL = 1e-6
+
+
+def eps(dt):
+    return float(np.finfo(dt).eps)
+
+
+def spd(rng, d, cond=10.0):
+    """A symmetric positive definite cov of condition number `cond`, with its
+    precision VI and lower Cholesky factor L, all exactly symmetric / lower."""
+    q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    lam = np.logspace(0, np.log10(cond), d) if d > 1 else np.array([2.0])
+    cov = (q * lam) @ q.T
+    cov = (cov + cov.T) / 2
+    vi = np.linalg.inv(cov)
+    vi = (vi + vi.T) / 2
+    L = np.linalg.cholesky(cov)
+    return {"cov": cov, "VI": vi, "cholesky": L}
+
+
+def as_dtype(mats, dt):
+    """The matrices rounded to dt (symmetry survives rounding; L stays lower)."""
+    return {k: np.asarray(v, dt) for k, v in mats.items()}
+
+
+def kappa(mats):
+    c = np.asarray(mats["cov"], F64)
+    return float(np.linalg.cond(c)) if c.size else 1.0
+
+
+# ------------------------------------------------------------------ the twin
+
+def twin_sq(X, mean, kind, M):
+    """d^2 of each row of X (..., d): explicit solves in float64, the
+    quadratic form and the sums in longdouble."""
+    X = np.asarray(X, F64)
+    M = np.asarray(M, F64)
+    d = X.shape[-1]
+    delta = (X.reshape(-1, d).astype(np.longdouble)
+             - np.asarray(mean, F64).astype(np.longdouble))
+    if kind == "VI":
+        Ml = M.astype(np.longdouble)
+        d2 = np.einsum("ij,jk,ik->i", delta, Ml, delta)
+    elif kind == "cov":
+        w = np.linalg.solve(M, delta.astype(F64).T).T     # cov^-1 delta
+        # one step of iterative refinement, the residual in longdouble: w is
+        # then right to ~eps relative, whatever kappa (below 1 / eps)
+        r = delta - w.astype(np.longdouble) @ M.astype(np.longdouble)
+        w = w.astype(np.longdouble) + np.linalg.solve(M, r.astype(F64).T).T
+        d2 = np.einsum("ij,ij->i", delta, w)
+    else:
+        z = np.linalg.solve(M, delta.astype(F64).T).T     # L^-1 delta
+        zl = z.astype(np.longdouble)
+        d2 = np.einsum("ij,ij->i", zl, zl)
+    return d2.reshape(X.shape[:-1])
+
+
+def twin(X, mean, kind, M, squared):
+    d2 = twin_sq(X, mean, kind, M)
+    return (d2 if squared else np.sqrt(d2)).astype(F64)
+
+
+def assert_rel_close(got, want, rtol, what=""):
+    got = np.asarray(got, F64)
+    want = np.asarray(want, F64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    err = np.abs(got - want)
+    tol = rtol * np.abs(want)
+    bad = ~(err <= tol)
+    if bad.any():
+        i = np.flatnonzero(bad.ravel())[0]
+        raise AssertionError(f"{what}: {bad.sum()} of {bad.size} outside rtol {rtol:.3g}; "
+                             f"e.g. got={got.ravel()[i]!r} want={want.ravel()[i]!r}")
+
+
+def dist_rtol(dt, d, k):
+    """Relative bound on d^2 (and so on d) of the kernel against exact."""
+    return RTOL_C * (d + 1) * eps(dt) * k
+
+
+def dist_rtol_same_factor(dt, d, k):
+    """Relative bound of the dt result against the float64 result of the same
+    inputs: the Cholesky factor is computed in float64 for both, only its
+    rounding to dt (relative eps per entry) and the dt solve differ, and
+    both perturb z = L^-1 delta by kappa(L) = sqrt(kappa(cov)) relative."""
+    return RTOL_C * (d + 1) * eps(dt) * np.sqrt(k)
+
+
+def call(kind, M, X, mean, squared=False):
+    return fastlin.mahalanobis(X, mean, **{kind: M}, squared=squared)
+
+
+def call_bwd(kind, M, g, X, mean, squared=False):
+    return fastlin.mahalanobis_backward(g, X, mean, **{kind: M}, squared=squared)
+
+
+# ------------------------------------------------------------------ forward
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("n, d, cond", [(7, 5, 10.0), (1000, 8, 1e2), (257, 3, 1.0),
+                                        (300, 16, 1e4), (256, 4, 30.0), (3, 1, 1.0)])
+def test_float64_matches_twin(rng, kind, squared, n, d, cond):
+    mats = spd(rng, d, cond)
+    X = rng.standard_normal((n, d)) * 2
+    mean = rng.standard_normal(d)
+    got = call(kind, mats[kind], X, mean, squared)
+    assert got.dtype == F64 and got.shape == (n,)
+    assert_rel_close(got, twin(X, mean, kind, mats[kind], squared),
+                     dist_rtol(F64, d, kappa(mats)), f"{kind} squared={squared}")
+
+
+@pytest.mark.parametrize("d, cond", [(5, 10.0), (12, 1e3), (1, 1.0)])
+def test_single_point_matches_scipy(rng, d, cond):
+    mats = spd(rng, d, cond)
+    mean = rng.standard_normal(d)
+    tol = dist_rtol(F64, d, kappa(mats))
+    for _ in range(5):
+        u = rng.standard_normal(d) * 3
+        want = ssd.mahalanobis(u, mean, mats["VI"])
+        for kind in KINDS:
+            got = call(kind, mats[kind], u, mean)
+            assert np.ndim(got) == 0 and np.asarray(got).dtype == F64
+            assert abs(got - want) <= tol * want, (kind, got, want)
+        got_sq = call("VI", mats["VI"], u, mean, squared=True)
+        assert abs(got_sq - want ** 2) <= 2 * tol * want ** 2
+
+
+def test_batched_matches_scipy_per_point(rng):
+    d = 4
+    mats = spd(rng, d, 50.0)
+    mean = rng.standard_normal(d)
+    X = rng.standard_normal((9, d))
+    want = np.array([ssd.mahalanobis(u, mean, mats["VI"]) for u in X])
+    got = fastlin.mahalanobis(X, mean, VI=mats["VI"])
+    assert_rel_close(got, want, dist_rtol(F64, d, kappa(mats)), "vs scipy")
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_three_matrix_kinds_agree(rng, squared):
+    d = 7
+    mats = spd(rng, d, 1e3)
+    X = rng.standard_normal((500, d))
+    mean = rng.standard_normal(d)
+    res = {k: call(k, mats[k], X, mean, squared) for k in KINDS}
+    # each within the bound of the twin, so within twice it of each other
+    tol = 2 * dist_rtol(F64, d, kappa(mats))
+    assert_rel_close(res["VI"], res["cov"], tol, "VI vs cov")
+    assert_rel_close(res["cholesky"], res["cov"], tol, "cholesky vs cov")
+
+
+def test_squared_is_square_of_plain(rng):
+    mats = spd(rng, 6, 20.0)
+    X = rng.standard_normal((100, 6))
+    mean = rng.standard_normal(6)
+    for kind in KINDS:
+        plain = call(kind, mats[kind], X, mean)
+        sq = call(kind, mats[kind], X, mean, squared=True)
+        # sqrt is correctly rounded: plain^2 is sq to two roundings
+        np.testing.assert_allclose(plain ** 2, sq, rtol=4 * EPS64)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("cond", [1.0, 1e2, 1e3])
+def test_float32_stays_float32_and_is_accurate(rng, kind, squared, cond):
+    d, n = 9, 600
+    mats32 = as_dtype(spd(rng, d, cond), F32)
+    X = rng.standard_normal((n, d)).astype(F32)
+    mean = rng.standard_normal(d).astype(F32)
+    got = call(kind, mats32[kind], X, mean, squared)
+    assert got.dtype == F32
+    # the float64 result of the very same float32-representable inputs
+    want = call(kind, {k: v.astype(F64) for k, v in mats32.items()}[kind],
+                X.astype(F64), mean.astype(F64), squared)
+    assert_rel_close(got, want, dist_rtol_same_factor(F32, d, kappa(mats32)),
+                     f"float32 {kind}")
+    # and the float64 path is itself right
+    assert_rel_close(want, twin(X, mean, kind, mats32[kind], squared),
+                     dist_rtol(F64, d, kappa(mats32)), "float64 of float32 data")
+
+
+def test_float32_single_point_is_float32_scalar(rng):
+    mats = as_dtype(spd(rng, 3), F32)
+    r = fastlin.mahalanobis(np.ones(3, F32), np.zeros(3, F32), mats["cov"])
+    assert np.ndim(r) == 0 and np.asarray(r).dtype == F32
+
+
+def test_mixed_float32_float64_promotes(rng):
+    mats = spd(rng, 3)
+    X = rng.standard_normal((4, 3)).astype(F32)
+    assert call("cov", mats["cov"], X, np.zeros(3, F32)).dtype == F64
+    assert call("cov", mats["cov"].astype(F32), X, np.zeros(3)).dtype == F64
+
+
+def test_integers_compute_in_float64():
+    X = np.array([[3, 4], [0, 0], [1, -2]])
+    cov = np.array([[4, 0], [0, 1]])
+    got = fastlin.mahalanobis(X, np.array([0, 0]), cov)
+    assert got.dtype == F64
+    # exact: (3/2)^2 + 4^2, 0, (1/2)^2 + 2^2
+    want_sq = np.array([2.25 + 16, 0.0, 0.25 + 4])
+    np.testing.assert_array_equal(fastlin.mahalanobis(X, [0, 0], cov, squared=True), want_sq)
+    np.testing.assert_allclose(got, np.sqrt(want_sq), rtol=2 * EPS64)
+    vi = np.array([[1, 0], [0, 2]])
+    # VI = L L^T with L = diag(1, sqrt 2): sqrt 2 is rounded, so a few eps
+    np.testing.assert_allclose(
+        fastlin.mahalanobis(X, [0, 0], VI=vi, squared=True), [9 + 32, 0, 1 + 8],
+        rtol=4 * EPS64)
+    L = np.array([[2, 0], [0, 1]])
+    np.testing.assert_array_equal(
+        fastlin.mahalanobis(X, [0, 0], cholesky=L, squared=True), want_sq)
+
+
+@pytest.mark.parametrize("lead", [(), (5,), (2, 3), (2, 3, 4), (0,), (2, 0, 3)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_leading_shapes(rng, lead, kind):
+    d = 4
+    mats = spd(rng, d, 10.0)
+    X = rng.standard_normal(lead + (d,))
+    mean = rng.standard_normal(d)
+    got = call(kind, mats[kind], X, mean)
+    assert np.shape(got) == lead
+    flat = call(kind, mats[kind], X.reshape(-1, d), mean)
+    # rows are independent and fixed-blocked: the reshape is bitwise the same
+    np.testing.assert_array_equal(np.reshape(got, -1), flat)
+    if X.size:
+        assert_rel_close(got, twin(X, mean, kind, mats[kind], False),
+                         dist_rtol(F64, d, kappa(mats)))
+    g = rng.standard_normal(lead)
+    gX, gmean, gM = call_bwd(kind, mats[kind], g, X, mean)
+    gXf, gmeanf, gMf = call_bwd(kind, mats[kind], g.reshape(-1), X.reshape(-1, d), mean)
+    assert gX.shape == X.shape and gmean.shape == (d,) and gM.shape == (d, d)
+    np.testing.assert_array_equal(gX.reshape(-1, d), gXf)
+    np.testing.assert_array_equal(gmean, gmeanf)
+    np.testing.assert_array_equal(gM, gMf)
+
+
+def test_dimension_one(rng):
+    X = rng.standard_normal((10, 1))
+    mean = np.array([0.3])
+    var = 2.5
+    want = np.abs(X[:, 0] - 0.3) / np.sqrt(var)
+    for kind, M in (("cov", [[var]]), ("VI", [[1 / var]]), ("cholesky", [[np.sqrt(var)]])):
+        np.testing.assert_allclose(call(kind, M, X, mean), want, rtol=4 * EPS64)
+    # a 1-d X of dimension 1 is one point: a scalar
+    r = fastlin.mahalanobis([2.0], [0.0], [[4.0]])
+    assert np.ndim(r) == 0 and r == 1.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_rows(rng, kind):
+    mats = spd(rng, 3)
+    out = call(kind, mats[kind], np.empty((0, 3)), np.zeros(3))
+    assert out.shape == (0,) and out.dtype == F64
+    out32 = call(kind, mats[kind].astype(F32), np.empty((0, 3), F32), np.zeros(3, F32))
+    assert out32.shape == (0,) and out32.dtype == F32
+    gX, gmean, gM = call_bwd(kind, mats[kind], np.empty(0), np.empty((0, 3)), np.zeros(3))
+    assert gX.shape == (0, 3)
+    np.testing.assert_array_equal(gmean, 0)
+    np.testing.assert_array_equal(gM, 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dimension_zero(kind):
+    # points of no dimension are all at distance 0 (an empty sum)
+    M = np.zeros((0, 0))
+    np.testing.assert_array_equal(call(kind, M, np.zeros((3, 0)), np.zeros(0)), [0, 0, 0])
+    assert call(kind, M, np.zeros(0), np.zeros(0)) == 0
+    gX, gmean, gM = call_bwd(kind, M, np.ones(3), np.zeros((3, 0)), np.zeros(0))
+    assert gX.shape == (3, 0) and gmean.shape == (0,) and gM.shape == (0, 0)
+
+
+def test_float16_computes_in_float32(rng):
+    X = rng.standard_normal((4, 3)).astype(np.float16)
+    r = fastlin.mahalanobis(X, np.zeros(3, np.float16), np.eye(3, dtype=np.float16))
+    assert r.dtype == F32
+    np.testing.assert_allclose(r, np.linalg.norm(X.astype(F64), axis=1), rtol=8 * EPS32)
+
+
+def test_point_at_the_mean_is_exactly_zero(rng):
+    mats = spd(rng, 5, 100.0)
+    mean = rng.standard_normal(5)
+    X = np.stack([mean, mean + 1, mean])
+    for kind in KINDS:
+        for sq in (False, True):
+            r = call(kind, mats[kind], X, mean, sq)
+            assert r[0] == 0 and r[2] == 0 and r[1] > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dt", [F32, F64])
+def test_layouts_are_bitwise_identical(rng, layout, kind, dt):
+    d = 6
+    mats = as_dtype(spd(rng, d, 20.0), dt)
+    X = rng.standard_normal((300, d)).astype(dt)
+    mean = rng.standard_normal(d).astype(dt)
+    g = rng.standard_normal(300).astype(dt)
+    M = mats[kind]
+    want = call(kind, M, X, mean)
+    got = call(kind, layout(M), layout(X), layout(mean))
+    np.testing.assert_array_equal(got, want)
+    assert got.dtype == dt
+    want_b = call_bwd(kind, M, g, X, mean)
+    got_b = call_bwd(kind, layout(M), layout(g), layout(X), layout(mean))
+    for a, b in zip(got_b, want_b):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_batched_layouts_are_bitwise_identical(rng, layout, kind):
+    mats = spd(rng, 4, 10.0)
+    X = rng.standard_normal((2, 3, 4))
+    mean = rng.standard_normal(4)
+    g = rng.standard_normal((2, 3))
+    want = call(kind, mats[kind], X, mean)
+    np.testing.assert_array_equal(call(kind, mats[kind], layout(X), mean), want)
+    want_b = call_bwd(kind, mats[kind], g, X, mean)
+    for a, b in zip(call_bwd(kind, mats[kind], layout(g), layout(X), mean), want_b):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inputs_are_not_modified(rng, kind):
+    mats = spd(rng, 5, 10.0)
+    X = rng.standard_normal((400, 5))
+    mean = rng.standard_normal(5)
+    g = rng.standard_normal(400)
+    M = mats[kind]
+    copies = [a.copy() for a in (X, mean, M, g)]
+    call(kind, M, X, mean)
+    call(kind, M, X, mean, squared=True)
+    call_bwd(kind, M, g, X, mean)
+    call_bwd(kind, M, g, X, mean, squared=True)
+    for a, c in zip((X, mean, M, g), copies):
+        np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bitwise_identical_for_1_and_2_threads(rng, kind):
+    d = 16
+    mats = spd(rng, d, 100.0)
+    X = rng.standard_normal((5000, d))
+    mean = rng.standard_normal(d)
+    g = rng.standard_normal(5000)
+    for dt in (F64, F32):
+        M, Xd, md, gd = (np.asarray(a, dt) for a in (mats[kind], X, mean, g))
+        with fastlin.threads(1):
+            a = call(kind, M, Xd, md)
+            a_sq = call(kind, M, Xd, md, squared=True)
+            ab = call_bwd(kind, M, gd, Xd, md)
+        with fastlin.threads(2):
+            b = call(kind, M, Xd, md)
+            b_sq = call(kind, M, Xd, md, squared=True)
+            bb = call_bwd(kind, M, gd, Xd, md)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a_sq, b_sq)
+        for u, v in zip(ab, bb):
+            np.testing.assert_array_equal(u, v)
+
+
+# ------------------------------------------------------------------ validation
+
+def _raises(exc, match, kind=None, M=None, X=None, mean=None, **kw):
+    X = np.zeros((2, 3)) if X is None else X
+    mean = np.zeros(3) if mean is None else mean
+    args = {} if kind is None else {kind: M}
+    with pytest.raises(exc, match=match):
+        fastlin.mahalanobis(X, mean, **args, **kw)
+    g = np.zeros(np.shape(X)[:-1]) if np.ndim(X) else np.zeros(())
+    with pytest.raises(exc, match=match):
+        fastlin.mahalanobis_backward(g, X, mean, **args, **kw)
+
+
+def test_exactly_one_matrix():
+    I3 = np.eye(3)
+    with pytest.raises(ValueError, match="exactly one of cov, VI.*got 0: none"):
+        fastlin.mahalanobis(np.zeros((2, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="exactly one.*got 2: cov, VI"):
+        fastlin.mahalanobis(np.zeros((2, 3)), np.zeros(3), I3, VI=I3)
+    with pytest.raises(ValueError, match="exactly one.*got 2: VI, cholesky"):
+        fastlin.mahalanobis(np.zeros((2, 3)), np.zeros(3), VI=I3, cholesky=I3)
+    with pytest.raises(ValueError, match="exactly one.*got 3"):
+        fastlin.mahalanobis(np.zeros((2, 3)), np.zeros(3), I3, VI=I3, cholesky=I3)
+    with pytest.raises(ValueError, match="exactly one.*got 0"):
+        fastlin.mahalanobis_backward(np.zeros(2), np.zeros((2, 3)), np.zeros(3))
+    with pytest.raises(ValueError, match="exactly one.*got 2"):
+        fastlin.mahalanobis_backward(np.zeros(2), np.zeros((2, 3)), np.zeros(3), I3,
+                                     cholesky=I3)
+
+
+@pytest.mark.parametrize("mean, msg", [
+    (np.zeros(4), r"mean must have shape \(3,\).*got \(4,\)"),
+    (np.zeros((1, 3)), r"mean must have shape \(3,\).*got \(1, 3\)"),
+    (np.float64(0.0), r"mean must have shape \(3,\).*got \(\)"),
+])
+def test_mean_shape(mean, msg):
+    _raises(ValueError, msg, "cov", np.eye(3), mean=mean)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(3, 4), (4, 4), (2, 2), (3,), (1, 3, 3)])
+def test_matrix_shape(kind, shape):
+    M = np.ones(shape)
+    _raises(ValueError, rf"{kind} must have shape \(3, 3\) for points of dimension 3, got "
+            + re_shape(shape), kind, M)
+
+
+def re_shape(shape):
+    return str(shape).replace("(", r"\(").replace(")", r"\)")
+
+
+def test_scalar_X():
+    with pytest.raises(ValueError, match="X must have at least 1 dimension"):
+        fastlin.mahalanobis(1.0, np.zeros(1), np.eye(1))
+
+
+@pytest.mark.parametrize("kind", ["cov", "VI"])
+def test_not_symmetric(kind):
+    M = np.eye(3) * 2
+    M[0, 2] = 0.5
+    _raises(ValueError, f"{kind} must be symmetric", kind, M)
+
+
+@pytest.mark.parametrize("kind", ["cov", "VI"])
+@pytest.mark.parametrize("k", [0, 2, 4])
+def test_not_positive_definite_names_the_column(kind, k):
+    diag = np.arange(1.0, 6.0)
+    diag[k] = -1.0
+    _raises(ValueError, rf"{kind} is not positive definite \(Cholesky failed at column {k}\)"
+            r".*regularise", kind, np.diag(diag), X=np.zeros((2, 5)), mean=np.zeros(5))
+
+
+@pytest.mark.parametrize("kind", ["cov", "VI"])
+def test_singular_and_indefinite_non_diagonal(kind):
+    # rank one: the second pivot is 0
+    _raises(ValueError, r"not positive definite \(Cholesky failed at column 1\)", kind,
+            np.ones((2, 2)), X=np.zeros((1, 2)), mean=np.zeros(2))
+    # indefinite: eigenvalues 3, -1
+    _raises(ValueError, r"Cholesky failed at column 1", kind,
+            np.array([[1.0, 2.0], [2.0, 1.0]]), X=np.zeros((1, 2)), mean=np.zeros(2))
+    # zero diagonal entry in the middle
+    _raises(ValueError, r"Cholesky failed at column 1", kind,
+            np.diag([1.0, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_matrix(kind, bad):
+    M = np.eye(3)
+    M[1, 1] = bad
+    _raises(ValueError, f"{kind} must be finite", kind, M)
+    M = np.eye(3)
+    M[2, 0] = bad
+    if kind != "cholesky":
+        M[0, 2] = bad
+    _raises(ValueError, f"{kind} must be finite", kind, M)
+
+
+def test_cholesky_must_be_lower_triangular(rng):
+    L = spd(rng, 3)["cholesky"]
+    _raises(ValueError, "cholesky must be lower triangular", "cholesky", L.T.copy())
+    U = L.copy()
+    U[0, 2] = 1e-300   # any non-zero strict upper entry
+    _raises(ValueError, "cholesky must be lower triangular", "cholesky", U)
+
+
+@pytest.mark.parametrize("v", [0.0, -1.0, -1e-300])
+def test_cholesky_must_have_positive_diagonal(v):
+    L = np.eye(3)
+    L[1, 0] = 0.5
+    L[1, 1] = v
+    _raises(ValueError, "cholesky must have a positive diagonal", "cholesky", L)
+
+
+@pytest.mark.parametrize("which", ["X", "mean", "matrix"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_complex_raises_type_error(which, kind):
+    X = np.zeros((2, 3))
+    mean = np.zeros(3)
+    M = np.eye(3)
+    name = {"X": "X", "mean": "mean", "matrix": kind}[which]
+    if which == "X":
+        X = X.astype(complex)
+    elif which == "mean":
+        mean = mean.astype(complex)
+    else:
+        M = M.astype(complex)
+    _raises(TypeError, f"{name} must be real, got complex", kind, M, X=X, mean=mean)
+
+
+def test_backward_grad_shape(rng):
+    with pytest.raises(ValueError, match=r"grad must have the shape of the distances \(2,\)"):
+        fastlin.mahalanobis_backward(np.ones(3), np.zeros((2, 3)), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match=r"grad must have the shape.*\(2, 4\), got \(8,\)"):
+        fastlin.mahalanobis_backward(np.ones(8), np.zeros((2, 4, 3)), np.zeros(3),
+                                     VI=np.eye(3))
+
+
+def test_float32_cov_symmetric_to_its_rounding_is_accepted(rng):
+    B = rng.standard_normal((100, 4)).astype(F32)
+    w = rng.random(100).astype(F32)
+    cov = (B.T * w) @ B / w.sum()          # float32 weighted covariance
+    asym = np.abs(cov - cov.T).max()
+    assert 0 < asym <= 2 * EPS32 * np.abs(cov).max()
+    fastlin.mahalanobis(B, B.mean(0), cov)
+
+
+# ------------------------------------------------------------------ backward
+
+def fd_grad(loss, x):
+    """Central-difference gradient of the scalar loss at float64 x (all entries)."""
+    x = np.asarray(x, F64)
+    out = np.empty(x.shape)
+    for j in range(x.size):
+        h = H * max(1.0, abs(x.flat[j]))
+        xp, xm = x.copy(), x.copy()
+        xp.flat[j] += h
+        xm.flat[j] -= h
+        out.flat[j] = (loss(xp) - loss(xm)) / (xp.flat[j] - xm.flat[j])
+    return out
+
+
+def fd_grad_matrix(loss, M, kind):
+    """Directional derivatives along the perturbations a matrix kind admits:
+    E_ij + E_ji (i <= j) for cov / VI, E_ij (i >= j) for cholesky."""
+    d = M.shape[0]
+    out = {}
+    for i in range(d):
+        for j in range(d):
+            if (kind == "cholesky" and i < j) or (kind != "cholesky" and i > j):
+                continue
+            E = np.zeros((d, d))
+            E[i, j] = 1.0
+            if kind != "cholesky":
+                E = E + E.T
+            h = H * max(1.0, abs(M[i, j]))
+            out[i, j] = (loss(M + h * E) - loss(M - h * E)) / (2 * h)
+    return out
+
+
+def assert_fd(got, want, what):
+    scale = max(float(np.max(np.abs(want))), np.finfo(float).tiny)
+    np.testing.assert_allclose(got, want, rtol=FD_TOL, atol=FD_TOL * scale, err_msg=what)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("lead", [(4,), (2, 3)])
+def test_backward_matches_finite_differences(rng, kind, squared, lead):
+    d = 3
+    mats = spd(rng, d, 8.0)
+    M = mats[kind]
+    X = rng.standard_normal(lead + (d,)) * 1.5
+    mean = rng.standard_normal(d)
+    g = rng.standard_normal(lead)
+
+    def L_X(x):
+        return float(np.sum(g * call(kind, M, x, mean, squared)))
+
+    def L_mean(m):
+        return float(np.sum(g * call(kind, M, X, m, squared)))
+
+    def L_M(m):
+        return float(np.sum(g * call(kind, m, X, mean, squared)))
+
+    gX, gmean, gM = call_bwd(kind, M, g, X, mean, squared)
+    assert gX.shape == X.shape and gmean.shape == (d,) and gM.shape == (d, d)
+    assert_fd(gX, fd_grad(L_X, X), "gX")
+    assert_fd(gmean, fd_grad(L_mean, mean), "gmean")
+    fd = fd_grad_matrix(L_M, M, kind)
+    keys = sorted(fd)
+    want = np.array([fd[k] for k in keys])
+    if kind == "cholesky":
+        got = np.array([gM[k] for k in keys])
+        np.testing.assert_array_equal(np.triu(gM, 1), 0)
+    else:
+        # the derivative along E_ij + E_ji is gM_ij + gM_ji
+        got = np.array([gM[i, j] + gM[j, i] for i, j in keys])
+        np.testing.assert_array_equal(gM, gM.T)
+    assert_fd(got, want, "gM")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gmean_is_minus_the_sum_of_gX(rng, kind):
+    mats = spd(rng, 5, 10.0)
+    X = rng.standard_normal((50, 5))
+    mean = rng.standard_normal(5)
+    g = rng.standard_normal(50)
+    gX, gmean, _ = call_bwd(kind, mats[kind], g, X, mean)
+    np.testing.assert_allclose(gmean, -gX.sum(axis=0), rtol=0,
+                               atol=50 * EPS64 * np.abs(gX).sum(axis=0).max())
+
+
+@pytest.mark.parametrize("kind", ["cov", "VI"])
+def test_gM_symmetric(rng, kind):
+    mats = spd(rng, 8, 1e3)
+    X = rng.standard_normal((200, 8))
+    mean = rng.standard_normal(8)
+    g = rng.standard_normal(200)
+    for dt in (F64, F32):
+        for sq in (False, True):
+            gM = call_bwd(kind, mats[kind].astype(dt), g.astype(dt), X.astype(dt),
+                          mean.astype(dt), sq)[2]
+            assert gM.dtype == dt
+            np.testing.assert_array_equal(gM, gM.T)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_distance_gives_zero_subgradient(rng, kind):
+    d = 4
+    mats = spd(rng, d, 10.0)
+    mean = rng.standard_normal(d)
+    X = rng.standard_normal((5, d))
+    X[2] = mean
+    g = rng.standard_normal(5)
+    gX, gmean, gM = call_bwd(kind, mats[kind], g, X, mean, squared=False)
+    assert np.all(np.isfinite(gX)) and np.all(np.isfinite(gmean)) and np.all(np.isfinite(gM))
+    np.testing.assert_array_equal(gX[2], 0)
+    # the row at the mean contributes nothing: drop it and nothing else changes
+    keep = [0, 1, 3, 4]
+    gX2, gmean2, gM2 = call_bwd(kind, mats[kind], g[keep], X[keep], mean, squared=False)
+    np.testing.assert_array_equal(gX[keep], gX2)
+    np.testing.assert_allclose(gmean, gmean2, rtol=8 * EPS64,
+                               atol=8 * EPS64 * np.abs(gX).sum(0).max())
+    np.testing.assert_allclose(gM, gM2, rtol=8 * EPS64, atol=8 * EPS64 * np.abs(gM).max())
+    # all rows at the mean: all zero
+    Z = np.tile(mean, (3, 1))
+    for a in call_bwd(kind, mats[kind], np.ones(3), Z, mean):
+        np.testing.assert_array_equal(a, 0)
+    # squared: differentiable at 0, gradient exactly 0 there too
+    gXs = call_bwd(kind, mats[kind], g, X, mean, squared=True)[0]
+    np.testing.assert_array_equal(gXs[2], 0)
+
+
+@pytest.fixture(scope="module")
+def torch():
+    return pytest.importorskip(
+        "torch", reason="torch is not installed: autograd comparisons skipped")
+
+
+def torch_dist(torch, kind, X, mean, M, squared):
+    delta = X - mean
+    if kind == "VI":
+        d2 = ((delta @ M) * delta).sum(-1)
+    elif kind == "cov":
+        w = torch.linalg.solve(M, delta.T).T
+        d2 = (delta * w).sum(-1)
+    else:
+        z = torch.linalg.solve_triangular(M, delta.T, upper=False).T
+        d2 = (z * z).sum(-1)
+    return d2 if squared else torch.sqrt(d2)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("d, cond", [(5, 10.0), (16, 1e3)])
+def test_backward_matches_torch(torch, rng, kind, squared, d, cond):
+    mats = spd(rng, d, cond)
+    M = mats[kind]
+    X = rng.standard_normal((300, d))
+    mean = rng.standard_normal(d)
+    g = rng.standard_normal(300)
+    tX, tm, tM = (torch.tensor(a, dtype=torch.float64, requires_grad=True)
+                  for a in (X, mean, M))
+    y = torch_dist(torch, kind, tX, tm, tM, squared)
+    y.backward(torch.tensor(g))
+    k = kappa(mats)
+    # both sides carry the error bound of the kernel: twice it
+    np.testing.assert_allclose(call(kind, M, X, mean, squared), y.detach().numpy(),
+                               rtol=2 * dist_rtol(F64, d, k))
+    gX, gmean, gM = call_bwd(kind, M, g, X, mean, squared)
+    want_M = tM.grad.numpy()
+    if kind == "cholesky":
+        np.testing.assert_array_equal(np.triu(gM, 1), 0)
+        want_M = np.tril(want_M)
+    tols = bwd_tols(F64, d, len(X), k, bwd_scales(kind, M, g, X, mean, squared), c=8.0)
+    for got, want, tol, what in zip((gX, gmean, gM),
+                                    (tX.grad.numpy(), tm.grad.numpy(), want_M),
+                                    tols, ("gX", "gmean", "gM")):
+        err = np.abs(got - want)
+        assert np.all(err <= tol), (what, float(np.max(err / tol)))
+
+
+def bwd_scales(kind, M, g, X, mean, squared):
+    """Normwise magnitudes of the terms each backward output adds up (float64).
+
+    The solved rows w_i = cov^-1 delta_i (or VI delta_i) and z_i = L^-1 delta_i
+    carry errors relative to their *norm*, not to each entry, so the bounds use
+    ``|a_i| |w_i|`` for the row of gX, their sum for gmean and
+    ``sum_i |a_i| |w_i| |w_i|`` (|delta_i|^2 for VI, 2 |w_i| |z_i| for
+    cholesky) for every entry of gM."""
+    X = np.asarray(X, F64).reshape(-1, len(mean))
+    g = np.asarray(g, F64).reshape(-1)
+    mean = np.asarray(mean, F64)
+    M = np.asarray(M, F64)
+    delta = X - mean
+    if kind == "VI":
+        W = delta @ M
+        Z = delta
+        d2 = np.einsum("ij,ij->i", delta, W)
+    else:
+        L = M if kind == "cholesky" else np.linalg.cholesky(M)
+        Z = np.linalg.solve(L, delta.T).T
+        W = np.linalg.solve(L.T, Z.T).T
+        d2 = np.einsum("ij,ij->i", Z, Z)
+    a = np.abs(g) if squared else np.abs(g) / (2 * np.sqrt(d2))
+    nw = np.linalg.norm(W, axis=1)
+    nz = np.linalg.norm(Z, axis=1)
+    sX = np.broadcast_to((2 * a * nw)[:, None], X.shape)
+    smean = np.full(len(mean), np.sum(2 * a * nw))
+    if kind == "VI":
+        sM = np.sum(a * nz * nz)
+    elif kind == "cov":
+        sM = np.sum(a * nw * nw)
+    else:
+        sM = np.sum(2 * a * nw * nz)
+    return sX, smean, np.full(M.shape, sM)
+
+
+def bwd_tols(dt, d, n, k, scales, c=4.0):
+    """Per-entry bounds for (gX, gmean, gM): the solved vectors are right to
+    (d + 1) eps kappa relative (the factor and the solves); gmean and gM also
+    sum n rows, adding n eps of the magnitudes summed."""
+    sX, smean, sM = scales
+    return (c * eps(dt) * (d + 1) * k * sX,
+            c * eps(dt) * ((d + 1) * k + n) * smean,
+            c * eps(dt) * ((d + 1) * k + n) * sM)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("squared", [False, True])
+def test_float32_backward_matches_float64(rng, kind, squared):
+    d, n = 6, 200
+    mats32 = as_dtype(spd(rng, d, 30.0), F32)
+    M32 = mats32[kind]
+    X = rng.standard_normal((n, d)).astype(F32)
+    mean = rng.standard_normal(d).astype(F32)
+    g = rng.standard_normal(n).astype(F32)
+    got = call_bwd(kind, M32, g, X, mean, squared)
+    want = call_bwd(kind, M32.astype(F64), g.astype(F64), X.astype(F64),
+                    mean.astype(F64), squared)
+    # float32 solves and float32 sums of up to n terms (see bwd_tol)
+    k = kappa(mats32)
+    tols = bwd_tols(F32, d, n, k, bwd_scales(kind, M32, g, X, mean, squared))
+    for a, b, tol, what in zip(got, want, tols, ("gX", "gmean", "gM")):
+        assert a.dtype == F32, what
+        err = np.abs(a.astype(F64) - b)
+        assert np.all(err <= tol), (what, float(np.max(err / tol)))
