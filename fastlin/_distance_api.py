@@ -191,6 +191,13 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     res = out if out is not None else np.empty((mA, mB), dtype)
     if mA == 0 or mB == 0:
         return res
+    with blas_single_thread():
+        # BLAS held to one thread for the small preparatory products too:
+        # OpenBLAS threads woken here would spin on the cores the tiles use
+        return _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n)
+
+
+def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     L = _precision_factor(VI, n, XA, XB, dtype) if metric == "mahalanobis" else None
     # the centre from the C-ordered copy: a layout-dependent summation order
     # would change the bits of every distance
@@ -221,9 +228,8 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
         nb = na if same else np.empty(mB)
         if not same:
             _k.sqnorms(B, nb, nt)
-        with blas_single_thread():
-            _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, OA.bad, OB.bad, res, TAU[dtype],
-                           take_sqrt, scale, nt, wv)
+        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, OA.bad, OB.bad, res, TAU[dtype],
+                       take_sqrt, scale, nt, wv)
     if metric == "cosine":
         res[OA.zero, :] = np.nan
         res[:, OB.zero] = np.nan
@@ -266,6 +272,11 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     res = out if out is not None else np.empty(size, dtype)
     if size == 0:
         return res
+    with blas_single_thread():
+        return _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size)
+
+
+def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
     L = _precision_factor(VI, n, X, X[:0], dtype) if metric == "mahalanobis" else None
     cx = _centre(np.ascontiguousarray(X, dtype), dtype) if metric == "mahalanobis" else None
     O = _Operands(X, dtype, metric, sw, L, cx)
@@ -286,9 +297,8 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
             A = O.gemm(_centre(O.exact, dtype))
             na = np.empty(m)
             _k.sqnorms(A, na, nt)
-            with blas_single_thread():
-                _k.pdist_tiles(A, O.exact, na, O.bad, res, scratch, TAU[dtype], take_sqrt,
-                               scale, nt, wv)
+            _k.pdist_tiles(A, O.exact, na, O.bad, res, scratch, TAU[dtype], take_sqrt,
+                           scale, nt, wv)
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
         sq[O.zero, :] = np.nan
