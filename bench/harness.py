@@ -97,7 +97,8 @@ def fmt_ms(t):
     if t is None:
         return "-"
     if not t.ok:
-        return "error"
+        return ("not implemented" if (t.error or "").startswith("NotImplementedError")
+                else "error")
     ms = t.median * 1e3
     return f"{ms:.3f}" if ms < 10 else f"{ms:.2f}" if ms < 100 else f"{ms:.1f}"
 
@@ -195,12 +196,13 @@ def openblas_env_warning():
             "python -m bench.run")
 
 
-def machine_facts(peers, threads, mode):
+def machine_facts(peers, threads, mode, threads_note=None):
     """Everything the header prints, as a JSON-able dict.
 
     `peers` maps a peer name to its version string (or "not installed").
     Call it after the peers are imported, so threadpoolctl sees their
-    libraries.
+    libraries.  `threads_note` says which peers follow the thread count (the
+    header's default is the reductions' note).
     """
     import numpy
     import scipy
@@ -225,6 +227,9 @@ def machine_facts(peers, threads, mode):
         "blas": _blas_info(),
         "load_average": loadavg(),
         "threads": list(threads),
+        "threads_note": threads_note or (
+            "fastlin.threads(t) and torch.set_num_threads(t); scipy, numpy and sklearn "
+            "run these ops on one thread whatever t"),
         "mode": mode,
         "env": {v: os.environ.get(v) for v in
                 OPENBLAS_VARS + ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")},
@@ -280,8 +285,7 @@ def header_lines(facts):
     lines.append("env     : " + ", ".join(
         f"{k}={'unset' if val is None else val}" for k, val in env.items()))
     lines.append(f"threads : {', '.join(map(str, facts['threads']))} "
-                 "(fastlin.threads(t) and torch.set_num_threads(t); scipy, numpy "
-                 "and sklearn run these ops on one thread whatever t)")
+                 f"({facts['threads_note']})")
     lines.append(f"mode    : {facts['mode']}")
     lines.append(f"load    : 1-min load average {facts['load_average']} at start "
                  "(compare with the CPU count: a busy machine makes every time noisy)")

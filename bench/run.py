@@ -2,8 +2,10 @@
 
 For each workload, dtype and thread count, times fastlin and every installed
 peer in this one process, prints the medians and the ratios peer/fastlin
-(>1: fastlin is faster), the ``out=`` rows against the copy bound, a
-pass/fail summary of the targets, and saves everything as JSON.
+(>1: fastlin is faster), the ``out=`` rows against the copy bound, the
+pairwise distances against their peers and their bounds (the GEMM of the
+cross term, the write of the output), a pass/fail summary of the targets,
+and saves everything as JSON.  ``--ops distance`` runs the distances only.
 
 torch reads ``THP_MEM_ALLOC_ENABLE`` when it is imported (its CPU allocator
 then asks for transparent huge pages for large buffers: its best
@@ -95,27 +97,36 @@ def _positive_int(s):
     return n
 
 
+# Group names accepted by --ops.
+OP_GROUPS = {"reduction": list(W.OPS), "distance": list(W.DIST_OPS)}
+
+
 def parse_args(argv=None):
     ncpu = _usable_cpus()
-    wl_names = [w.key for w in W.WORKLOADS]
+    all_ops = list(W.OPS) + list(W.DIST_OPS)
+    wl_names = [w.key for w in W.WORKLOADS] + [w.key for w in W.DIST_WORKLOADS]
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
         description="Benchmark fastlin against scipy, the NumPy formula, scikit-learn and "
                     "torch, all timed in this process. Ratios are peer/fastlin: >1 means "
                     "fastlin is faster.")
     p.add_argument("--quick", action="store_true",
-                   help="about a minute: only the 4096x4096 axis=-1 workload, warm-up + 3 "
-                        "calls per measurement, single-threaded peers timed once and reused "
-                        "across thread counts")
+                   help="about a minute and a half: only the 4096x4096 axis=-1 workload and "
+                        "cdist4096x64, pdist8192x64 (no pdist_backward unless named), warm-up "
+                        "+ 3 calls per measurement, single-threaded peers timed once and "
+                        "reused across thread counts")
     p.add_argument("--threads", type=_csv("thread counts", convert=_positive_int),
                    default=sorted({1, ncpu}),
                    help=f"comma-separated thread counts (default: 1,{ncpu} = 1 and all)")
-    p.add_argument("--ops", type=_csv("op", list(W.OPS)), default=list(W.OPS),
-                   help="comma-separated ops (default: all): " + ",".join(W.OPS))
+    p.add_argument("--ops", type=_csv("op", all_ops + list(OP_GROUPS)), default=None,
+                   help="comma-separated ops or groups (default: all): " + ",".join(all_ops)
+                        + "; groups: reduction (the first eight), distance (the last four)")
     p.add_argument("--dtypes", type=_csv("dtype", ["float64", "float32"]),
                    default=["float64", "float32"], help="default: float64,float32")
     p.add_argument("--workloads", type=_csv("workload", wl_names), default=None,
-                   help="comma-separated, default all (quick: the first): " + ",".join(wl_names))
+                   help="comma-separated, default all (quick: 4096x4096, cdist4096x64, "
+                        "pdist8192x64); each op runs on the workloads of its family: "
+                        + ",".join(wl_names))
     p.add_argument("--peers", type=_csv("peer", W.PEERS), default=list(W.PEERS),
                    help="default: " + ",".join(W.PEERS))
     p.add_argument("--target-time", type=float, default=None, metavar="S",
@@ -125,18 +136,43 @@ def parse_args(argv=None):
                    help="where to save the results (default bench/results.json); "
                         "'-' to skip")
     args = p.parse_args(argv)
-    if args.workloads is None:
-        args.workloads = W.QUICK_WORKLOADS if args.quick else W.WORKLOADS
+    if args.ops is None:
+        ops = [o for o in all_ops if not (args.quick and o in W.QUICK_SKIP_OPS)]
     else:
-        args.workloads = [w for w in W.WORKLOADS if w.key in args.workloads]
+        ops = []
+        for o in args.ops:   # a group is expanded; --quick leaves out what it skips
+            ops += ([g for g in OP_GROUPS[o] if not (args.quick and g in W.QUICK_SKIP_OPS)]
+                    if o in OP_GROUPS else [o])
+    args.ops = list(dict.fromkeys(ops))
+    args.red_ops = [o for o in args.ops if o in W.OPS]
+    args.dist_ops = [o for o in args.ops if o in W.DIST_OPS]
+    if args.workloads is None:
+        red_wl = W.QUICK_WORKLOADS if args.quick else W.WORKLOADS
+        dist_wl = W.QUICK_DIST_WORKLOADS if args.quick else W.DIST_WORKLOADS
+    else:
+        red_wl = [w for w in W.WORKLOADS if w.key in args.workloads]
+        dist_wl = [w for w in W.DIST_WORKLOADS if w.key in args.workloads]
+    args.workloads = red_wl if args.red_ops else []
+    args.dist_workloads = [w for w in dist_wl if set(w.ops) & set(args.dist_ops)]
+    # Keep only the ops that run on some selected workload: the targets of
+    # the others are not listed.
+    args.red_ops = args.red_ops if args.workloads else []
+    args.dist_ops = [o for o in args.dist_ops if any(o in w.ops for w in args.dist_workloads)]
+    args.ops = args.red_ops + args.dist_ops
+    if not args.ops:
+        p.error("nothing to run: no selected workload belongs to a selected op "
+                "(softmax..normalize_backward run on 4096x4096-style workloads, "
+                "cdist/cdist_backward on cdist*, pdist/pdist_backward on pdist*; "
+                "backward passes on euclidean workloads only)")
     args.threads = list(dict.fromkeys(args.threads))   # drop repeats, keep order
     return args
 
 
 @contextlib.contextmanager
 def thread_count(t, mods):
-    """Run fastlin and torch on `t` threads; cap BLAS at `t` too (no op here
-    calls BLAS, but a peer must not get more threads than fastlin)."""
+    """Run fastlin and torch on `t` threads; cap BLAS at `t` too (no reduction
+    calls BLAS, but a peer must not get more threads than fastlin; for the
+    distances it sets the threads of scikit-learn and the matmul bound)."""
     torch = mods["torch"].torch if "torch" in mods else None
     before = torch.get_num_threads() if torch is not None else None
     try:
@@ -176,51 +212,69 @@ class Progress:
             sys.stderr.flush()
 
 
-def run_suite(args, mods, timing):
+def time_peers(row, op, case, peers, mods, measure, single, reuse):
+    """Time each peer of `op` on `case` into ``row["peers"]``.
+
+    A peer in `reuse` (quick mode's single-threaded peers) is timed once per
+    case, at the first thread count, and its Timing reused after that
+    (``single`` holds them; the row lists it under ``reused``).
+    """
+    for peer in peers:
+        make = op.peers.get(peer)
+        if make is None:
+            continue
+        key = (op.name, peer)
+        if peer in reuse and key in single:
+            row["peers"][peer] = single[key]
+            row["reused"].append(peer)
+            continue
+        try:
+            bench = make(case, mods[peer])
+        except Exception as exc:
+            row["peers"][peer] = H.Timing(error=f"{type(exc).__name__}: {exc}")
+            continue
+        if bench is None:
+            continue
+        row["peers"][peer] = tm = measure(bench)
+        del bench   # frees a torch graph before the next measurement
+        single[key] = tm
+
+
+def _measurer(timing):
     target, min_reps, max_reps = timing
 
     def measure(bench):
         return H.time_call(bench.fn, bench.setup, target, min_reps, max_reps)
+    return measure
 
+
+def count_steps(args):
+    """Progress steps of both sections: one per measured row."""
+    red = (len(args.workloads) * len(args.dtypes) * len(args.threads)
+           * (len(args.red_ops) + len([o for o in args.red_ops if o in W.COPY_BOUND])))
+    dist = sum(len([o for o in args.dist_ops if o in w.ops]) for w in args.dist_workloads)
+    return red + dist * len(args.dtypes) * len(args.threads)
+
+
+def run_suite(args, mods, timing, progress):
+    measure = _measurer(timing)
     peers = [p for p in args.peers if p in mods]
     rows, bound_rows = [], []
-    n_steps = (len(args.workloads) * len(args.dtypes) * len(args.threads)
-               * (len(args.ops) + len([o for o in args.ops if o in W.COPY_BOUND])))
-    progress = Progress(n_steps)
     for wl in args.workloads:
         for dtype in args.dtypes:
             case = W.Case(wl, dtype)
             single = {}   # quick mode: (op, peer) -> Timing of a single-threaded peer
             for t in args.threads:
                 with thread_count(t, mods):
-                    for name in args.ops:
+                    for name in args.red_ops:
                         op = W.OPS[name]
                         progress.step(f"{wl.name} {dtype} threads={t} {name}")
                         row = {"workload": wl.name, "shape": list(wl.shape), "axis": wl.axis,
                                "dtype": dtype, "threads": t, "op": name,
                                "fastlin": measure(W.Bench(op.fastlin(case))),
                                "peers": {}, "reused": []}
-                        for peer in peers:
-                            make = op.peers.get(peer)
-                            if make is None:
-                                continue
-                            key = (name, peer)
-                            if args.quick and peer in W.SINGLE_THREADED_PEERS and key in single:
-                                row["peers"][peer] = single[key]
-                                row["reused"].append(peer)
-                                continue
-                            try:
-                                bench = make(case, mods[peer])
-                            except Exception as exc:
-                                row["peers"][peer] = H.Timing(
-                                    error=f"{type(exc).__name__}: {exc}")
-                                continue
-                            if bench is None:
-                                continue
-                            row["peers"][peer] = tm = measure(bench)
-                            del bench   # frees a torch graph before the next measurement
-                            if peer in W.SINGLE_THREADED_PEERS:
-                                single[key] = tm
+                        time_peers(row, op, case, peers, mods, measure, single,
+                                   W.SINGLE_THREADED_PEERS if args.quick else ())
                         rows.append(row)
                         if name in W.COPY_BOUND:
                             progress.step(f"{wl.name} {dtype} threads={t} {name}(out=) vs copy")
@@ -233,8 +287,45 @@ def run_suite(args, mods, timing):
                                 "copy": measure(W.Bench(W.copy_bench(case, out))),
                             })
             del case
-    progress.close()
     return rows, bound_rows
+
+
+def run_distances(args, mods, timing, progress):
+    """Time cdist/pdist (and their backward passes) against their peers, and
+    each forward row against the bounds: the GEMM of the cross term (every
+    row) and the write of the output (workloads with ``write_bound``)."""
+    measure = _measurer(timing)
+    # numpy has no distance function: its matmul is the bound, timed anyway.
+    peers = [p for p in args.peers if p in mods]
+    rows = []
+    matmul = {}   # (kind, shape, dtype, threads) -> Timing, shared by the metric rows
+    for wl in args.dist_workloads:
+        ops = [o for o in args.dist_ops if o in wl.ops]
+        for dtype in args.dtypes:
+            case = W.DistCase(wl, dtype)
+            single = {}
+            for t in args.threads:
+                with thread_count(t, mods):
+                    for name in ops:
+                        op = W.DIST_OPS[name]
+                        progress.step(f"{wl.key} {dtype} threads={t} {name}")
+                        row = {"workload": wl.name, "key": wl.key, "kind": wl.kind,
+                               "shape": list(wl.shape), "metric": wl.metric,
+                               "dtype": dtype, "threads": t, "op": name,
+                               "fastlin": measure(W.Bench(op.fastlin(case))),
+                               "peers": {}, "reused": [], "matmul": None, "write": None}
+                        time_peers(row, op, case, peers, mods, measure, single,
+                                   W.DIST_SINGLE_THREADED_PEERS if args.quick else ())
+                        if not op.backward:
+                            mk = (wl.kind, wl.shape, dtype, t)
+                            if mk not in matmul:
+                                matmul[mk] = measure(W.matmul_bench(case))
+                            row["matmul"] = matmul[mk]
+                            if wl.write_bound:
+                                row["write"] = measure(W.write_bench(case))
+                        rows.append(row)
+            del case
+    return rows
 
 
 # --------------------------------------------------------------------------
@@ -266,6 +357,32 @@ def bound_table(bound_rows):
                     H.fmt_ms(b["fastlin_out"]), H.fmt_ms(b["copy"]), H.fmt_ratio(r),
                     f"<= {b['limit']}x"])
     return H.format_table(cols, out)
+
+
+def distance_table(rows, peers):
+    """One row per distance workload, metric, dtype, thread count and op:
+    fastlin, the peers and ratios peer/fastlin, then the bounds and the ratios
+    fastlin/bound (lower is better)."""
+    peers = [p for p in peers if any(p in r["peers"] for r in rows)]
+    has_mm = any(r["matmul"] is not None for r in rows)
+    has_wr = any(r["write"] is not None for r in rows)
+    cols = (["workload", "metric", "dtype", "thr", "op", "fastlin ms", "(min)"]
+            + [f"{p} ms" for p in peers] + [f"{p}/fl" for p in peers]
+            + (["matmul ms", "fl/mm"] if has_mm else [])
+            + (["write ms", "fl/write"] if has_wr else []))
+    out = []
+    for r in rows:
+        fl = r["fastlin"]
+        cells = [r["workload"], r["metric"], r["dtype"], str(r["threads"]), r["op"],
+                 H.fmt_ms(fl), "-" if not fl.ok else H.fmt_ms(H.Timing(fl.min, fl.min, 1))]
+        cells += [H.fmt_ms(r["peers"].get(p)) + ("*" if p in r["reused"] else "")
+                  for p in peers]
+        cells += [H.fmt_ratio(H.ratio(r["peers"].get(p), fl)) for p in peers]
+        for bound, present in (("matmul", has_mm), ("write", has_wr)):
+            if present:
+                cells += [H.fmt_ms(r[bound]), H.fmt_ratio(H.ratio(fl, r[bound]))]
+        out.append(cells)
+    return H.format_table(cols, out, right=set(range(5, len(cols))))
 
 
 def _where(r):
@@ -340,12 +457,112 @@ def evaluate_targets(rows, bound_rows, args, status, available):
     return results
 
 
+def evaluate_distance_targets(rows, args, status, available):
+    """The distance targets, judged at the largest thread count run (all
+    CPUs by default) on the worst matching row.
+
+    While fastlin raises NotImplementedError for an op (its backward being
+    written), that op's targets are SKIP, not FAIL; any other exception from
+    fastlin is a FAIL.
+    """
+    all_t = max(args.threads)
+    at = f"@{all_t} thread{'s' * (all_t > 1)}"
+    fwd = [o for o in W.DIST_OPS if not W.DIST_OPS[o].backward]
+    bwd = [o for o in W.DIST_OPS if W.DIST_OPS[o].backward]
+    top = lambda r: r["threads"] == all_t                                  # noqa: E731
+    wide = lambda r: top(r) and r["shape"][1] >= 64                         # noqa: E731
+    narrow = lambda r: top(r) and r["shape"][1] < 64                        # noqa: E731
+    # (label, op, peer or bound, row filter, threshold); a bound is judged on
+    # fastlin / bound (at most the threshold), a peer on peer / fastlin.
+    specs = []
+    for op in fwd:
+        kinds = [w for w in W.DIST_WORKLOADS if w.kind == op]
+        specs.append((f"{op} d >= 64 {at} vs scipy", op, "scipy", wide, 10.0))
+        if any(w.n < 64 for w in kinds):
+            specs.append((f"{op} d < 64 {at} vs scipy", op, "scipy", narrow, 3.0))
+        specs += [(f"{op} {at} vs sklearn (every workload)", op, "sklearn", top, 1.0),
+                  (f"{op} {at} vs torch (every workload)", op, "torch", top, 1.0)]
+    for op in fwd:
+        specs.append((f"{op} d >= 64 {at} vs numpy matmul (cross term)", op, "matmul",
+                      wide, 1.5))
+    for op in bwd:
+        specs.append((f"{op} {at} vs torch autograd (every workload)", op, "torch", top,
+                      1.0))
+
+    results = []
+    for label, op, other, keep, thr in specs:
+        if op not in args.ops:
+            continue
+        bound = other == "matmul"
+        need = f"<= {thr:g}x matmul" if bound else f">= {thr:g}x"
+        mine = [r for r in rows if r["op"] == op and keep(r)]
+        if bound:
+            got = [(H.ratio(r["fastlin"], r["matmul"]), r) for r in mine]
+        else:
+            got = [(H.ratio(r["peers"].get(other), r["fastlin"]), r) for r in mine]
+        got = [(x, r) for x, r in got if not math.isnan(x)]
+        # fastlin raised (not NotImplementedError) on a row the target compares:
+        # the target is missed, whatever the other side did.
+        failed = [r for r in mine if not r["fastlin"].ok
+                  and not W.not_implemented(r["fastlin"])
+                  and (bound or other in r["peers"])]
+        if failed:
+            results.append({"target": label, "need": need, "status": "FAIL", "worst": None,
+                            "where": f"fastlin raised {failed[0]['fastlin'].error} at "
+                                     f"{failed[0]['workload']} {failed[0]['dtype']} "
+                                     f"t={failed[0]['threads']}",
+                            "rows": len(mine)})
+            continue
+        if not got:
+            if any(W.not_implemented(r["fastlin"]) for r in mine):
+                why = f"fastlin.{op} not implemented yet"
+            elif bound:
+                why = "no rows measured (workload or thread count not run)"
+            elif other not in status:
+                why = f"{other} not requested"
+            elif other not in available:
+                why = f"{other} {status[other]}"
+            elif mine:
+                why = f"{other} has no such function for these rows"
+            else:
+                why = "no rows measured (workload or thread count not run)"
+            results.append({"target": label, "need": need, "status": "SKIP",
+                            "worst": None, "where": why, "rows": 0})
+            continue
+        if bound:
+            worst, wr = max(got, key=lambda p: p[0])
+            ok = worst <= thr
+        else:
+            worst, wr = min(got, key=lambda p: p[0])
+            ok = worst >= thr
+        where = f"{wr['workload']} {wr['metric']} {wr['dtype']} t={wr['threads']}"
+        results.append({"target": label, "need": need, "status": "PASS" if ok else "FAIL",
+                         "worst": worst, "where": where, "rows": len(got)})
+    return results
+
+
 def targets_table(results):
     cols = ["", "target", "need", "worst", "at", "rows"]
     out = [[t["status"], t["target"], t["need"],
             "-" if t["worst"] is None else f"{t['worst']:.2f}x", t["where"], str(t["rows"])]
            for t in results]
     return H.format_table(cols, out, right={5})
+
+
+def dist_json(r):
+    fl = r["fastlin"]
+    d = {k: v for k, v in r.items() if k not in ("fastlin", "peers", "matmul", "write")}
+    d.update({
+        "fastlin": fl.as_dict(),
+        "fastlin_not_implemented": W.not_implemented(fl),
+        "peers": {p: t.as_dict() for p, t in r["peers"].items()},
+        "ratios": {p: H.ratio(t, fl) for p, t in r["peers"].items()},
+    })
+    for bound in ("matmul", "write"):
+        d[bound] = None if r[bound] is None else r[bound].as_dict()
+        d[f"fastlin_over_{bound}"] = (None if r[bound] is None
+                                      else H.ratio(fl, r[bound]))
+    return d
 
 
 def main(argv=None):
@@ -365,34 +582,71 @@ def main(argv=None):
     target, lo, hi = timing
     reps = (f"{lo} calls" if lo == hi else
             f"N calls, N in [{lo}, {hi}] chosen for ~{target:g}s of timing")
+    red, dist = bool(args.workloads), bool(args.dist_workloads)
+    reused = "/".join((["scipy/numpy/sklearn (reductions)"] if red else [])
+                      + (["scipy (distances)"] if dist else []))
     mode = (("quick" if args.quick else "full") + f": warm-up call, then {reps}; "
             "median (and min) reported"
-            + ("; scipy/numpy/sklearn timed at the first thread count only and reused"
+            + (f"; {reused} timed at the first thread count only and reused"
                if args.quick and len(args.threads) > 1 else ""))
-    facts = H.machine_facts(status, args.threads, mode)
+    threads_note = "; ".join(
+        ["fastlin.threads(t), torch.set_num_threads(t), BLAS capped at t (threadpoolctl)"]
+        + (["reductions: scipy, numpy and sklearn run on one thread whatever t"]
+           if red else [])
+        + ([("distances: sklearn and the numpy matmul bound run BLAS on t threads, "
+             "scipy's cdist/pdist and the write bound on one thread")] if dist else []))
+    facts = H.machine_facts(status, args.threads, mode, threads_note)
     print("\n".join(H.header_lines(facts)))
     print("peers   : " + "; ".join(f"{p} {status[p]}" for p in args.peers))
-    print("          scipy = scipy.special; numpy = the NumPy formula (backward: given the "
-          "saved forward output); sklearn = extmath.softmax / preprocessing.normalize in "
-          "place on a copy made outside timing, rows only; torch = CPU ops on "
-          "torch.from_numpy tensors, backward = torch.autograd.grad only")
+    if red:
+        print("          scipy = scipy.special; numpy = the NumPy formula (backward: given "
+              "the saved forward output); sklearn = extmath.softmax / preprocessing.normalize "
+              "in place on a copy made outside timing, rows only; torch = CPU ops on "
+              "torch.from_numpy tensors, backward = torch.autograd.grad only")
+    if dist:
+        print("          distances: scipy = scipy.spatial.distance.cdist / pdist; sklearn = "
+              "metrics.pairwise.euclidean_distances (squared=True for sqeuclidean; "
+              "cosine_distances); torch = torch.cdist / torch.pdist (default compute mode), "
+              "backward = torch.autograd.grad w.r.t. every input only")
     print(flush=True)
 
     t0 = time.perf_counter()
-    rows, bound_rows = run_suite(args, mods, timing)
+    progress = Progress(count_steps(args))
+    rows, bound_rows = run_suite(args, mods, timing, progress)
+    dist_rows = run_distances(args, mods, timing, progress)
+    progress.close()
     elapsed = time.perf_counter() - t0
 
-    print("Median times; ratio = peer / fastlin (>1: fastlin faster); '-' = peer has no "
-          "such function for this case" + ("; * = single-threaded peer timed at "
-                                           f"{args.threads[0]} thread(s), reused"
-                                           if any(r["reused"] for r in rows) else ""))
-    print(results_table(rows, peers))
+    if rows:
+        print("Median times; ratio = peer / fastlin (>1: fastlin faster); '-' = peer has no "
+              "such function for this case" + ("; * = single-threaded peer timed at "
+                                               f"{args.threads[0]} thread(s), reused"
+                                               if any(r["reused"] for r in rows) else ""))
+        print(results_table(rows, peers))
     if bound_rows:
         print()
         print("out= preallocated vs the copy bound (np.copyto(out, x), same arrays); "
               "ratio = fastlin / copy, lower is better")
         print(bound_table(bound_rows))
+    if dist_rows:
+        if rows:
+            print()
+        print("Pairwise distances, median times; peer/fl = peer / fastlin (>1: fastlin "
+              "faster); '-' = peer has no such function (torch: euclidean only; no backward "
+              "in scipy or sklearn)"
+              + ("; * = scipy timed at "f"{args.threads[0]} thread(s), reused"
+                 if any(r["reused"] for r in dist_rows) else ""))
+        print("  cdist: XA and XB both of the shape shown; pdist: sklearn computes the "
+              "square (m, m) matrix, euclidean_distances(X), twice the entries of the "
+              "condensed vector; scipy returns float64 for float32 input")
+        print("  bounds (forward rows): matmul = numpy XA @ XB.T at the input dtype and t BLAS "
+              "threads (pdist: the full X @ copy(X).T GEMM, which pdist needs half of); "
+              "write = np.empty + fill of the output, one thread; fl/mm and fl/write = "
+              "fastlin / bound, lower is better")
+        print(distance_table(dist_rows, peers))
     targets = evaluate_targets(rows, bound_rows, args, status, set(peers))
+    if dist_rows:
+        targets += evaluate_distance_targets(dist_rows, args, status, set(peers))
     print()
     print("Targets (worst matching row):")
     print(targets_table(targets))
@@ -417,6 +671,7 @@ def main(argv=None):
                             "copy": b["copy"].as_dict(),
                             "ratio": H.ratio(b["fastlin_out"], b["copy"])}
                            for b in bound_rows],
+            "distances": [dist_json(r) for r in dist_rows],
             "targets": targets,
             "elapsed_s": elapsed,
             "load_average_end": load_end,

@@ -1,4 +1,9 @@
-"""What the suite times: workloads (shape, axis), ops, and each op's peers.
+"""What the suite times: workloads, ops, and each op's peers.
+
+Two families share the machinery: the same-shape reductions (softmax,
+log_softmax, logsumexp, normalize and their backward passes) on
+:class:`Workload` s, and the pairwise distances (cdist, pdist and their
+backward passes) on :class:`DistWorkload` s, at the end of this module.
 
 A *case* is one workload in one dtype: its inputs are made once and shared
 by fastlin and every peer.  An op maps a case to the callable fastlin is
@@ -6,7 +11,8 @@ timed on and, per peer, to a :class:`Bench` (the callable, and an optional
 untimed ``setup`` run before each call) or ``None`` when the peer has no
 such function for this case.
 
-Peers, and what they stand for:
+Peers of the reductions, and what they stand for (the distance peers are
+described with :data:`DIST_OPS`):
 
 * ``scipy``   -- ``scipy.special`` (forward only; scipy has no backward).
 * ``numpy``   -- the stable textbook formula in plain NumPy, forward and
@@ -28,7 +34,9 @@ import numpy as np
 import fastlin
 
 __all__ = ["Workload", "WORKLOADS", "QUICK_WORKLOADS", "OPS", "PEERS", "COPY_BOUND",
-           "Bench", "Case", "load_peers"]
+           "Bench", "Case", "load_peers", "DistWorkload", "DIST_WORKLOADS",
+           "QUICK_DIST_WORKLOADS", "QUICK_SKIP_OPS", "DIST_OPS", "DIST_SINGLE_THREADED_PEERS",
+           "DistCase", "matmul_bench", "write_bench", "not_implemented"]
 
 EPS = 1e-12  # normalize's default, given to every implementation
 
@@ -138,16 +146,22 @@ def load_peers(wanted):
         try:
             if name == "scipy":
                 import scipy
-                import scipy.special as m
+                import scipy.spatial.distance as ssd
+                import scipy.special as sps
+                m = _Namespace(softmax=sps.softmax, log_softmax=sps.log_softmax,
+                               logsumexp=sps.logsumexp, cdist=ssd.cdist, pdist=ssd.pdist)
                 status[name] = scipy.__version__
             elif name == "numpy":
                 m = np
                 status[name] = np.__version__
             elif name == "sklearn":
                 import sklearn
+                from sklearn.metrics.pairwise import cosine_distances, euclidean_distances
                 from sklearn.preprocessing import normalize as sk_normalize
                 from sklearn.utils.extmath import softmax as sk_softmax
-                m = _Namespace(softmax=sk_softmax, normalize=sk_normalize)
+                m = _Namespace(softmax=sk_softmax, normalize=sk_normalize,
+                               euclidean_distances=euclidean_distances,
+                               cosine_distances=cosine_distances)
                 status[name] = sklearn.__version__
             elif name == "torch":
                 import torch
@@ -314,3 +328,195 @@ COPY_BOUND = {
 
 def copy_bench(case, out):
     return lambda: np.copyto(out, case.x)
+
+
+# --------------------------------------------------------------------------
+# Pairwise distances
+# --------------------------------------------------------------------------
+#
+# Peers of cdist / pdist, and what they stand for:
+#
+# * ``scipy``   -- ``scipy.spatial.distance.cdist / pdist`` (C loops, one
+#   thread, float64 output whatever the input dtype; no backward).
+# * ``sklearn`` -- ``sklearn.metrics.pairwise.euclidean_distances`` (GEMM,
+#   BLAS threads; ``squared=True`` for sqeuclidean, ``cosine_distances`` for
+#   cosine).  It has no condensed form: the pdist rows time
+#   ``euclidean_distances(X)``, the square (m, m) matrix.  No backward.
+# * ``torch``   -- ``torch.cdist`` / ``torch.pdist`` in the default compute
+#   mode (cdist uses a matmul when either side has more than 25 rows), euclidean
+#   only (torch has no sqeuclidean or cosine cdist); the backward rows time
+#   ``torch.autograd.grad(y, inputs, g, retain_graph=True)`` on a graph built once.
+#
+# Not peers but bounds, timed on the same arrays at the same thread count:
+# the GEMM of the cross term (``XA @ XB.T`` in NumPy at the input dtype; for
+# pdist ``X @ Xc.T`` with ``Xc`` a copy of X: NumPy sends ``X @ X.T`` to syrk,
+# which measured 3-6x slower than the GEMM here, and single-threaded), and for
+# the low-dimensional workload the write of the output (``np.empty`` + ``fill``).
+
+@dataclass(frozen=True)
+class DistWorkload:
+    """cdist of two (m, n) collections, or pdist of one, under `metric`.
+
+    `write_bound`: also time writing the output, the bound that matters when
+    n is so small that the GEMM is not the cost.
+    """
+    kind: str                 # "cdist" or "pdist"
+    m: int
+    n: int
+    metric: str = "euclidean"
+    write_bound: bool = False
+
+    @property
+    def shape(self):
+        return (self.m, self.n)
+
+    @property
+    def name(self):
+        """Table name: the input shapes (cdist: XA and XB)."""
+        s = f"{self.m}x{self.n}"
+        return f"{s} & {s}" if self.kind == "cdist" else s
+
+    @property
+    def key(self):
+        """The name on the command line: ``cdist4096x64``, ``cdist4096x64/cosine``."""
+        base = f"{self.kind}{self.m}x{self.n}"
+        return base if self.metric == "euclidean" else f"{base}/{self.metric}"
+
+    @property
+    def ops(self):
+        """The ops timed on this workload (backward: euclidean only)."""
+        if self.metric != "euclidean":
+            return (self.kind,)
+        return (self.kind, f"{self.kind}_backward")
+
+    @property
+    def out_shape(self):
+        return (self.m, self.m) if self.kind == "cdist" else (self.m * (self.m - 1) // 2,)
+
+
+DIST_WORKLOADS = [
+    DistWorkload("cdist", 4096, 64),
+    DistWorkload("cdist", 4096, 64, "sqeuclidean"),
+    DistWorkload("cdist", 4096, 64, "cosine"),
+    DistWorkload("cdist", 2048, 512),                      # GEMM-bound
+    DistWorkload("cdist", 10000, 3, write_bound=True),     # output-bound
+    DistWorkload("pdist", 8192, 64),
+]
+QUICK_DIST_WORKLOADS = [DIST_WORKLOADS[0], DIST_WORKLOADS[-1]]
+# Left out of --quick unless named: torch's pdist backward on (8192, 64) takes
+# about 5 s a call in float64 on one thread.
+QUICK_SKIP_OPS = ("pdist_backward",)
+
+# scipy's cdist/pdist are C loops on one thread; sklearn and the matmul bound
+# use BLAS, which is capped at the thread count under test.
+DIST_SINGLE_THREADED_PEERS = {"scipy"}
+
+
+class DistCase:
+    """Inputs of one distance workload in one dtype, made once (fixed seed).
+
+    Standard-normal rows; the grad of a backward has the output's shape and
+    is made on first use (for (10000, 3) it is as large as the output).
+    """
+
+    def __init__(self, workload, dtype, seed=0):
+        self.workload = workload
+        self.metric = workload.metric
+        self.dtype = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.xa = rng.standard_normal(workload.shape, dtype=self.dtype)
+        self.xb = (rng.standard_normal(workload.shape, dtype=self.dtype)
+                   if workload.kind == "cdist" else None)
+        self._seed = seed
+
+    @cached_property
+    def g(self):
+        rng = np.random.default_rng(self._seed + 1)
+        return rng.standard_normal(self.workload.out_shape, dtype=self.dtype)
+
+    def t(self, name):
+        import torch
+        cache = self.__dict__.setdefault("_torch", {})
+        if name not in cache:
+            cache[name] = torch.from_numpy(getattr(self, name))
+        return cache[name]
+
+    def torch_grad(self, forward, names):
+        """A Bench timing only the backward of ``forward(*inputs)`` with respect
+        to every input (the graph is built once)."""
+        import torch
+        xs = tuple(torch.from_numpy(getattr(self, n)).requires_grad_(True) for n in names)
+        y = forward(*xs)
+        g = self.t("g")
+        return Bench(lambda: torch.autograd.grad(y, xs, g, retain_graph=True))
+
+
+def not_implemented(timing):
+    """True when the timed call raised NotImplementedError."""
+    return timing is not None and (timing.error or "").startswith("NotImplementedError")
+
+
+def _sk_cdist(c, m):
+    f = {"euclidean": lambda: m.euclidean_distances(c.xa, c.xb),
+         "sqeuclidean": lambda: m.euclidean_distances(c.xa, c.xb, squared=True),
+         "cosine": lambda: m.cosine_distances(c.xa, c.xb)}.get(c.metric)
+    return None if f is None else Bench(f)
+
+
+def _sk_pdist(c, m):
+    f = {"euclidean": lambda: m.euclidean_distances(c.xa),
+         "sqeuclidean": lambda: m.euclidean_distances(c.xa, squared=True),
+         "cosine": lambda: m.cosine_distances(c.xa)}.get(c.metric)
+    return None if f is None else Bench(f)
+
+
+def _euclid_only(make):
+    """torch has cdist/pdist for p-norms only: euclidean rows."""
+    return lambda c, m: make(c, m) if c.metric == "euclidean" else None
+
+
+DIST_OPS = {op.name: op for op in [
+    Op("cdist",
+       lambda c: lambda: fastlin.cdist(c.xa, c.xb, metric=c.metric),
+       {"scipy": lambda c, m: Bench(lambda: m.cdist(c.xa, c.xb, metric=c.metric)),
+        "sklearn": _sk_cdist,
+        "torch": _euclid_only(lambda c, m: Bench(lambda: m.torch.cdist(c.t("xa"), c.t("xb"))))}),
+    Op("pdist",
+       lambda c: lambda: fastlin.pdist(c.xa, metric=c.metric),
+       {"scipy": lambda c, m: Bench(lambda: m.pdist(c.xa, metric=c.metric)),
+        "sklearn": _sk_pdist,
+        "torch": _euclid_only(lambda c, m: Bench(lambda: m.torch.pdist(c.t("xa"))))}),
+    # The backward rows call the public functions as documented: the grad of
+    # the output, the inputs and the metric.  While they raise
+    # NotImplementedError the rows say so and the peers are still timed.
+    Op("cdist_backward",
+       lambda c: lambda: fastlin.cdist_backward(c.g, c.xa, c.xb, metric=c.metric),
+       {"torch": _euclid_only(lambda c, m: c.torch_grad(m.torch.cdist, ("xa", "xb")))}),
+    Op("pdist_backward",
+       lambda c: lambda: fastlin.pdist_backward(c.g, c.xa, metric=c.metric),
+       {"torch": _euclid_only(lambda c, m: c.torch_grad(m.torch.pdist, ("xa",)))}),
+]}
+
+
+def matmul_bench(case):
+    """The GEMM of the cross term at the input dtype: the roofline of a
+    GEMM-based distance for n large enough.
+
+    For pdist, the full ``X @ X.T`` as a GEMM on a copy (not NumPy's syrk
+    path, slower here); pdist needs only half of its entries.
+    """
+    xa = case.xa
+    xb = case.xb if case.xb is not None else xa.copy()
+    return Bench(lambda: xa @ xb.T)
+
+
+def write_bench(case):
+    """Allocate the output and write every entry once (one thread): what any
+    implementation returning a fresh output must at least do."""
+    shape, dtype = case.workload.out_shape, case.dtype
+
+    def write():
+        out = np.empty(shape, dtype)
+        out.fill(1.0)
+        return out
+    return Bench(write)

@@ -166,3 +166,11 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
             base = m * (i0 + i) - ((i0 + i) * (i0 + i + 1)) // 2 - (i0 + i) - 1
             for j in range(jstart, tn):
                 out[base + j0 + j] = c[i * tn + j]
+
+
+def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, int n_threads):
+    """D := G / D elementwise, 0 where D == 0 (the Euclidean backward's weights)."""
+    cdef Py_ssize_t m = D.shape[0], n = D.shape[1], i, j
+    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+        for j in range(n):
+            D[i, j] = G[i, j] / D[i, j] if D[i, j] != 0 else 0

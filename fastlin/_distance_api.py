@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _distance as _k
+from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread
 from ._validation import as_array, check_out, result_dtype
 
@@ -42,6 +43,23 @@ def _matrix(X, name):
     return X
 
 
+def _check_extra_args(metric, w, VI):
+    # scipy raises TypeError for an argument the metric does not take
+    if VI is not None and metric != "mahalanobis":
+        raise TypeError(f"VI is only used with metric='mahalanobis', not {metric!r}")
+    if w is not None and metric == "mahalanobis":
+        raise TypeError("w is not used with metric='mahalanobis' (fold it into VI)")
+
+
+def _check_dist_out(out, shape, dtype):
+    """scipy's rules for out= (ValueError throughout, as scipy raises)."""
+    if isinstance(out, np.ndarray) and out.dtype != dtype:
+        raise ValueError(f"out must have dtype {dtype}, got {out.dtype}")
+    check_out(out, shape, dtype)
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+
+
 def _weights(w, n, dtype):
     if w is None:
         return None
@@ -65,7 +83,7 @@ def _precision_factor(VI, n, XA, XB, dtype):
             raise ValueError(
                 f"VI not given and the {X.shape[0]} points cannot estimate a {n}x{n} "
                 "covariance (need more points than dimensions); pass VI")
-        VI = np.linalg.inv(np.cov(X.T))
+        VI = np.linalg.inv(np.atleast_2d(np.cov(X.T)))
     VI = np.asarray(VI, dtype=np.float64)
     if VI.shape != (n, n):
         raise ValueError(f"VI must have shape ({n}, {n}) for {n}-dimensional points, "
@@ -103,11 +121,13 @@ class _Operands:
         elif metric == "cosine":
             if sw is not None:
                 X0 = X0 * sw
-            nrm = np.sqrt(np.einsum("ij,ij->i", X0, X0, dtype=np.float64))
-            self.zero = nrm == 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                X0 = np.ascontiguousarray(X0 / np.where(self.zero, 1.0, nrm)[:, None],
-                                          dtype=dtype)
+            # fastlin's own normalize: no overflow or underflow in the norm,
+            # so rows of 1e-160 or 1e160 get their true direction
+            self.zero = ~np.any(X0 != 0, axis=1)
+            # unit rows formed in float64 (one rounding to float32 at the end:
+            # float32 cosine stays within scipy's float32 tests' 1e-7)
+            X0 = np.ascontiguousarray(normalize(X0.astype(np.float64), axis=1, eps=0.0),
+                                      dtype=dtype)
         self.exact = X0
         self.sw = sw if metric in ("euclidean", "sqeuclidean") else None
         self.bad = (~np.isfinite(X0).all(axis=1)).astype(np.uint8)
@@ -115,6 +135,19 @@ class _Operands:
     def gemm(self, centre):
         G = self.exact - centre
         return G * self.sw if self.sw is not None else G
+
+
+# Squared norms outside these bounds make |a|^2 + |b|^2 - 2 a.b overflow or
+# lose its digits to underflow (float32 tiles hold -2 a.b in float32): such
+# rows take the exact path, which works in float64 on the differences.
+_SAFE_SQNORM = {np.dtype(np.float64): (2.0 ** -900, 2.0 ** 900),
+                np.dtype(np.float32): (2.0 ** -100, 2.0 ** 100)}
+
+
+def _flag_range(bad, sq, dtype):
+    lo, hi = _SAFE_SQNORM[dtype]
+    out = ~((sq <= hi) & ((sq >= lo) | (sq == 0)))
+    return (bad | out).astype(np.uint8) if out.any() else bad
 
 
 def _centre(X, dtype):
@@ -181,13 +214,10 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     metric = _metric(metric)
     dtype = result_dtype((XA, "XA"), (XB, "XB"))
     mA, mB, n = XA.shape[0], XB.shape[0], XA.shape[1]
-    if VI is not None and metric != "mahalanobis":
-        raise ValueError(f"VI is only used with metric='mahalanobis', not {metric!r}")
+    _check_extra_args(metric, w, VI)
     sw = _weights(w, n, dtype)
     if out is not None:
-        check_out(out, (mA, mB), dtype)
-        if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous")
+        _check_dist_out(out, (mA, mB), dtype)
     res = out if out is not None else np.empty((mA, mB), dtype)
     if mA == 0 or mB == 0:
         return res
@@ -228,7 +258,8 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
         nb = na if same else np.empty(mB)
         if not same:
             _k.sqnorms(B, nb, nt)
-        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, OA.bad, OB.bad, res, TAU[dtype],
+        bad_a, bad_b = _flag_range(OA.bad, na, dtype), _flag_range(OB.bad, nb, dtype)
+        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, bad_a, bad_b, res, TAU[dtype],
                        take_sqrt, scale, nt, wv)
     if metric == "cosine":
         res[OA.zero, :] = np.nan
@@ -261,14 +292,11 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     metric = _metric(metric)
     dtype = result_dtype((X, "X"))
     m, n = X.shape
-    if VI is not None and metric != "mahalanobis":
-        raise ValueError(f"VI is only used with metric='mahalanobis', not {metric!r}")
+    _check_extra_args(metric, w, VI)
     sw = _weights(w, n, dtype)
     size = m * (m - 1) // 2
     if out is not None:
-        check_out(out, (size,), dtype)
-        if not out.flags.c_contiguous:
-            raise ValueError("out must be C-contiguous")
+        _check_dist_out(out, (size,), dtype)
     res = out if out is not None else np.empty(size, dtype)
     if size == 0:
         return res
@@ -297,8 +325,8 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
             A = O.gemm(_centre(O.exact, dtype))
             na = np.empty(m)
             _k.sqnorms(A, na, nt)
-            _k.pdist_tiles(A, O.exact, na, O.bad, res, scratch, TAU[dtype], take_sqrt,
-                           scale, nt, wv)
+            _k.pdist_tiles(A, O.exact, na, _flag_range(O.bad, na, dtype), res, scratch,
+                           TAU[dtype], take_sqrt, scale, nt, wv)
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
         sq[O.zero, :] = np.nan
@@ -330,6 +358,8 @@ def squareform(X, force="no", checks=True):
         if X.ndim != 1:
             raise ValueError(f"a condensed distance vector must be 1-d, got shape {X.shape}")
         s = X.shape[0]
+        if s == 0:
+            return np.zeros((1, 1), dtype=X.dtype)   # scipy: the 1 x 1 matrix
         d = int(np.ceil(np.sqrt(s * 2)))
         if d * (d - 1) != s * 2:
             raise ValueError(f"incompatible vector size {s}: it must be a binomial "
@@ -398,8 +428,7 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     dtype = result_dtype((XA, "XA"), (XB, "XB"))
     G = _grad_matrix(grad, (XA.shape[0], XB.shape[0]), dtype)
     n = XA.shape[1]
-    if VI is not None and metric != "mahalanobis":
-        raise ValueError(f"VI is only used with metric='mahalanobis', not {metric!r}")
+    _check_extra_args(metric, None, VI)
     A = np.ascontiguousarray(XA, dtype=dtype)
     B = np.ascontiguousarray(XB, dtype=dtype)
     if metric == "mahalanobis":
@@ -410,8 +439,8 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
         return _cosine_backward(G, A, B, dtype)
     if metric == "euclidean":
         W = cdist(A, B, "euclidean")
-        with np.errstate(divide="ignore", invalid="ignore"):
-            np.divide(G, W, out=W, where=W != 0)   # W == 0 stays 0: the zero subgradient
+        # W = G / D in place, 0 where D == 0: the zero subgradient
+        _k.grad_over_dist(np.ascontiguousarray(G), W, _for_work(W.size))
     else:
         W = (2 * G).astype(dtype, copy=False)
     centre = A.mean(axis=0, dtype=np.float64).astype(dtype) if A.size else 0

@@ -10,8 +10,10 @@
  * smaller than s.  Entries with d2 < tau * s, and every pair involving a row
  * flagged non-finite, are recomputed as sum((a - b)^2) in double from the
  * original rows: near points, exact duplicates (0) and inf/nan rows (scipy's
- * inf/nan) are all exact.  Three short passes over a row that is in L1: the
- * first and last vectorize (sqrt needs -fno-math-errno, which setup.py sets).
+ * inf/nan) are all exact; so are rows whose squared norm leaves the safe range
+ * (the caller flags them bad).  Short passes over a row that is in L1; the
+ * first and the sqrt pass vectorize (sqrt needs -fno-math-errno, set by
+ * setup.py).
  */
 #ifndef FL_DISTANCE_H
 #define FL_DISTANCE_H
@@ -44,29 +46,29 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
                                       const double *w, double tau, int take_sqrt,         \
                                       double scale)                                       \
 {                                                                                         \
+    /* exact entries are kept in double until the end: a float32 tile cannot   \
+       hold every squared distance of a float32 result (2e19^2 overflows) */     \
+    double exv[FL_DIRECT_TILE];                                                           \
+    unsigned char exf[FL_DIRECT_TILE];                                                    \
     ptrdiff_t nexact = 0;                                                                 \
     for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
         double s = na + nbv[j];                                                           \
-        T v = (T)(s + (double)c[j]);                                                      \
-        nexact += ((double)v < tau * s) | bad_a | bad_b[j];                               \
-        c[j] = v;                                                                         \
+        double v = s + (double)c[j];                                                      \
+        int ex = (v < tau * s) | bad_a | bad_b[j];                                        \
+        exf[j] = (unsigned char)ex;                                                       \
+        nexact += ex;                                                                     \
+        c[j] = (T)(v < 0.0 ? 0.0 : v);                                                    \
     }                                                                                     \
     if (nexact)                                                                           \
-        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
-            double s = na + nbv[j];                                                       \
-            if (((double)c[j] < tau * s) | bad_a | bad_b[j])                              \
-                c[j] = (T)fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w);                       \
-        }                                                                                 \
+        for (ptrdiff_t j = 0; j < nb; j++)                                                \
+            if (exf[j]) exv[j] = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w);             \
     if (take_sqrt)                                                                        \
-        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
-            double v = (double)c[j];                                                      \
-            c[j] = (T)sqrt((v < 0.0 ? 0.0 : v) * scale);                                  \
-        }                                                                                 \
+        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt((double)c[j] * scale);          \
     else                                                                                  \
-        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
-            double v = (double)c[j];                                                      \
-            c[j] = (T)((v < 0.0 ? 0.0 : v) * scale);                                      \
-        }                                                                                 \
+        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)((double)c[j] * scale);              \
+    if (nexact)                                                                           \
+        for (ptrdiff_t j = 0; j < nb; j++)                                                \
+            if (exf[j]) c[j] = (T)(take_sqrt ? sqrt(exv[j] * scale) : exv[j] * scale);    \
     return nexact;                                                                        \
 }                                                                                         \
                                                                                           \
