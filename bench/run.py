@@ -98,21 +98,24 @@ def _positive_int(s):
 
 
 # Group names accepted by --ops.
-OP_GROUPS = {"reduction": list(W.OPS), "distance": list(W.DIST_OPS)}
+OP_GROUPS = {"reduction": list(W.OPS), "distance": list(W.DIST_OPS),
+             "issue4": list(W.STAT_OPS)}
 
 
 def parse_args(argv=None):
     ncpu = _usable_cpus()
-    all_ops = list(W.OPS) + list(W.DIST_OPS)
-    wl_names = [w.key for w in W.WORKLOADS] + [w.key for w in W.DIST_WORKLOADS]
+    all_ops = list(W.OPS) + list(W.DIST_OPS) + list(W.STAT_OPS)
+    wl_names = ([w.key for w in W.WORKLOADS] + [w.key for w in W.DIST_WORKLOADS]
+                + [w.key for w in W.STAT_WORKLOADS])
     p = argparse.ArgumentParser(
         prog="python -m bench.run",
         description="Benchmark fastlin against scipy, the NumPy formula, scikit-learn and "
                     "torch, all timed in this process. Ratios are peer/fastlin: >1 means "
                     "fastlin is faster.")
     p.add_argument("--quick", action="store_true",
-                   help="about a minute and a half: only the 4096x4096 axis=-1 workload and "
-                        "cdist4096x64, pdist8192x64 (no pdist_backward unless named), warm-up "
+                   help="about two minutes and a half: only the 4096x4096 axis=-1 workload, "
+                        "cdist4096x64, pdist8192x64 (no pdist_backward unless named), "
+                        "maha1000000x16, cdist2000x32/mahalanobis and margin65536x64, warm-up "
                         "+ 3 calls per measurement, single-threaded peers timed once and "
                         "reused across thread counts")
     p.add_argument("--threads", type=_csv("thread counts", convert=_positive_int),
@@ -120,12 +123,15 @@ def parse_args(argv=None):
                    help=f"comma-separated thread counts (default: 1,{ncpu} = 1 and all)")
     p.add_argument("--ops", type=_csv("op", all_ops + list(OP_GROUPS)), default=None,
                    help="comma-separated ops or groups (default: all): " + ",".join(all_ops)
-                        + "; groups: reduction (the first eight), distance (the last four)")
+                        + "; groups: reduction (softmax..normalize_backward), distance "
+                          "(cdist..pdist_backward), issue4 (mahalanobis.."
+                          "max_margin_loss_backward)")
     p.add_argument("--dtypes", type=_csv("dtype", ["float64", "float32"]),
                    default=["float64", "float32"], help="default: float64,float32")
     p.add_argument("--workloads", type=_csv("workload", wl_names), default=None,
                    help="comma-separated, default all (quick: 4096x4096, cdist4096x64, "
-                        "pdist8192x64); each op runs on the workloads of its family: "
+                        "pdist8192x64, maha1000000x16, cdist2000x32/mahalanobis, "
+                        "margin65536x64); each op runs on the workloads of its family: "
                         + ",".join(wl_names))
     p.add_argument("--peers", type=_csv("peer", W.PEERS), default=list(W.PEERS),
                    help="default: " + ",".join(W.PEERS))
@@ -146,24 +152,31 @@ def parse_args(argv=None):
     args.ops = list(dict.fromkeys(ops))
     args.red_ops = [o for o in args.ops if o in W.OPS]
     args.dist_ops = [o for o in args.ops if o in W.DIST_OPS]
+    args.stat_ops = [o for o in args.ops if o in W.STAT_OPS]
     if args.workloads is None:
         red_wl = W.QUICK_WORKLOADS if args.quick else W.WORKLOADS
         dist_wl = W.QUICK_DIST_WORKLOADS if args.quick else W.DIST_WORKLOADS
+        stat_wl = W.QUICK_STAT_WORKLOADS if args.quick else W.STAT_WORKLOADS
     else:
         red_wl = [w for w in W.WORKLOADS if w.key in args.workloads]
         dist_wl = [w for w in W.DIST_WORKLOADS if w.key in args.workloads]
+        stat_wl = [w for w in W.STAT_WORKLOADS if w.key in args.workloads]
     args.workloads = red_wl if args.red_ops else []
     args.dist_workloads = [w for w in dist_wl if set(w.ops) & set(args.dist_ops)]
     # Keep only the ops that run on some selected workload: the targets of
     # the others are not listed.
     args.red_ops = args.red_ops if args.workloads else []
     args.dist_ops = [o for o in args.dist_ops if any(o in w.ops for w in args.dist_workloads)]
-    args.ops = args.red_ops + args.dist_ops
+    args.stat_workloads = [w for w in stat_wl if set(w.ops) & set(args.stat_ops)]
+    args.stat_ops = [o for o in args.stat_ops if any(o in w.ops for w in args.stat_workloads)]
+    args.ops = args.red_ops + args.dist_ops + args.stat_ops
     if not args.ops:
         p.error("nothing to run: no selected workload belongs to a selected op "
                 "(softmax..normalize_backward run on 4096x4096-style workloads, "
                 "cdist/cdist_backward on cdist*, pdist/pdist_backward on pdist*; "
-                "backward passes on euclidean workloads only)")
+                "backward passes on euclidean workloads only; mahalanobis and "
+                "mahalanobis_backward on maha*, cdist_mahalanobis on "
+                "cdist2000x32/mahalanobis, max_margin_loss and its backward on margin*)")
     args.threads = list(dict.fromkeys(args.threads))   # drop repeats, keep order
     return args
 
@@ -253,7 +266,8 @@ def count_steps(args):
     red = (len(args.workloads) * len(args.dtypes) * len(args.threads)
            * (len(args.red_ops) + len([o for o in args.red_ops if o in W.COPY_BOUND])))
     dist = sum(len([o for o in args.dist_ops if o in w.ops]) for w in args.dist_workloads)
-    return red + dist * len(args.dtypes) * len(args.threads)
+    stat = sum(len([o for o in args.stat_ops if o in w.ops]) for w in args.stat_workloads)
+    return red + (dist + stat) * len(args.dtypes) * len(args.threads)
 
 
 def run_suite(args, mods, timing, progress):
@@ -323,6 +337,54 @@ def run_distances(args, mods, timing, progress):
                             row["matmul"] = matmul[mk]
                             if wl.write_bound:
                                 row["write"] = measure(W.write_bench(case))
+                        rows.append(row)
+            del case
+    return rows
+
+
+def run_stats(args, mods, timing, progress):
+    """Time the Mahalanobis distance (forward, backward, cdist) and the
+    max-margin loss (forward, backward) against their peer columns, and each
+    forward row with a bound against reading its input once."""
+    measure = _measurer(timing)
+    rows = []
+    for wl in args.stat_workloads:
+        ops = [o for o in args.stat_ops if o in wl.ops]
+        for dtype in args.dtypes:
+            case = W.StatCase(wl, dtype)
+            single = {}   # quick mode: (op, column) -> Timing of a single-threaded column
+            for t in args.threads:
+                with thread_count(t, mods):
+                    for name in ops:
+                        op = W.STAT_OPS[name]
+                        progress.step(f"{wl.key} {dtype} threads={t} {name}")
+                        row = {"workload": wl.name, "key": wl.key, "kind": wl.kind,
+                               "shape": list(wl.shape), "dtype": dtype, "threads": t,
+                               "op": name, "fastlin": measure(W.Bench(op.fastlin(case))),
+                               "peers": {}, "reused": [], "read": None}
+                        reuse = W.STAT_SINGLE_THREADED if args.quick else ()
+                        for col, (peer, make) in op.columns.items():
+                            if peer not in args.peers or peer not in mods:
+                                continue   # not requested, or not installed
+                            key = (name, col)
+                            if col in reuse and key in single:
+                                row["peers"][col] = single[key]
+                                row["reused"].append(col)
+                                continue
+                            try:
+                                bench = make(case, mods[peer])
+                            except Exception as exc:
+                                row["peers"][col] = H.Timing(
+                                    error=f"{type(exc).__name__}: {exc}")
+                                continue
+                            row["peers"][col] = single[key] = measure(bench)
+                            del bench   # frees a torch graph before the next measurement
+                        if op.bound is not None:
+                            key = (name, "read")
+                            if args.quick and key in single:
+                                row["read"] = single[key]
+                            else:
+                                row["read"] = single[key] = measure(op.bound(case))
                         rows.append(row)
             del case
     return rows
@@ -541,6 +603,118 @@ def evaluate_distance_targets(rows, args, status, available):
     return results
 
 
+def best_formula(r):
+    """The fastest of the Mahalanobis formulas (einsum, rowdot, chol, torch)
+    timed on row `r`: ``(column, Timing)``, or ``(None, None)``."""
+    got = [(c, r["peers"][c]) for c in W.MAHA_FORMULAS
+           if c in r["peers"] and r["peers"][c].ok]
+    return min(got, key=lambda p: p[1].median) if got else (None, None)
+
+
+STAT_COLUMNS = ["scipy", "einsum", "rowdot", "chol", "numpy", "torch"]
+
+
+def stat_table(rows):
+    """One row per workload, dtype, thread count and op: fastlin, the peer
+    columns present in `rows` and their ratios peer / fastlin, the best
+    Mahalanobis formula, and the read bound (fastlin / read, lower is better)."""
+    cols_p = [c for c in STAT_COLUMNS if any(c in r["peers"] for r in rows)]
+    has_best = any(r["op"] == "mahalanobis" for r in rows)
+    has_read = any(r["read"] is not None for r in rows)
+    cols = (["workload", "dtype", "thr", "op", "fastlin ms", "(min)"]
+            + [f"{c} ms" for c in cols_p] + [f"{c}/fl" for c in cols_p]
+            + (["best/fl"] if has_best else [])
+            + (["read ms", "fl/read"] if has_read else []))
+    out = []
+    for r in rows:
+        fl = r["fastlin"]
+        cells = [r["workload"], r["dtype"], str(r["threads"]), r["op"], H.fmt_ms(fl),
+                 "-" if not fl.ok else H.fmt_ms(H.Timing(fl.min, fl.min, 1))]
+        cells += [H.fmt_ms(r["peers"].get(c)) + ("*" if c in r["reused"] else "")
+                  for c in cols_p]
+        cells += [H.fmt_ratio(H.ratio(r["peers"].get(c), fl)) for c in cols_p]
+        if has_best:
+            col, tm = best_formula(r) if r["op"] == "mahalanobis" else (None, None)
+            cells.append("-" if col is None else
+                         f"{H.fmt_ratio(H.ratio(tm, fl))} {col}")
+        if has_read:
+            cells += [H.fmt_ms(r["read"]), H.fmt_ratio(H.ratio(fl, r["read"]))]
+        out.append(cells)
+    return H.format_table(cols, out)
+
+
+def evaluate_stat_targets(rows, args, status, available):
+    """The Mahalanobis and max-margin targets, judged on every row: each
+    workload, dtype and thread count (1 thread and all threads both count),
+    on the worst row.  ``best`` compares with the fastest of the formulas
+    (einsum, rowdot, chol, torch) on that row."""
+    every = lambda r: True                                                  # noqa: E731
+    # (label, op, column, peer module, threshold, strict)
+    specs = [
+        ("mahalanobis vs scipy cdist (every row)", "mahalanobis", "scipy", "scipy",
+         5.0, False),
+        ("mahalanobis vs best of einsum/rowdot/chol/torch (every row)", "mahalanobis",
+         "best", None, 2.0, False),
+        ("cdist_mahalanobis (2000,32) vs scipy cdist (every row)", "cdist_mahalanobis",
+         "scipy", "scipy", 20.0, False),
+    ]
+    for op in ("max_margin_loss", "max_margin_loss_backward"):
+        specs += [(f"{op} vs numpy formula (every row)", op, "numpy", "numpy", 3.0, False),
+                  (f"{op} vs torch (every row)", op, "torch", "torch", 1.0, True)]
+    results = []
+    for label, op, col, peer, thr, strict in specs:
+        if op not in args.ops:
+            continue
+        need = f"{'>' if strict else '>='} {thr:g}x"
+        mine = [r for r in rows if r["op"] == op and every(r)]
+        if col == "best":
+            got = [(H.ratio(best_formula(r)[1], r["fastlin"]), r) for r in mine]
+        else:
+            got = [(H.ratio(r["peers"].get(col), r["fastlin"]), r) for r in mine]
+        got = [(x, r) for x, r in got if not math.isnan(x)]
+        failed = [r for r in mine if not r["fastlin"].ok]
+        if failed:
+            results.append({"target": label, "need": need, "status": "FAIL", "worst": None,
+                            "where": f"fastlin raised {failed[0]['fastlin'].error} at "
+                                     f"{_where(failed[0])}", "rows": len(mine)})
+            continue
+        if not got:
+            if not mine:
+                why = "no rows measured (workload or thread count not run)"
+            elif peer is not None and peer not in status:
+                why = f"{peer} not requested"
+            elif peer is not None and peer not in available:
+                why = f"{peer} {status[peer]}"
+            else:
+                why = "no peer timed on these rows"
+            results.append({"target": label, "need": need, "status": "SKIP",
+                            "worst": None, "where": why, "rows": 0})
+            continue
+        worst, wr = min(got, key=lambda p: p[0])
+        ok = worst > thr if strict else worst >= thr
+        where = _where(wr) + (f" (best: {best_formula(wr)[0]})" if col == "best" else "")
+        results.append({"target": label, "need": need, "status": "PASS" if ok else "FAIL",
+                        "worst": worst, "where": where, "rows": len(got)})
+    return results
+
+
+def stat_json(r):
+    fl = r["fastlin"]
+    d = {k: v for k, v in r.items() if k not in ("fastlin", "peers", "read")}
+    d.update({
+        "fastlin": fl.as_dict(),
+        "peers": {c: t.as_dict() for c, t in r["peers"].items()},
+        "ratios": {c: H.ratio(t, fl) for c, t in r["peers"].items()},
+        "read": None if r["read"] is None else r["read"].as_dict(),
+        "fastlin_over_read": None if r["read"] is None else H.ratio(fl, r["read"]),
+    })
+    if r["op"] == "mahalanobis":
+        col, tm = best_formula(r)
+        d["best_formula"] = None if col is None else {"column": col,
+                                                      "ratio": H.ratio(tm, fl)}
+    return d
+
+
 def targets_table(results):
     cols = ["", "target", "need", "worst", "at", "rows"]
     out = [[t["status"], t["target"], t["need"],
@@ -583,8 +757,11 @@ def main(argv=None):
     reps = (f"{lo} calls" if lo == hi else
             f"N calls, N in [{lo}, {hi}] chosen for ~{target:g}s of timing")
     red, dist = bool(args.workloads), bool(args.dist_workloads)
+    stat = bool(args.stat_workloads)
     reused = "/".join((["scipy/numpy/sklearn (reductions)"] if red else [])
-                      + (["scipy (distances)"] if dist else []))
+                      + (["scipy (distances)"] if dist else [])
+                      + (["scipy/einsum/numpy/read (mahalanobis, max-margin)"]
+                         if stat else []))
     mode = (("quick" if args.quick else "full") + f": warm-up call, then {reps}; "
             "median (and min) reported"
             + (f"; {reused} timed at the first thread count only and reused"
@@ -594,7 +771,10 @@ def main(argv=None):
         + (["reductions: scipy, numpy and sklearn run on one thread whatever t"]
            if red else [])
         + ([("distances: sklearn and the numpy matmul bound run BLAS on t threads, "
-             "scipy's cdist/pdist and the write bound on one thread")] if dist else []))
+             "scipy's cdist/pdist and the write bound on one thread")] if dist else [])
+        + ([("mahalanobis/max-margin: rowdot and chol run BLAS on t threads, scipy, "
+             "einsum, the numpy loss formula and the read bound on one thread")]
+           if stat else []))
     facts = H.machine_facts(status, args.threads, mode, threads_note)
     print("\n".join(H.header_lines(facts)))
     print("peers   : " + "; ".join(f"{p} {status[p]}" for p in args.peers))
@@ -608,12 +788,23 @@ def main(argv=None):
               "metrics.pairwise.euclidean_distances (squared=True for sqeuclidean; "
               "cosine_distances); torch = torch.cdist / torch.pdist (default compute mode), "
               "backward = torch.autograd.grad w.r.t. every input only")
+    if stat:
+        print("          mahalanobis: fastlin gets cov (its factorization is timed); scipy = "
+              "spatial.distance.cdist(X, mean[None], 'mahalanobis', VI=VI) (VI made "
+              "outside timing); einsum = sqrt(einsum('ij,jk,ik->i', D, VI, D)), D = X - mean "
+              "inside; rowdot = sqrt(((X-mu) @ VI * (X-mu)).sum(1)); chol = "
+              "np.linalg.cholesky(cov) + scipy.linalg.solve_triangular inside; torch = "
+              "the rowdot formula, backward = autograd w.r.t. X, mean, cov (VI = inv(cov) "
+              "in the graph); max-margin: numpy = np.maximum(0, 1 - pos[:, None] + "
+              "neg).sum() (backward: the mask formula), torch = F.margin_ranking_loss, "
+              "backward = autograd w.r.t. pos, neg")
     print(flush=True)
 
     t0 = time.perf_counter()
     progress = Progress(count_steps(args))
     rows, bound_rows = run_suite(args, mods, timing, progress)
     dist_rows = run_distances(args, mods, timing, progress)
+    stat_rows = run_stats(args, mods, timing, progress)
     progress.close()
     elapsed = time.perf_counter() - t0
 
@@ -644,9 +835,30 @@ def main(argv=None):
               "write = np.empty + fill of the output, one thread; fl/mm and fl/write = "
               "fastlin / bound, lower is better")
         print(distance_table(dist_rows, peers))
+    maha_rows = [r for r in stat_rows if r["kind"] in ("maha", "cdist")]
+    margin_rows = [r for r in stat_rows if r["kind"] == "margin"]
+    if stat_rows:
+        if rows or dist_rows:
+            print()
+        print("Mahalanobis distance and max-margin loss, median times; c/fl = column / "
+              "fastlin (>1: fastlin faster); '-' = no such peer for this op"
+              + ("; * = single-threaded column timed at "f"{args.threads[0]} thread(s), "
+                 "reused" if any(r["reused"] for r in stat_rows) else ""))
+        print("  best/fl = the fastest of einsum/rowdot/chol/torch on the row / fastlin, "
+              "and which; read = X.sum() (max-margin: neg.sum()), one thread: reading the "
+              "input once; fl/read = fastlin / read, lower is better; scipy computes in "
+              "float64 whatever the input dtype")
+    if maha_rows:
+        print(stat_table(maha_rows))
+    if margin_rows:
+        if maha_rows:
+            print()
+        print(stat_table(margin_rows))
     targets = evaluate_targets(rows, bound_rows, args, status, set(peers))
     if dist_rows:
         targets += evaluate_distance_targets(dist_rows, args, status, set(peers))
+    if stat_rows:
+        targets += evaluate_stat_targets(stat_rows, args, status, set(peers))
     print()
     print("Targets (worst matching row):")
     print(targets_table(targets))
@@ -672,6 +884,7 @@ def main(argv=None):
                             "ratio": H.ratio(b["fastlin_out"], b["copy"])}
                            for b in bound_rows],
             "distances": [dist_json(r) for r in dist_rows],
+            "mahalanobis_margin": [stat_json(r) for r in stat_rows],
             "targets": targets,
             "elapsed_s": elapsed,
             "load_average_end": load_end,

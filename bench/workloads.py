@@ -1,9 +1,11 @@
 """What the suite times: workloads, ops, and each op's peers.
 
-Two families share the machinery: the same-shape reductions (softmax,
+Three families share the machinery: the same-shape reductions (softmax,
 log_softmax, logsumexp, normalize and their backward passes) on
-:class:`Workload` s, and the pairwise distances (cdist, pdist and their
-backward passes) on :class:`DistWorkload` s, at the end of this module.
+:class:`Workload` s, the pairwise distances (cdist, pdist and their
+backward passes) on :class:`DistWorkload` s, and the Mahalanobis distance
+and max-margin loss (and their backward passes, and the mahalanobis cdist)
+on :class:`StatWorkload` s, at the end of this module.
 
 A *case* is one workload in one dtype: its inputs are made once and shared
 by fastlin and every peer.  An op maps a case to the callable fastlin is
@@ -36,7 +38,9 @@ import fastlin
 __all__ = ["Workload", "WORKLOADS", "QUICK_WORKLOADS", "OPS", "PEERS", "COPY_BOUND",
            "Bench", "Case", "load_peers", "DistWorkload", "DIST_WORKLOADS",
            "QUICK_DIST_WORKLOADS", "QUICK_SKIP_OPS", "DIST_OPS", "DIST_SINGLE_THREADED_PEERS",
-           "DistCase", "matmul_bench", "write_bench", "not_implemented"]
+           "DistCase", "matmul_bench", "write_bench", "not_implemented",
+           "StatWorkload", "STAT_WORKLOADS", "QUICK_STAT_WORKLOADS", "STAT_SINGLE_THREADED",
+           "MAHA_FORMULAS", "StatCase", "StatOp", "STAT_OPS"]
 
 EPS = 1e-12  # normalize's default, given to every implementation
 
@@ -520,3 +524,247 @@ def write_bench(case):
         out.fill(1.0)
         return out
     return Bench(write)
+
+
+# --------------------------------------------------------------------------
+# Mahalanobis distance and the max-margin loss (the `issue4` group)
+# --------------------------------------------------------------------------
+#
+# Three kinds of workload, each in float64 and float32 (fixed seed):
+#
+# * ``maha<n>x<d>`` -- ``fastlin.mahalanobis(X, mean, cov)`` of n points to one
+#   distribution, and ``mahalanobis_backward(g, X, mean, cov)``.  The covariance
+#   is ``M M^T / d + I`` (M standard normal, made in float64, symmetrized, then
+#   cast), well conditioned; VI is its inverse, computed in float64 outside
+#   timing and cast.  fastlin gets ``cov``: its factorization is part of the
+#   timed work, as it is for the Cholesky peer.
+# * ``cdist<m>x<d>/mahalanobis`` -- ``fastlin.cdist(XA, XB, 'mahalanobis', VI=VI)``.
+# * ``margin<B>x<N>`` -- ``fastlin.max_margin_loss(pos, neg, 1.0, 'sum')`` and its
+#   backward with grad 1.0, pos of shape (B,), neg (B, N), standard normal.
+#
+# The peers are table columns; each needs one of the --peers modules:
+#
+# * ``scipy``  (scipy)  -- ``scipy.spatial.distance.cdist(X, mean[None],
+#   'mahalanobis', VI=VI)`` (VI made outside timing); the cdist workload:
+#   ``cdist(XA, XB, 'mahalanobis', VI=VI)``.  One thread, float64 inside.
+# * ``einsum`` (numpy)  -- ``D = X - mean; np.sqrt(np.einsum('ij,jk,ik->i', D, VI, D))``
+#   (einsum's default ``optimize=False``: a C loop on one thread).
+# * ``rowdot`` (numpy)  -- ``np.sqrt(((X - mean) @ VI * (X - mean)).sum(1))`` (a GEMM:
+#   BLAS threads, capped at t).
+# * ``chol``   (scipy)  -- ``L = np.linalg.cholesky(cov)`` inside the timed call, then
+#   ``Z = scipy.linalg.solve_triangular(L, (X - mean).T, lower=True,
+#   check_finite=False)``, ``np.sqrt(np.einsum('ij,ij->i', Z.T, Z.T))`` (BLAS trsm).
+# * ``torch``  (torch)  -- ``((X - mu) @ VI * (X - mu)).sum(1).sqrt()`` on
+#   torch.from_numpy tensors made outside timing; the backward times only
+#   ``torch.autograd.grad(y, (X, mu, cov), g, retain_graph=True)`` on that formula
+#   with ``VI = torch.linalg.inv(cov)`` inside the graph (built once), so its
+#   gradients are fastlin's three: X, mean and cov.  max-margin:
+#   ``F.margin_ranking_loss(pos[:, None].expand(B, N), neg, ones, margin=1.0,
+#   reduction='sum')`` (ones made outside timing), backward w.r.t. (pos, neg).
+# * ``numpy``  (numpy)  -- max-margin formula ``np.maximum(0, 1 - pos[:, None] +
+#   neg).sum()``; backward ``m = (1 - pos[:, None] + neg) > 0; gneg =
+#   m.astype(dtype); gpos = -gneg.sum(1)``.  One thread.
+#
+# Not a peer but a bound: ``read`` -- ``X.sum()`` (``neg.sum()`` for the loss),
+# one thread: the time to read the input once.
+
+@dataclass(frozen=True)
+class StatWorkload:
+    """A Mahalanobis or max-margin workload: `kind` is ``maha`` (n points of
+    dimension d to one distribution), ``cdist`` (mahalanobis cdist of two (m, d)
+    collections) or ``margin`` (B rows of N negatives)."""
+    kind: str
+    m: int
+    n: int
+
+    @property
+    def shape(self):
+        return (self.m, self.n)
+
+    @property
+    def name(self):
+        if self.kind == "cdist":
+            return f"{self.m}x{self.n} & {self.m}x{self.n}"
+        if self.kind == "margin":
+            return f"B={self.m} N={self.n}"
+        return f"{self.m}x{self.n}"
+
+    @property
+    def key(self):
+        """The name on the command line: ``maha1000000x16``,
+        ``cdist2000x32/mahalanobis``, ``margin65536x64``."""
+        base = f"{self.kind}{self.m}x{self.n}"
+        return f"{base}/mahalanobis" if self.kind == "cdist" else base
+
+    @property
+    def ops(self):
+        return {"maha": ("mahalanobis", "mahalanobis_backward"),
+                "cdist": ("cdist_mahalanobis",),
+                "margin": ("max_margin_loss", "max_margin_loss_backward")}[self.kind]
+
+
+STAT_WORKLOADS = [
+    StatWorkload("maha", 1_000_000, 16),
+    StatWorkload("maha", 100_000, 128),
+    StatWorkload("cdist", 2000, 32),
+    StatWorkload("margin", 65536, 64),
+]
+QUICK_STAT_WORKLOADS = [STAT_WORKLOADS[0], STAT_WORKLOADS[2], STAT_WORKLOADS[3]]
+
+# Columns that run on one thread whatever t (timed once and reused in --quick).
+STAT_SINGLE_THREADED = {"scipy", "einsum", "numpy"}
+# The formulas the mahalanobis "best formula" target compares with.
+MAHA_FORMULAS = ("einsum", "rowdot", "chol", "torch")
+
+
+class StatCase:
+    """Inputs of one Mahalanobis / max-margin workload in one dtype (fixed seed)."""
+
+    def __init__(self, workload, dtype, seed=0):
+        self.workload = workload
+        self.dtype = dt = np.dtype(dtype)
+        rng = np.random.default_rng(seed)
+        m, n = workload.shape
+        if workload.kind == "margin":
+            self.pos = rng.standard_normal(m, dtype=dt)
+            self.neg = rng.standard_normal((m, n), dtype=dt)
+            self.B, self.N = m, n
+            return
+        d = n
+        M = rng.standard_normal((d, d))
+        cov = M @ M.T / d + np.eye(d)
+        cov = (cov + cov.T) / 2
+        VI = np.linalg.inv(cov)
+        VI = (VI + VI.T) / 2
+        self.cov, self.VI = cov.astype(dt), VI.astype(dt)
+        if workload.kind == "cdist":
+            self.xa = rng.standard_normal((m, d), dtype=dt)
+            self.xb = rng.standard_normal((m, d), dtype=dt)
+        else:
+            self.x = rng.standard_normal((m, d), dtype=dt)
+            self.mean = rng.standard_normal(d).astype(dt)
+            self.mean_row = self.mean[None, :]
+            self.g = rng.standard_normal(m, dtype=dt)
+
+    def t(self, name):
+        import torch
+        cache = self.__dict__.setdefault("_torch", {})
+        if name not in cache:
+            cache[name] = torch.from_numpy(getattr(self, name))
+        return cache[name]
+
+    def torch_grad(self, forward, names, grad):
+        """A Bench timing only the backward of ``forward(*inputs)`` with respect
+        to every input named (the graph is built once)."""
+        import torch
+        xs = tuple(torch.from_numpy(getattr(self, k)).requires_grad_(True) for k in names)
+        y = forward(*xs)
+        g = grad if isinstance(grad, torch.Tensor) else torch.tensor(grad, dtype=y.dtype)
+        return Bench(lambda: torch.autograd.grad(y, xs, g, retain_graph=True))
+
+
+@dataclass
+class StatOp:
+    name: str
+    fastlin: object                                  # case -> callable
+    columns: dict = field(default_factory=dict)      # column -> (peer module, make)
+    bound: object = None                             # case -> Bench (the read bound)
+
+    @property
+    def backward(self):
+        return self.name.endswith("_backward")
+
+
+def _maha_chol(c, m):
+    from scipy.linalg import solve_triangular
+    x, mean, cov = c.x, c.mean, c.cov
+
+    def f():
+        L = np.linalg.cholesky(cov)
+        Z = solve_triangular(L, (x - mean).T, lower=True, check_finite=False)
+        return np.sqrt(np.einsum("ij,ij->i", Z.T, Z.T))
+    return Bench(f)
+
+
+def _maha_einsum(c, m):
+    x, mean, VI = c.x, c.mean, c.VI
+
+    def f():
+        D = x - mean
+        return np.sqrt(np.einsum("ij,jk,ik->i", D, VI, D))
+    return Bench(f)
+
+
+def _maha_torch(c, m):
+    X, mu, VI = c.t("x"), c.t("mean"), c.t("VI")
+    return Bench(lambda: ((X - mu) @ VI * (X - mu)).sum(1).sqrt())
+
+
+def _maha_torch_backward(c, m):
+    torch = m.torch
+
+    def forward(X, mu, cov):
+        VI = torch.linalg.inv(cov)
+        return ((X - mu) @ VI * (X - mu)).sum(1).sqrt()
+    return c.torch_grad(forward, ("x", "mean", "cov"), c.t("g"))
+
+
+def _np_margin_backward(c, m):
+    pos, neg, dt = c.pos, c.neg, c.dtype
+
+    def f():
+        mask = (1 - pos[:, None] + neg) > 0
+        gneg = mask.astype(dt)
+        gpos = -gneg.sum(1)
+        return gpos, gneg
+    return Bench(f)
+
+
+def _torch_margin(c, m):
+    F, torch = m.F, m.torch
+    pos, neg, B, N = c.t("pos"), c.t("neg"), c.B, c.N
+    ones = torch.ones(B, N, dtype=neg.dtype)
+    return Bench(lambda: F.margin_ranking_loss(pos[:, None].expand(B, N), neg, ones,
+                                               margin=1.0, reduction="sum"))
+
+
+def _torch_margin_backward(c, m):
+    F, torch = m.F, m.torch
+    B, N = c.B, c.N
+    ones = torch.ones(B, N, dtype=c.t("neg").dtype)
+
+    def forward(pos, neg):
+        return F.margin_ranking_loss(pos[:, None].expand(B, N), neg, ones, margin=1.0,
+                                     reduction="sum")
+    return c.torch_grad(forward, ("pos", "neg"), 1.0)
+
+
+STAT_OPS = {op.name: op for op in [
+    StatOp("mahalanobis",
+           lambda c: lambda: fastlin.mahalanobis(c.x, c.mean, c.cov),
+           {"scipy": ("scipy", lambda c, m: Bench(
+                lambda: m.cdist(c.x, c.mean_row, "mahalanobis", VI=c.VI))),
+            "einsum": ("numpy", _maha_einsum),
+            "rowdot": ("numpy", lambda c, m: Bench(
+                lambda: np.sqrt(((c.x - c.mean) @ c.VI * (c.x - c.mean)).sum(1)))),
+            "chol": ("scipy", _maha_chol),
+            "torch": ("torch", _maha_torch)},
+           bound=lambda c: Bench(c.x.sum)),
+    StatOp("mahalanobis_backward",
+           lambda c: lambda: fastlin.mahalanobis_backward(c.g, c.x, c.mean, c.cov),
+           {"torch": ("torch", _maha_torch_backward)}),
+    StatOp("cdist_mahalanobis",
+           lambda c: lambda: fastlin.cdist(c.xa, c.xb, "mahalanobis", VI=c.VI),
+           {"scipy": ("scipy", lambda c, m: Bench(
+                lambda: m.cdist(c.xa, c.xb, "mahalanobis", VI=c.VI)))}),
+    StatOp("max_margin_loss",
+           lambda c: lambda: fastlin.max_margin_loss(c.pos, c.neg, 1.0, "sum"),
+           {"numpy": ("numpy", lambda c, m: Bench(
+                lambda: np.maximum(0, 1 - c.pos[:, None] + c.neg).sum())),
+            "torch": ("torch", _torch_margin)},
+           bound=lambda c: Bench(c.neg.sum)),
+    StatOp("max_margin_loss_backward",
+           lambda c: lambda: fastlin.max_margin_loss_backward(1.0, c.pos, c.neg, 1.0, "sum"),
+           {"numpy": ("numpy", _np_margin_backward),
+            "torch": ("torch", _torch_margin_backward)}),
+]}

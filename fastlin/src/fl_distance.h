@@ -46,29 +46,30 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
                                       const double *w, double tau, int take_sqrt,         \
                                       double scale)                                       \
 {                                                                                         \
-    /* exact entries are kept in double until the end: a float32 tile cannot   \
-       hold every squared distance of a float32 result (2e19^2 overflows) */     \
-    double exv[FL_DIRECT_TILE];                                                           \
-    unsigned char exf[FL_DIRECT_TILE];                                                    \
-    ptrdiff_t nexact = 0;                                                                 \
+    /* the row in double, flags as int64: uniform 8-byte lanes, so gcc        \
+       vectorizes every pass (mixed float/double/byte loops stayed scalar).    \
+       Exact entries stay in double until the end: a float32 tile cannot hold   \
+       every squared distance of a float32 result (2e19^2 overflows). */        \
+    double v[FL_DIRECT_TILE];                                                             \
+    int64_t exf[FL_DIRECT_TILE];                                                          \
+    int64_t nexact = 0;                                                                   \
+    const int64_t ba = bad_a != 0;                                                        \
+    for (ptrdiff_t j = 0; j < nb; j++) v[j] = (double)c[j];                               \
     for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
         double s = na + nbv[j];                                                           \
-        double v = s + (double)c[j];                                                      \
-        int ex = (v < tau * s) | bad_a | bad_b[j];                                        \
-        exf[j] = (unsigned char)ex;                                                       \
+        double d2 = s + v[j];                                                             \
+        int64_t ex = (int64_t)(d2 < tau * s) | ba | (int64_t)bad_b[j];                    \
+        exf[j] = ex;                                                                      \
         nexact += ex;                                                                     \
-        c[j] = (T)(v < 0.0 ? 0.0 : v);                                                    \
+        v[j] = d2 < 0.0 ? 0.0 : d2;                                                       \
     }                                                                                     \
     if (nexact)                                                                           \
         for (ptrdiff_t j = 0; j < nb; j++)                                                \
-            if (exf[j]) exv[j] = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w);             \
+            if (exf[j]) v[j] = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w);               \
     if (take_sqrt)                                                                        \
-        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt((double)c[j] * scale);          \
+        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt(v[j] * scale);                  \
     else                                                                                  \
-        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)((double)c[j] * scale);              \
-    if (nexact)                                                                           \
-        for (ptrdiff_t j = 0; j < nb; j++)                                                \
-            if (exf[j]) c[j] = (T)(take_sqrt ? sqrt(exv[j] * scale) : exv[j] * scale);    \
+        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)(v[j] * scale);                      \
     return nexact;                                                                        \
 }                                                                                         \
                                                                                           \
