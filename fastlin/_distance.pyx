@@ -168,9 +168,17 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 out[base + j0 + j] = c[i * tn + j]
 
 
-def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, int n_threads):
-    """D := G / D elementwise, 0 where D == 0 (the Euclidean backward's weights)."""
+def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, double[::1] rowsum,
+                   int n_threads):
+    """D := G / D elementwise, 0 where D == 0 (the Euclidean backward's
+    weights), and rowsum[i] = sum_j D[i, j] in the same pass."""
     cdef Py_ssize_t m = D.shape[0], n = D.shape[1], i, j
+    cdef double s
+    cdef floating w
     for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+        s = 0
         for j in range(n):
-            D[i, j] = G[i, j] / D[i, j] if D[i, j] != 0 else 0
+            w = G[i, j] / D[i, j] if D[i, j] != 0 else 0
+            D[i, j] = w
+            s = s + w
+        rowsum[i] = s

@@ -463,15 +463,19 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     if metric == "euclidean":
         W = cdist(A, B, "euclidean")
         # W = G / D in place, 0 where D == 0: the zero subgradient
-        _k.grad_over_dist(np.ascontiguousarray(G), W, _for_work(W.size))
+        rows = np.empty(W.shape[0])
+        _k.grad_over_dist(np.ascontiguousarray(G), W, rows, _for_work(W.size))
     else:
         W = (2 * G).astype(dtype, copy=False)
-    centre = A.mean(axis=0, dtype=np.float64).astype(dtype) if A.size else 0
-    if not np.all(np.isfinite(centre)):
-        centre = 0
-    Ac, Bc = A - centre, B - centre
-    gA = W.sum(axis=1, dtype=np.float64).astype(dtype)[:, None] * Ac - W @ Bc
-    gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * Bc - W.T @ Ac
+        rows = W.sum(axis=1, dtype=np.float64)
+    # gA_i = sum_j W_ij (a_i - b_j): on rows centred on a common point, so a
+    # large offset does not cancel digits (skipped when the offset is small)
+    centre = _centre(A, dtype) if A.size else np.zeros(A.shape[1], dtype)
+    cc = float(np.dot(centre.astype(np.float64), centre.astype(np.float64)))
+    if A.size and cc > 0.25 * float(np.mean(np.einsum("ij,ij->i", A, A, dtype=np.float64))):
+        A, B = A - centre, B - centre
+    gA = rows.astype(dtype)[:, None] * A - W @ B
+    gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - W.T @ A
     return gA, gB
 
 
