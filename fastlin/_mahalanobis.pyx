@@ -19,6 +19,14 @@ cdef extern from "fl_mahal.h" nogil:
                         const double *L, int solve, int squared, double *out, double *zs)
     void fl_maha_rows_f(const float *X, Py_ssize_t m, Py_ssize_t d, const float *mu,
                         const float *L, int solve, int squared, float *out, float *zs)
+    void fl_maha_bwd_rows_d(const double *X, Py_ssize_t m, Py_ssize_t d, const double *mu,
+                            const double *L, const double *g, int squared, int chol,
+                            double *gX, double *gm, double *zs, double *ws, double *acc,
+                            double *wout, double *zout)
+    void fl_maha_bwd_rows_f(const float *X, Py_ssize_t m, Py_ssize_t d, const float *mu,
+                            const float *L, const float *g, int squared, int chol,
+                            float *gX, double *gm, float *zs, float *ws, float *acc,
+                            float *wout, float *zout)
 
 DEF BLOCK = 256
 
@@ -39,3 +47,36 @@ def maha(const floating[:, ::1] X, const floating[::1] mu, const floating[:, ::1
         else:
             fl_maha_rows_f(&X[i0, 0], m, d, &mu[0], &L[0, 0], solve, squared, &out[i0],
                            &scratch[threadid(), 0])
+
+
+def maha_bwd(const floating[:, ::1] X, const floating[::1] mu, const floating[:, ::1] L,
+             const floating[::1] g, bint squared, bint chol, floating[:, ::1] gX,
+             double[:, :, ::1] gm, floating[:, ::1] zs, floating[:, ::1] ws,
+             floating[:, ::1] acc, Py_ssize_t bs, int n_threads,
+             floating[:, ::1] W=None, floating[:, ::1] Z=None):
+    """Backward for cov / cholesky.  gm: (blocks, d, d), one partial per block
+    of bs rows (summed by the caller in block order; bs depends on n and d
+    only, never on the thread count); zs, ws: (n_threads, 16 d), acc:
+    (n_threads, 16 d d) scratch."""
+    cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
+    cdef Py_ssize_t nb = (n + bs - 1) // bs
+    cdef Py_ssize_t b, i0, m, tid
+    cdef bint rows_out = W is not None
+    cdef floating *pw = &W[0, 0] if rows_out else NULL
+    cdef floating *pz = &Z[0, 0] if Z is not None else NULL
+    cdef double *pgm
+    for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
+        i0 = b * bs
+        m = min(bs, n - i0)
+        tid = threadid()
+        pgm = NULL if rows_out else &gm[b, 0, 0]
+        if floating is double:
+            fl_maha_bwd_rows_d(&X[i0, 0], m, d, &mu[0], &L[0, 0], &g[i0], squared, chol,
+                               &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
+                               (pw + i0 * d) if rows_out else NULL,
+                               (pz + i0 * d) if pz != NULL else NULL)
+        else:
+            fl_maha_bwd_rows_f(&X[i0, 0], m, d, &mu[0], &L[0, 0], &g[i0], squared, chol,
+                               &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
+                               (pw + i0 * d) if rows_out else NULL,
+                               (pz + i0 * d) if pz != NULL else NULL)
