@@ -12,35 +12,48 @@
  * and no call into BLAS: for small d a BLAS trsm per block costs more than
  * the arithmetic (4x slower at d = 16).
  */
+/* zs (d x VL, lane r = row r) := X[r] - mu for the cnt rows at X; the other
+   lanes 0 */
+FL_INLINE void FL(maha_load)(const T *FL_RESTRICT X, ptrdiff_t cnt, ptrdiff_t d,
+                             const T *FL_RESTRICT mu, T *FL_RESTRICT zs)
+{
+    if (cnt < VL)
+        for (ptrdiff_t q = 0; q < d * VL; q++) zs[q] = 0;
+    for (ptrdiff_t r = 0; r < cnt; r++) {
+        const T *xr = X + r * d;
+        for (ptrdiff_t j = 0; j < d; j++) zs[j * VL + r] = xr[j] - mu[j];
+    }
+}
+
+/* zs := L^-1 zs by forward substitution, lane by lane.  Four partial sums
+   per dot product: one FMA chain would wait on the FMA latency (measured 4x
+   slower at d = 128). */
+FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, ptrdiff_t d, T *FL_RESTRICT zs)
+{
+    for (ptrdiff_t j = 0; j < d; j++) {
+        const T *Lj = L + j * d;
+        VT a0 = FL(vsplat)(0), a1 = a0, a2 = a0, a3 = a0;
+        ptrdiff_t k = 0;
+        for (; k + 4 <= j; k += 4) {
+            a0 += Lj[k] * FL(vld)(zs + k * VL);
+            a1 += Lj[k + 1] * FL(vld)(zs + (k + 1) * VL);
+            a2 += Lj[k + 2] * FL(vld)(zs + (k + 2) * VL);
+            a3 += Lj[k + 3] * FL(vld)(zs + (k + 3) * VL);
+        }
+        for (; k < j; k++) a0 += Lj[k] * FL(vld)(zs + k * VL);
+        FL(vst)(zs + j * VL, (FL(vld)(zs + j * VL) - ((a0 + a1) + (a2 + a3))) / Lj[j]);
+    }
+}
+
 FL_CLONES void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
                                 const T *FL_RESTRICT mu, const T *FL_RESTRICT L, int solve,
                                 int squared, T *FL_RESTRICT out, T *FL_RESTRICT zs)
 {
     for (ptrdiff_t r0 = 0; r0 < m; r0 += VL) {
         ptrdiff_t cnt = m - r0 < VL ? m - r0 : VL;
-        if (cnt < VL)
-            for (ptrdiff_t q = 0; q < d * VL; q++) zs[q] = 0;
-        for (ptrdiff_t r = 0; r < cnt; r++) {
-            const T *xr = X + (r0 + r) * d;
-            for (ptrdiff_t j = 0; j < d; j++) zs[j * VL + r] = xr[j] - mu[j];
-        }
-        /* four partial sums per dot product: one FMA chain would wait on the
-           FMA latency (measured 4x slower at d = 128) */
+        FL(maha_load)(X + r0 * d, cnt, d, mu, zs);
         if (solve) {
-            for (ptrdiff_t j = 0; j < d; j++) {
-                const T *Lj = L + j * d;
-                VT a0 = FL(vsplat)(0), a1 = a0, a2 = a0, a3 = a0;
-                ptrdiff_t k = 0;
-                for (; k + 4 <= j; k += 4) {
-                    a0 += Lj[k] * FL(vld)(zs + k * VL);
-                    a1 += Lj[k + 1] * FL(vld)(zs + (k + 1) * VL);
-                    a2 += Lj[k + 2] * FL(vld)(zs + (k + 2) * VL);
-                    a3 += Lj[k + 3] * FL(vld)(zs + (k + 3) * VL);
-                }
-                for (; k < j; k++) a0 += Lj[k] * FL(vld)(zs + k * VL);
-                VT acc = FL(vld)(zs + j * VL) - ((a0 + a1) + (a2 + a3));
-                FL(vst)(zs + j * VL, acc / Lj[j]);
-            }
+            FL(maha_forward_subst)(L, d, zs);
         } else {
             for (ptrdiff_t j = 0; j < d; j++) {
                 VT a0 = FL(vsplat)(0), a1 = a0, a2 = a0, a3 = a0;
@@ -92,25 +105,8 @@ FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff
         for (ptrdiff_t q = 0; q < d * d * VL; q++) acc[q] = 0;
     for (ptrdiff_t r0 = 0; r0 < m; r0 += VL) {
         ptrdiff_t cnt = m - r0 < VL ? m - r0 : VL;
-        if (cnt < VL)
-            for (ptrdiff_t q = 0; q < d * VL; q++) zs[q] = 0;
-        for (ptrdiff_t r = 0; r < cnt; r++) {
-            const T *xr = X + (r0 + r) * d;
-            for (ptrdiff_t j = 0; j < d; j++) zs[j * VL + r] = xr[j] - mu[j];
-        }
-        for (ptrdiff_t j = 0; j < d; j++) {          /* z = L^-1 delta */
-            const T *Lj = L + j * d;
-            VT s0 = FL(vsplat)(0), s1 = s0, s2 = s0, s3 = s0;
-            ptrdiff_t k = 0;
-            for (; k + 4 <= j; k += 4) {
-                s0 += Lj[k] * FL(vld)(zs + k * VL);
-                s1 += Lj[k + 1] * FL(vld)(zs + (k + 1) * VL);
-                s2 += Lj[k + 2] * FL(vld)(zs + (k + 2) * VL);
-                s3 += Lj[k + 3] * FL(vld)(zs + (k + 3) * VL);
-            }
-            for (; k < j; k++) s0 += Lj[k] * FL(vld)(zs + k * VL);
-            FL(vst)(zs + j * VL, (FL(vld)(zs + j * VL) - ((s0 + s1) + (s2 + s3))) / Lj[j]);
-        }
+        FL(maha_load)(X + r0 * d, cnt, d, mu, zs);
+        FL(maha_forward_subst)(L, d, zs);             /* z = L^-1 delta */
         for (ptrdiff_t j = d - 1; j >= 0; j--) {     /* w = L^-T z */
             VT s0 = FL(vsplat)(0), s1 = s0, s2 = s0, s3 = s0;
             ptrdiff_t k = j + 1;
