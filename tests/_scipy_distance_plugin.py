@@ -63,7 +63,6 @@ scipy_reference=..``; the outer test parses it.
 import functools
 import re
 
-import numpy as np
 import pytest
 import scipy.spatial.distance as ssd
 

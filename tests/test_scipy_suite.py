@@ -9,43 +9,16 @@ input (fastlin is real-only; the plugin's docstring lists them and why).
 
 Every scipy test on real input must pass.
 """
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
-import pytest
 
-HERE = Path(__file__).resolve().parent
+import _scipy_runner as _runner
+from _scipy_runner import counts, fastlin_calls
+
 SUITE = "scipy.special.tests.test_logsumexp"
 
 
 def run_suite(tmp_path, *args):
-    """pytest on scipy's test module with the patch plugin, in a subprocess."""
-    pytest.importorskip(SUITE, reason="this scipy install ships without its tests")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(HERE)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    # numpy backend only: other array-API backends would bypass fastlin's numpy path
-    env.pop("SCIPY_ARRAY_API", None)
-    cmd = [sys.executable, "-m", "pytest", "--pyargs", SUITE,
-           "-p", "_scipy_patch_plugin", "-p", "no:cacheprovider", "-q", *args]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300, check=False)
-    return proc, proc.stdout + proc.stderr
-
-
-def counts(output):
-    """{'passed': n, 'failed': n, 'deselected': n, ...} from pytest's last line."""
-    return {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|deselected|error|"
-                                              r"errors|skipped|xfailed|xpassed)", output)}
-
-
-def fastlin_calls(output):
-    m = re.search(r"FASTLIN-CALLS (.*)", output)
-    assert m, "the patch plugin did not report\n" + output
-    return {k: int(v) for k, v in (kv.split("=") for kv in m.group(1).split())}
+    return _runner.run_suite(tmp_path, SUITE, "_scipy_patch_plugin", *args)
 
 
 def test_scipy_logsumexp_suite_on_fastlin(tmp_path):
