@@ -24,12 +24,12 @@ from fastlin._blas cimport gemm_abt
 cdef extern from "fl_distance.h" nogil:
     Py_ssize_t fl_dist_row_d(double *c, Py_ssize_t nb, double na, const double *nbv,
                              int bad_a, const unsigned char *bad_b, const double *a0,
-                             const double *b0, Py_ssize_t k, const double *w, double tau,
-                             int take_sqrt, double scale)
+                             const double *b0, Py_ssize_t k, const double *w,
+                             const double *L, double tau, int take_sqrt, double scale)
     Py_ssize_t fl_dist_row_f(float *c, Py_ssize_t nb, double na, const double *nbv,
                              int bad_a, const unsigned char *bad_b, const float *a0,
-                             const float *b0, Py_ssize_t k, const double *w, double tau,
-                             int take_sqrt, double scale)
+                             const float *b0, Py_ssize_t k, const double *w,
+                             const double *L, double tau, int take_sqrt, double scale)
     void fl_dist_direct_row_d(double *c, Py_ssize_t nb, const double *a, const double *bt,
                               Py_ssize_t ldb, Py_ssize_t k, const double *w, int take_sqrt,
                               double scale)
@@ -47,16 +47,16 @@ cdef inline void _epilogue_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_s
                                 const double *na, const double *nb,
                                 const unsigned char *bad_a, const unsigned char *bad_b,
                                 const floating *a0, const floating *b0, Py_ssize_t k,
-                                const double *w, double tau, bint take_sqrt,
-                                double scale) noexcept nogil:
+                                const double *w, const double *L, double tau,
+                                bint take_sqrt, double scale) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(tm):
         if floating is double:
             fl_dist_row_d(c + i * ldc, tn, na[i], nb, bad_a[i], bad_b, a0 + i * k, b0, k,
-                          w, tau, take_sqrt, scale)
+                          w, L, tau, take_sqrt, scale)
         else:
             fl_dist_row_f(c + i * ldc, tn, na[i], nb, bad_a[i], bad_b, a0 + i * k, b0, k,
-                          w, tau, take_sqrt, scale)
+                          w, L, tau, take_sqrt, scale)
 
 
 cdef inline void _direct_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_ssize_t tn,
@@ -92,7 +92,8 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 const double[::1] na, const double[::1] nb,
                 const unsigned char[::1] bad_a, const unsigned char[::1] bad_b,
                 floating[:, ::1] out, double tau, bint take_sqrt, double scale,
-                int n_threads, const double[::1] wv=None, const floating[:, ::1] BT=None):
+                int n_threads, const double[::1] wv=None, const floating[:, ::1] BT=None,
+                const double[:, ::1] Lm=None):
     """out (mA, mB) = distances between rows of A and B (centred, for the
     GEMM) / A0 and B0 (original, for the exact path).  With BT (B0
     transposed, k x mB) every entry is computed directly instead (few
@@ -108,6 +109,7 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef bint direct = BT is not None
     cdef const floating *pbt = &BT[0, 0] if direct else NULL
     cdef const double *pw = &wv[0] if wv is not None else NULL
+    cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
     for t in prange(ntm * ntn, nogil=True, schedule='static', num_threads=n_threads):
         i0 = (t // ntn) * TILE
         j0 = (t % ntn) * TILE
@@ -120,14 +122,16 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
         gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
                  pb + j0 * k, <int>k, <floating>0.0, pc + i0 * mB + j0, <int>mB)
         _epilogue_rows(pc + i0 * mB + j0, mB, tm, tn, &na[i0], &nb[j0], &bad_a[i0],
-                       &bad_b[j0], pa0 + i0 * k, pb0 + j0 * k, k, pw, tau, take_sqrt, scale)
+                       &bad_b[j0], pa0 + i0 * k, pb0 + j0 * k, k, pw, pL, tau, take_sqrt,
+                       scale)
 
 
 def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 const double[::1] na, const unsigned char[::1] bad,
                 floating[::1] out, floating[:, ::1] scratch, double tau,
                 bint take_sqrt, double scale, int n_threads,
-                const double[::1] wv=None, const floating[:, ::1] AT=None):
+                const double[::1] wv=None, const floating[:, ::1] AT=None,
+                const double[:, ::1] Lm=None):
     """Condensed distances (scipy's order) between the rows of A / A0.
     scratch: (n_threads, TILE * TILE), one tile per thread."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
@@ -139,6 +143,7 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     cdef bint direct = AT is not None
     cdef const floating *pat = &AT[0, 0] if direct else NULL
     cdef const double *pw = &wv[0] if wv is not None else NULL
+    cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
     # dynamic: half of the (bi, bj) pairs are below the diagonal and empty;
     # which thread computes a tile changes nothing in it.
     for t in prange(nt * nt, nogil=True, schedule='dynamic', num_threads=n_threads):
@@ -157,7 +162,7 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
             gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
                      pa + j0 * k, <int>k, <floating>0.0, c, <int>tn)
             _epilogue_rows(c, tn, tm, tn, &na[i0], &na[j0], &bad[i0], &bad[j0],
-                           pa0 + i0 * k, pa0 + j0 * k, k, pw, tau, take_sqrt, scale)
+                           pa0 + i0 * k, pa0 + j0 * k, k, pw, pL, tau, take_sqrt, scale)
         for i in range(tm):
             # pairs (i0 + i, j0 + j) with j0 + j > i0 + i
             jstart = 0

@@ -106,19 +106,20 @@ class _Operands:
     exact: the rows of the exact (direct-difference) path -- the original
            points for (sq)euclidean, whose weights stay separate (``wv``) so
            that the difference is taken before weighting; unit rows for
-           cosine; centred-then-whitened rows for mahalanobis.
-    gemm:  the GEMM operand, centred on `centre` (and weighted), built lazily.
+           cosine; the original rows for mahalanobis too, whose factor L
+           (VI = L L^T) the exact path applies to the difference, so near
+           points keep their digits and an infinite coordinate gives inf.
+    gemm:  the GEMM operand, centred on `centre` (and weighted, or whitened
+           by L), built lazily.
     bad:   non-finite rows (always take the exact path).
     zero:  rows of zero norm under cosine (nan distances, as scipy).
     """
 
-    def __init__(self, X, dtype, metric, sw, L, centre_x):
+    def __init__(self, X, dtype, metric, sw, L):
         X0 = np.ascontiguousarray(X, dtype=dtype)
         self.zero = None
-        if metric == "mahalanobis":
-            # centre in x space before whitening: a large offset never reaches X L
-            X0 = np.ascontiguousarray((X0 - centre_x) @ L)
-        elif metric == "cosine":
+        self.L = L
+        if metric == "cosine":
             if sw is not None:
                 X0 = X0 * sw
             # fastlin's own normalize: no overflow or underflow in the norm,
@@ -134,7 +135,14 @@ class _Operands:
 
     def gemm(self, centre):
         G = self.exact - centre
+        if self.L is not None:
+            with np.errstate(invalid="ignore"):     # inf rows: flagged, recomputed exactly
+                return np.ascontiguousarray(G @ self.L)
         return G * self.sw if self.sw is not None else G
+
+    def exact_factor(self):
+        """L in float64 for the exact path (None unless mahalanobis)."""
+        return None if self.L is None else np.ascontiguousarray(self.L, dtype=np.float64)
 
 
 # Squared norms outside these bounds make |a|^2 + |b|^2 - 2 a.b overflow or
@@ -159,7 +167,7 @@ def _gemm_operands(OA, OB, dtype, nt):
     as they are: no copies, which otherwise cost ~10% of a cdist.
     """
     c = _centre(OA.exact, dtype)
-    if OA.sw is None:
+    if OA.sw is None and OA.L is None:
         na = np.empty(len(OA.exact))
         _k.sqnorms(OA.exact, na, nt)
         cc = float(np.dot(c.astype(np.float64), c.astype(np.float64)))
@@ -236,7 +244,8 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     ``|a/|a| - b/|b||^2 / 2``, exact for near-parallel rows (where scipy's
     ``1 - cos`` loses its digits); a zero row gives nan, as in scipy.
     'mahalanobis' whitens once (``VI = L L^T``) and reuses the Euclidean
-    kernel.
+    kernel; its exact path applies L to the difference of the original rows,
+    so near-duplicates are exact too and an infinite coordinate gives inf.
     """
     XA = _matrix(XA, "XA")
     XB = _matrix(XB, "XB")
@@ -261,12 +270,9 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
 
 def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     L = _precision_factor(VI, n, XA, XB, dtype) if metric == "mahalanobis" else None
-    # the centre from the C-ordered copy: a layout-dependent summation order
-    # would change the bits of every distance
-    cx = _centre(np.ascontiguousarray(XA, dtype), dtype) if metric == "mahalanobis" else None
     same = XB is XA
-    OA = _Operands(XA, dtype, metric, sw, L, cx)
-    OB = OA if same else _Operands(XB, dtype, metric, sw, L, cx)
+    OA = _Operands(XA, dtype, metric, sw, L)
+    OB = OA if same else _Operands(XB, dtype, metric, sw, L)
     if out is not None and (np.may_share_memory(out, OA.exact)
                             or np.may_share_memory(out, OB.exact)):
         OA.exact = OA.exact.copy()
@@ -276,7 +282,7 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     nt = _for_work(mA * mB * max(n, 1))
     if n == 0:
         res[...] = 0
-    elif n <= _k.direct_k():
+    elif n <= _k.direct_k() and metric != "mahalanobis":
         # few columns: direct differences (exact), no GEMM, no centring
         _k.cdist_tiles(OA.exact, OB.exact, OA.exact, OB.exact, np.empty(mA), np.empty(mB),
                        OA.bad, OB.bad, res, 0.0, take_sqrt, scale, nt, wv,
@@ -285,7 +291,7 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
         bad_a, bad_b = _flag_range(OA.bad, na, dtype), _flag_range(OB.bad, nb, dtype)
         _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, bad_a, bad_b, res, TAU[dtype],
-                       take_sqrt, scale, nt, wv)
+                       take_sqrt, scale, nt, wv, None, OA.exact_factor())
     if metric == "cosine":
         res[OA.zero, :] = np.nan
         res[:, OB.zero] = np.nan
@@ -331,8 +337,7 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
 
 def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
     L = _precision_factor(VI, n, X, X[:0], dtype) if metric == "mahalanobis" else None
-    cx = _centre(np.ascontiguousarray(X, dtype), dtype) if metric == "mahalanobis" else None
-    O = _Operands(X, dtype, metric, sw, L, cx)
+    O = _Operands(X, dtype, metric, sw, L)
     if out is not None and np.may_share_memory(out, O.exact):
         O.exact = O.exact.copy()
     wv = None if O.sw is None else (O.sw.astype(np.float64) ** 2)
@@ -342,14 +347,14 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
         res[...] = 0
     else:
         scratch = np.empty((max(nt, 1), 256 * 256), dtype)
-        if n <= _k.direct_k():
+        if n <= _k.direct_k() and metric != "mahalanobis":
             # few columns: direct differences (exact), no GEMM, no centring
             _k.pdist_tiles(O.exact, O.exact, np.empty(m), O.bad, res, scratch, 0.0,
                            take_sqrt, scale, nt, wv, np.ascontiguousarray(O.exact.T))
         else:
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
             _k.pdist_tiles(A, O.exact, na, _flag_range(O.bad, na, dtype), res, scratch,
-                           TAU[dtype], take_sqrt, scale, nt, wv)
+                           TAU[dtype], take_sqrt, scale, nt, wv, None, O.exact_factor())
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
         sq[O.zero, :] = np.nan

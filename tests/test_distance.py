@@ -674,10 +674,6 @@ def test_inf_nan_rows_like_scipy(metric, weighted, m, k):
         assert_like_scipy(gotp, wantp, VS_SCIPY[dt][0], atol, dt, "pdist")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fastlin bug: mahalanobis whitens rows with X @ L (L lower-triangular); an "
-    "infinite coordinate meets L's zeros (inf * 0 = nan): NaN where scipy's "
-    "(u - v) VI (u - v) gives inf"))
 def test_mahalanobis_inf_like_scipy():
     VI = np.array([[2.0, 1.0], [1.0, 2.0]])
     u, v = np.array([[np.inf, 1.0]]), np.array([[0.0, 0.0]])
@@ -792,11 +788,6 @@ def test_accuracy_mahalanobis_offsets(k):
 
 
 @needs_longdouble
-@pytest.mark.xfail(strict=True, reason=(
-    "fastlin bug: mahalanobis whitens the (centred) rows, (x - c) @ L rounded, "
-    "before the exact path, so near-duplicates lose their digits: points 1e-9 "
-    "apart (relative) come out ~1e9 eps wrong (2e-7 relative); scipy's "
-    "(u - v) VI (u - v) stays within ~1 eps"))
 def test_accuracy_mahalanobis_near_duplicates():
     rng = np.random.default_rng(27)
     k = 5

@@ -36,7 +36,7 @@ def test_scipy_distance_suite_on_fastlin(tmp_path):
     c = counts(out)
     for bad in ("failed", "error", "errors", "xpassed"):
         assert c.get(bad, 0) == 0, out
-    # scipy 1.17.1: 71 passed, 1 skipped (scipy's own skip of
+    # scipy 1.17.1: 70 passed, 1 skipped (scipy's own skip of
     # test_Xdist_non_negative_weights[mahalanobis]), 386 deselected
     assert c.get("passed", 0) >= 66, out
     # strict xfails would be known fastlin bugs (plugin BUGS): none left

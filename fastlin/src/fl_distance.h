@@ -25,10 +25,23 @@
 
 #define FL_DIST_TPL(T, SFX)                                                               \
 /* sum_i w_i (a_i - b_i)^2 in double (w NULL: all ones): the difference is      \
-   taken before any weighting, so near points keep their digits */                \
-static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k, const double *w) \
+   taken before any weighting, so near points keep their digits.  With L        \
+   (k x k lower triangular, row-major: VI = L L^T), |L^T (a - b)|^2 instead,    \
+   over L's lower triangle only (an infinite difference never meets its zeros). \
+*/                                                                                        \
+static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k, const double *w, \
+                                    const double *L)                                      \
 {                                                                                         \
     double s = 0.0;                                                                       \
+    if (L) {                                                                              \
+        for (ptrdiff_t j = 0; j < k; j++) {                                               \
+            double z = 0.0;                                                               \
+            for (ptrdiff_t i = j; i < k; i++)                                             \
+                z += L[i * k + j] * ((double)a[i] - (double)b[i]);                        \
+            s += z * z;                                                                   \
+        }                                                                                 \
+        return s;                                                                         \
+    }                                                                                     \
     for (ptrdiff_t i = 0; i < k; i++) {                                                   \
         double d = (double)a[i] - (double)b[i];                                           \
         s += (w ? w[i] : 1.0) * d * d;                                                    \
@@ -43,8 +56,8 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
                                       const double *FL_RESTRICT nbv, int bad_a,           \
                                       const unsigned char *FL_RESTRICT bad_b,             \
                                       const T *a0, const T *b0, ptrdiff_t k,              \
-                                      const double *w, double tau, int take_sqrt,         \
-                                      double scale)                                       \
+                                      const double *w, const double *L, double tau,       \
+                                      int take_sqrt, double scale)                        \
 {                                                                                         \
     /* the row in double, flags as int64: uniform 8-byte lanes, so gcc        \
        vectorizes every pass (mixed float/double/byte loops stayed scalar).    \
@@ -65,7 +78,7 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,
     }                                                                                     \
     if (nexact)                                                                           \
         for (ptrdiff_t j = 0; j < nb; j++)                                                \
-            if (exf[j]) v[j] = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w);               \
+            if (exf[j]) v[j] = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w, L);            \
     if (take_sqrt)                                                                        \
         for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt(v[j] * scale);                  \
     else                                                                                  \
