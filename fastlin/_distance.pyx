@@ -37,6 +37,8 @@ cdef extern from "fl_distance.h" nogil:
                               Py_ssize_t ldb, Py_ssize_t k, const double *w, int take_sqrt,
                               double scale)
     int FL_DIRECT_K
+    double fl_grad_over_dist_row_d(const double *g, double *d, Py_ssize_t n)
+    double fl_grad_over_dist_row_f(const float *g, float *d, Py_ssize_t n)
 
 # Output tile edge: a 256 x 256 float64 tile (512 KiB) stays in L2 between the
 # GEMM that writes it and the epilogue that finishes it.
@@ -177,13 +179,9 @@ def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, double[::1] row
                    int n_threads):
     """D := G / D elementwise, 0 where D == 0 (the Euclidean backward's
     weights), and rowsum[i] = sum_j D[i, j] in the same pass."""
-    cdef Py_ssize_t m = D.shape[0], n = D.shape[1], i, j
-    cdef double s
-    cdef floating w
+    cdef Py_ssize_t m = D.shape[0], n = D.shape[1], i
     for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
-        s = 0
-        for j in range(n):
-            w = G[i, j] / D[i, j] if D[i, j] != 0 else 0
-            D[i, j] = w
-            s = s + w
-        rowsum[i] = s
+        if floating is double:
+            rowsum[i] = fl_grad_over_dist_row_d(&G[i, 0], &D[i, 0], n)
+        else:
+            rowsum[i] = fl_grad_over_dist_row_f(&G[i, 0], &D[i, 0], n)

@@ -114,4 +114,34 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
 FL_DIST_TPL(double, d)
 FL_DIST_TPL(float, f)
 
+/*
+ * The Euclidean backward's weights for one row: d[j] := g[j] / d[j] (0 where
+ * d[j] == 0, the zero subgradient), returning their sum in double.  Vector
+ * loop: the division runs on every lane and the select drops the d == 0 ones.
+ */
+#define FL_GDIV_TPL(T, SFX, VT, VL, ACC)                                                  \
+FL_CLONES double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT d,    \
+                                             ptrdiff_t n)                                 \
+{                                                                                         \
+    const VT zero = vsplat_##SFX(0);                                                      \
+    ACC acc = acc_zero_##SFX();                                                           \
+    ptrdiff_t j = 0;                                                                      \
+    for (; j + VL <= n; j += VL) {                                                        \
+        VT dv = vld_##SFX(d + j);                                                         \
+        VT w = vsel_##SFX(dv != zero, vld_##SFX(g + j) / dv, zero);                        \
+        vst_##SFX(d + j, w);                                                              \
+        acc_add_##SFX(&acc, w);                                                           \
+    }                                                                                     \
+    double s = acc_sum_##SFX(acc);                                                        \
+    for (; j < n; j++) {                                                                  \
+        T w = d[j] != 0 ? g[j] / d[j] : 0;                                                \
+        d[j] = w;                                                                         \
+        s += (double)w;                                                                   \
+    }                                                                                     \
+    return s;                                                                             \
+}
+
+FL_GDIV_TPL(double, d, fl_vd, FL_VL_d, acc_t_d)
+FL_GDIV_TPL(float, f, fl_vf, FL_VL_f, acc_t_f)
+
 #endif
