@@ -45,3 +45,19 @@ cdef inline void rows_solve_lower(int m, int d, const floating *L, floating *Z) 
         dtrsm(&side, &uplo, &tr, &diag, &d, &m, &one, <double *>L, &d, Z, &d)
     else:
         strsm(&side, &uplo, &tr, &diag, &d, &m, &one, <float *>L, &d, Z, &d)
+
+
+cdef inline void gemm_atb(int m, int n, int k, floating alpha,
+                          const floating *a, int lda, const floating *b, int ldb,
+                          floating beta, floating *c, int ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha * A^T B + beta * C with A k x m (row stride
+    lda) and B k x n (row stride ldb).  Column-major: C^T = B^T A, i.e. B as
+    is and A transposed."""
+    cdef char nt = b'N'
+    cdef char tr = b'T'
+    if floating is double:
+        dgemm(&nt, &tr, &n, &m, &k, &alpha, <double *>b, &ldb, <double *>a, &lda,
+              &beta, c, &ldc)
+    else:
+        sgemm(&nt, &tr, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda,
+              &beta, c, &ldc)

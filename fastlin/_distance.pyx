@@ -19,7 +19,7 @@ thread count.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from fastlin._blas cimport gemm_abt
+from fastlin._blas cimport gemm_abt, gemm_atb
 
 cdef extern from "fl_distance.h" nogil:
     Py_ssize_t fl_dist_row_d(double *c, Py_ssize_t nb, double na, const double *nbv,
@@ -185,3 +185,28 @@ def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, double[::1] row
             rowsum[i] = fl_grad_over_dist_row_d(&G[i, 0], &D[i, 0], n)
         else:
             rowsum[i] = fl_grad_over_dist_row_f(&G[i, 0], &D[i, 0], n)
+
+
+def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,
+                  const floating[:, ::1] B, const floating[:, ::1] BT,
+                  floating[:, ::1] WB, floating[:, ::1] WtA, int n_threads):
+    """WB = W @ B (mA x k) and WtA = W^T @ A (mB x k), blocked over the rows
+    of WB and of WtA on the OpenMP threads, each block one single-threaded
+    BLAS call: BLAS's own threads stay asleep (once woken, OpenBLAS threads
+    spin for ~0.1 s and slow whatever runs next on these cores)."""
+    cdef Py_ssize_t mA = W.shape[0], mB = W.shape[1], k = A.shape[1]
+    cdef Py_ssize_t nba = (mA + TILE - 1) // TILE, nbb = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t t, r0, rn
+    for t in prange(nba + nbb, nogil=True, schedule='static', num_threads=n_threads):
+        if t < nba:
+            r0 = t * TILE
+            rn = min(TILE, mA - r0)
+            # WB[r0:r0+rn] = W[r0:r0+rn] @ B = W_rows (BT)^T
+            gemm_abt(<int>rn, <int>k, <int>mB, <floating>1.0, &W[r0, 0], <int>mB,
+                     &BT[0, 0], <int>mB, <floating>0.0, &WB[r0, 0], <int>k)
+        else:
+            r0 = (t - nba) * TILE
+            rn = min(TILE, mB - r0)
+            # WtA[r0:r0+rn] = W[:, r0:r0+rn]^T @ A
+            gemm_atb(<int>rn, <int>k, <int>mA, <floating>1.0, &W[0, r0], <int>mB,
+                     &A[0, 0], <int>k, <floating>0.0, &WtA[r0, 0], <int>k)

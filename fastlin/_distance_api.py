@@ -479,8 +479,19 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     cc = float(np.dot(centre.astype(np.float64), centre.astype(np.float64)))
     if A.size and cc > 0.25 * float(np.mean(np.einsum("ij,ij->i", A, A, dtype=np.float64))):
         A, B = A - centre, B - centre
-    gA = rows.astype(dtype)[:, None] * A - W @ B
-    gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - W.T @ A
+    A = np.ascontiguousarray(A)
+    B = np.ascontiguousarray(B)
+    WB = np.empty_like(A)
+    WtA = np.empty_like(B)
+    if A.size and B.size:
+        with blas_single_thread():
+            _k.weighted_sums(np.ascontiguousarray(W), A, B, np.ascontiguousarray(B.T), WB,
+                             WtA, _for_work(W.size * A.shape[1]))
+    else:
+        WB[...] = 0
+        WtA[...] = 0
+    gA = rows.astype(dtype)[:, None] * A - WB
+    gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - WtA
     return gA, gB
 
 
