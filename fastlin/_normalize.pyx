@@ -28,7 +28,7 @@ cdef extern from "fl_normalize.h" nogil:
 def normalize_fwd(const floating[:, :, ::1] x, floating[:, :, ::1] y, double eps,
                   int n_threads):
     cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *px = &x[0, 0, 0]
@@ -46,7 +46,7 @@ def normalize_fwd(const floating[:, :, ::1] x, floating[:, :, ::1] y, double eps
 def normalize_bwd(const floating[:, :, ::1] g, const floating[:, :, ::1] x,
                   floating[:, :, ::1] gx, double eps, int n_threads):
     cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *pg = &g[0, 0, 0]

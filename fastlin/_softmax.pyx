@@ -53,7 +53,7 @@ cdef extern from "fl_softmax.h" nogil:
 
 def softmax_fwd(const floating[:, :, ::1] x, floating[:, :, ::1] y, int n_threads):
     cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *px = &x[0, 0, 0]
@@ -70,7 +70,7 @@ def softmax_fwd(const floating[:, :, ::1] x, floating[:, :, ::1] y, int n_thread
 
 def log_softmax_fwd(const floating[:, :, ::1] x, floating[:, :, ::1] y, int n_threads):
     cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *px = &x[0, 0, 0]
@@ -88,7 +88,7 @@ def log_softmax_fwd(const floating[:, :, ::1] x, floating[:, :, ::1] y, int n_th
 def logsumexp_fwd(const floating[:, :, ::1] x, floating[:, ::1] out, int n_threads):
     """out has shape (outer, inner)."""
     cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *px = &x[0, 0, 0]
@@ -117,7 +117,7 @@ def logsumexp_w_fwd(const floating[:, ::1] x, const floating[:, ::1] b,
 def softmax_bwd(const floating[:, :, ::1] g, const floating[:, :, ::1] y,
                 floating[:, :, ::1] gx, int n_threads):
     cdef Py_ssize_t outer = y.shape[0], n = y.shape[1], inner = y.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *pg = &g[0, 0, 0]
@@ -136,7 +136,7 @@ def softmax_bwd(const floating[:, :, ::1] g, const floating[:, :, ::1] y,
 def log_softmax_bwd(const floating[:, :, ::1] g, const floating[:, :, ::1] y,
                     floating[:, :, ::1] gx, int n_threads):
     cdef Py_ssize_t outer = y.shape[0], n = y.shape[1], inner = y.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *pg = &g[0, 0, 0]
@@ -156,7 +156,7 @@ def logsumexp_bwd(const floating[:, ::1] gout, const floating[:, :, ::1] x,
                   floating[:, :, ::1] gx, int n_threads):
     """gout has shape (outer, inner)."""
     cdef Py_ssize_t outer = x.shape[0], n = x.shape[1], inner = x.shape[2]
-    cdef Py_ssize_t tw = tile_width(n, inner, sizeof(floating))
+    cdef Py_ssize_t tw = tile_width(inner)
     cdef Py_ssize_t ntile = (inner + tw - 1) // tw
     cdef Py_ssize_t it, o, c0, off
     cdef const floating *pg = &gout[0, 0]

@@ -13,8 +13,7 @@ cdef extern from "fl_common.h":
     int FL_TILE_MAX
 
 
-cdef inline Py_ssize_t tile_width(Py_ssize_t n, Py_ssize_t inner,
-                                  Py_ssize_t itemsize) noexcept nogil:
+cdef inline Py_ssize_t tile_width(Py_ssize_t inner) noexcept nogil:
     if inner <= FL_TILE_MAX:
         return inner
     return FL_TILE_MAX

@@ -92,7 +92,7 @@ FL_INLINE void FL(col_maxsum)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld,
     }
 }
 
-/* sum_i exp(x_i - m), storing the exponentials in y when y is not NULL. */
+/* sum_i exp(x_i - m), storing the exponentials in y. */
 FL_INLINE double FL(expsum)(const T *FL_RESTRICT x, T *FL_RESTRICT y, ptrdiff_t n, T m)
 {
     ACC acc = FL(acc_zero)();
@@ -100,12 +100,12 @@ FL_INLINE double FL(expsum)(const T *FL_RESTRICT x, T *FL_RESTRICT y, ptrdiff_t 
     for (; i + VL <= n; i += VL) {
         FL_PREFETCH_BLOCK(x + n + i);
         VT e = FL(vexp)(FL(vld)(x + i) - m);
-        if (y) FL(vst)(y + i, e);
+        FL(vst)(y + i, e);
         FL(acc_add)(&acc, e);
     }
     if (i < n) {
         VT e = FL(vexp)(FL(vldpad)(x + i, n - i, 0) - m);
-        if (y) FL(vstpart)(y + i, e, n - i);
+        FL(vstpart)(y + i, e, n - i);
         FL(acc_add)(&acc, FL(vsel)(FL(vmask)(n - i), e, FL(vsplat)(0)));
     }
     return FL(acc_sum)(acc);
