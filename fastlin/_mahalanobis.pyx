@@ -14,6 +14,8 @@ row's arithmetic is fixed, so results do not depend on the thread count.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
+from fastlin._blas cimport gemm_atb
+
 cdef extern from "fl_mahal.h" nogil:
     void fl_maha_rows_d(const double *X, Py_ssize_t m, Py_ssize_t d, const double *mu,
                         const double *L, int solve, int squared, double *out, double *zs)
@@ -80,3 +82,28 @@ def maha_bwd(const floating[:, ::1] X, const floating[::1] mu, const floating[:,
                                &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
                                (pw + i0 * d) if rows_out else NULL,
                                (pz + i0 * d) if pz != NULL else NULL)
+
+
+def gram_blocks(const floating[:, ::1] P, const floating[:, ::1] R, double[:, :, ::1] out,
+                Py_ssize_t bs, int n_threads):
+    """out[b] = P[b*bs:(b+1)*bs]^T @ R[same rows] (d x d per block of bs rows),
+    one single-threaded BLAS call per block on the OpenMP threads; the caller
+    adds the blocks in order (so the sum does not depend on the threads)."""
+    cdef Py_ssize_t n = P.shape[0], d = P.shape[1]
+    cdef Py_ssize_t nb = out.shape[0], b, i0, m, i, j
+    cdef floating[:, :, ::1] tmp
+    if floating is double:
+        tmp = out
+    else:
+        import numpy as np
+        tmp = np.empty((nb, d, d), dtype=np.float32)
+    for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
+        i0 = b * bs
+        m = min(bs, n - i0)
+        gemm_atb(<int>d, <int>d, <int>m, <floating>1.0, &P[i0, 0], <int>d, &R[i0, 0], <int>d,
+                 <floating>0.0, &tmp[b, 0, 0], <int>d)
+    if floating is not double:
+        for b in range(nb):
+            for i in range(d):
+                for j in range(d):
+                    out[b, i, j] = tmp[b, i, j]

@@ -229,8 +229,16 @@ def _backward_factor(g, X, mean, kind, L, dtype, d, n, lead, squared):
     if fused:
         G = gm.sum(axis=0)      # block partials, added in block order
     else:
-        # sum_i a_i w_i r_i^T = (gX^T @ r) / 2 since gX_i = 2 a_i w_i
-        G = (gX.T @ (Z if kind == "cholesky" else W)).astype(np.float64) / 2
+        # sum_i a_i w_i r_i^T = (gX^T @ r) / 2 since gX_i = 2 a_i w_i: blocks of
+        # 4096 rows, one single-threaded GEMM each on fastlin's threads (a
+        # multi-threaded BLAS call would leave its threads spinning after it)
+        R = Z if kind == "cholesky" else W
+        gbs = 4096
+        parts = np.zeros((max(-(-n // gbs), 1), d, d))
+        if n:
+            with blas_single_thread():
+                _k.gram_blocks(gX, R, parts, gbs, _for_work(n * d * d))
+        G = parts.sum(axis=0) / 2
     if kind == "cov":
         gM = -G
         gM = (gM + gM.T) / 2    # symmetric to the last bit
