@@ -89,36 +89,7 @@ FL_INLINE int fl_nb_kind(double nrm, double eps)
     return nrm < eps ? FL_NB_CLAMP : FL_NB_NORM;
 }
 
-#define T double
-#define VT fl_vd
-#define VI fl_vdi
-#define VL FL_VL_d
-#define ACC acc_t_d
-#define FL(name) name##_d
-#define FL_IS_DOUBLE 1
-#include "fl_normalize_tpl.h"
-#undef T
-#undef VT
-#undef VI
-#undef VL
-#undef ACC
-#undef FL
-#undef FL_IS_DOUBLE
-
-#define T float
-#define VT fl_vf
-#define VI fl_vfi
-#define VL FL_VL_f
-#define ACC acc_t_f
-#define FL(name) name##_f
-#define FL_IS_DOUBLE 0
-#include "fl_normalize_tpl.h"
-#undef T
-#undef VT
-#undef VI
-#undef VL
-#undef ACC
-#undef FL
-#undef FL_IS_DOUBLE
+#define FL_TEMPLATE "fl_normalize_tpl.h"
+#include "fl_instantiate.h"
 
 #endif
