@@ -22,55 +22,48 @@ from cython.parallel cimport prange, threadid
 from fastlin._blas cimport gemm_abt, gemm_atb
 
 cdef extern from "fl_distance.h" nogil:
-    Py_ssize_t fl_dist_row_d(double *c, Py_ssize_t nb, double na, const double *nbv,
-                             int bad_a, const unsigned char *bad_b, const double *a0,
-                             const double *b0, Py_ssize_t k, const double *w,
-                             const double *L, double tau, int take_sqrt, double scale)
-    Py_ssize_t fl_dist_row_f(float *c, Py_ssize_t nb, double na, const double *nbv,
-                             int bad_a, const unsigned char *bad_b, const float *a0,
-                             const float *b0, Py_ssize_t k, const double *w,
-                             const double *L, double tau, int take_sqrt, double scale)
+    Py_ssize_t fl_dist_row_d(double *dst, const double *c, Py_ssize_t nb, double na,
+                             const double *nbv, const double *a0, const double *b0,
+                             Py_ssize_t k, const double *w, const double *L, double tau,
+                             int take_sqrt, double scale, int stream)
+    Py_ssize_t fl_dist_row_f(float *dst, const float *c, Py_ssize_t nb, double na,
+                             const double *nbv, const float *a0, const float *b0,
+                             Py_ssize_t k, const double *w, const double *L, double tau,
+                             int take_sqrt, double scale, int stream)
     void fl_dist_direct_row_d(double *c, Py_ssize_t nb, const double *a, const double *bt,
                               Py_ssize_t ldb, Py_ssize_t k, const double *w, int take_sqrt,
-                              double scale)
+                              double scale, int stream)
     void fl_dist_direct_row_f(float *c, Py_ssize_t nb, const float *a, const float *bt,
                               Py_ssize_t ldb, Py_ssize_t k, const double *w, int take_sqrt,
-                              double scale)
+                              double scale, int stream)
+    void fl_stream_fence()
     int FL_DIRECT_K
     double fl_grad_over_dist_row_d(const double *g, double *d, Py_ssize_t n)
     double fl_grad_over_dist_row_f(const float *g, float *d, Py_ssize_t n)
 
-# Output tile edge: a 256 x 256 float64 tile (512 KiB) stays in L2 between the
-# GEMM that writes it and the epilogue that finishes it.
+# Output tile edge: a 256 x 256 float64 scratch tile (512 KiB) stays in L2
+# between the GEMM that writes it and the epilogue that reads it.
 DEF TILE = 256
 
 
-cdef inline void _epilogue_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_ssize_t tn,
-                                const double *na, const double *nb,
-                                const unsigned char *bad_a, const unsigned char *bad_b,
-                                const floating *a0, const floating *b0, Py_ssize_t k,
-                                const double *w, const double *L, double tau,
-                                bint take_sqrt, double scale) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(tm):
-        if floating is double:
-            fl_dist_row_d(c + i * ldc, tn, na[i], nb, bad_a[i], bad_b, a0 + i * k, b0, k,
-                          w, L, tau, take_sqrt, scale)
-        else:
-            fl_dist_row_f(c + i * ldc, tn, na[i], nb, bad_a[i], bad_b, a0 + i * k, b0, k,
-                          w, L, tau, take_sqrt, scale)
+cdef inline void _epilogue_row(floating *dst, const floating *c, Py_ssize_t tn, double na,
+                               const double *nb, const floating *a0, const floating *b0,
+                               Py_ssize_t k, const double *w, const double *L, double tau,
+                               bint take_sqrt, double scale, bint stream) noexcept nogil:
+    if floating is double:
+        fl_dist_row_d(dst, c, tn, na, nb, a0, b0, k, w, L, tau, take_sqrt, scale, stream)
+    else:
+        fl_dist_row_f(dst, c, tn, na, nb, a0, b0, k, w, L, tau, take_sqrt, scale, stream)
 
 
-cdef inline void _direct_rows(floating *c, Py_ssize_t ldc, Py_ssize_t tm, Py_ssize_t tn,
-                              const floating *a0, const floating *bt, Py_ssize_t ldb,
-                              Py_ssize_t k, const double *w, bint take_sqrt,
-                              double scale) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(tm):
-        if floating is double:
-            fl_dist_direct_row_d(c + i * ldc, tn, a0 + i * k, bt, ldb, k, w, take_sqrt, scale)
-        else:
-            fl_dist_direct_row_f(c + i * ldc, tn, a0 + i * k, bt, ldb, k, w, take_sqrt, scale)
+cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
+                             const floating *bt, Py_ssize_t ldb, Py_ssize_t k,
+                             const double *w, bint take_sqrt, double scale,
+                             bint stream) noexcept nogil:
+    if floating is double:
+        fl_dist_direct_row_d(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
+    else:
+        fl_dist_direct_row_f(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
 
 
 def direct_k():
@@ -92,17 +85,19 @@ def sqnorms(const floating[:, ::1] X, double[::1] out, int n_threads):
 def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 const floating[:, ::1] A0, const floating[:, ::1] B0,
                 const double[::1] na, const double[::1] nb,
-                const unsigned char[::1] bad_a, const unsigned char[::1] bad_b,
-                floating[:, ::1] out, double tau, bint take_sqrt, double scale,
-                int n_threads, const double[::1] wv=None, const floating[:, ::1] BT=None,
-                const double[:, ::1] Lm=None):
+                floating[:, ::1] out, floating[:, ::1] scratch, double tau, bint take_sqrt,
+                double scale, int n_threads, bint stream, const double[::1] wv=None,
+                const floating[:, ::1] BT=None, const double[:, ::1] Lm=None):
     """out (mA, mB) = distances between rows of A and B (centred, for the
-    GEMM) / A0 and B0 (original, for the exact path).  With BT (B0
-    transposed, k x mB) every entry is computed directly instead (few
-    columns)."""
+    GEMM) / A0 and B0 (original, for the exact path).  na, nb: squared norms
+    of the GEMM rows, NaN for rows that must take the exact path.  scratch:
+    (n_threads, TILE * TILE), the GEMM's tile per thread.  stream: write out
+    with non-temporal stores.  With BT (B0 transposed, k x mB) every entry is
+    computed directly instead (few columns)."""
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
-    cdef Py_ssize_t t, i0, j0, tm, tn
+    cdef Py_ssize_t t, i0, j0, tm, tn, i
+    cdef floating *c
     cdef const floating *pa = &A[0, 0]
     cdef const floating *pb = &B[0, 0]
     cdef const floating *pa0 = &A0[0, 0]
@@ -118,30 +113,37 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
         tm = min(TILE, mA - i0)
         tn = min(TILE, mB - j0)
         if direct:
-            _direct_rows(pc + i0 * mB + j0, mB, tm, tn, pa0 + i0 * k, pbt + j0, mB, k, pw,
-                         take_sqrt, scale)
-            continue
-        gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                 pb + j0 * k, <int>k, <floating>0.0, pc + i0 * mB + j0, <int>mB)
-        _epilogue_rows(pc + i0 * mB + j0, mB, tm, tn, &na[i0], &nb[j0], &bad_a[i0],
-                       &bad_b[j0], pa0 + i0 * k, pb0 + j0 * k, k, pw, pL, tau, take_sqrt,
-                       scale)
+            for i in range(tm):
+                _direct_row(pc + (i0 + i) * mB + j0, tn, pa0 + (i0 + i) * k, pbt + j0, mB,
+                            k, pw, take_sqrt, scale, stream)
+        else:
+            c = &scratch[threadid(), 0]
+            gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                     pb + j0 * k, <int>k, <floating>0.0, c, <int>tn)
+            for i in range(tm):
+                _epilogue_row(pc + (i0 + i) * mB + j0, c + i * tn, tn, na[i0 + i], &nb[j0],
+                              pa0 + (i0 + i) * k, pb0 + j0 * k, k, pw, pL, tau, take_sqrt,
+                              scale, stream)
+        if stream:
+            fl_stream_fence()
 
 
 def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
-                const double[::1] na, const unsigned char[::1] bad,
-                floating[::1] out, floating[:, ::1] scratch, double tau,
-                bint take_sqrt, double scale, int n_threads,
+                const double[::1] na, floating[::1] out, floating[:, ::1] scratch,
+                double tau, bint take_sqrt, double scale, int n_threads, bint stream,
                 const double[::1] wv=None, const floating[:, ::1] AT=None,
                 const double[:, ::1] Lm=None):
-    """Condensed distances (scipy's order) between the rows of A / A0.
-    scratch: (n_threads, TILE * TILE), one tile per thread."""
+    """Condensed distances (scipy's order) between the rows of A / A0, each
+    row of a tile written straight into its run of the condensed vector.
+    na: squared norms (NaN: exact path).  scratch: (n_threads, TILE * TILE),
+    one GEMM tile per thread."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
     cdef Py_ssize_t nt = (m + TILE - 1) // TILE
-    cdef Py_ssize_t t, bi, bj, i0, j0, tm, tn, i, j, jstart, base
+    cdef Py_ssize_t t, bi, bj, i0, j0, tm, tn, i, js, base
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
     cdef const floating *pa0 = &A0[0, 0]
+    cdef floating *po = &out[0]
     cdef bint direct = AT is not None
     cdef const floating *pat = &AT[0, 0] if direct else NULL
     cdef const double *pw = &wv[0] if wv is not None else NULL
@@ -157,22 +159,28 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
         j0 = bj * TILE
         tm = min(TILE, m - i0)
         tn = min(TILE, m - j0)
-        c = &scratch[threadid(), 0]
-        if direct:
-            _direct_rows(c, tn, tm, tn, pa0 + i0 * k, pat + j0, m, k, pw, take_sqrt, scale)
-        else:
+        c = NULL
+        if not direct:
+            c = &scratch[threadid(), 0]
             gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
                      pa + j0 * k, <int>k, <floating>0.0, c, <int>tn)
-            _epilogue_rows(c, tn, tm, tn, &na[i0], &na[j0], &bad[i0], &bad[j0],
-                           pa0 + i0 * k, pa0 + j0 * k, k, pw, pL, tau, take_sqrt, scale)
         for i in range(tm):
-            # pairs (i0 + i, j0 + j) with j0 + j > i0 + i
-            jstart = 0
+            # pairs (i0 + i, j0 + j) with j0 + j > i0 + i, j >= js
+            js = 0
             if bi == bj:
-                jstart = i + 1
-            base = m * (i0 + i) - ((i0 + i) * (i0 + i + 1)) // 2 - (i0 + i) - 1
-            for j in range(jstart, tn):
-                out[base + j0 + j] = c[i * tn + j]
+                js = i + 1
+            if js >= tn:
+                continue
+            base = m * (i0 + i) - ((i0 + i) * (i0 + i + 1)) // 2 - (i0 + i) - 1 + j0
+            if direct:
+                _direct_row(po + base + js, tn - js, pa0 + (i0 + i) * k, pat + j0 + js, m,
+                            k, pw, take_sqrt, scale, stream)
+            else:
+                _epilogue_row(po + base + js, c + i * tn + js, tn - js, na[i0 + i],
+                              &na[j0 + js], pa0 + (i0 + i) * k, pa0 + (j0 + js) * k, k, pw,
+                              pL, tau, take_sqrt, scale, stream)
+        if stream:
+            fl_stream_fence()
 
 
 def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, double[::1] rowsum,

@@ -152,10 +152,24 @@ _SAFE_SQNORM = {np.dtype(np.float64): (2.0 ** -900, 2.0 ** 900),
                 np.dtype(np.float32): (2.0 ** -100, 2.0 ** 100)}
 
 
-def _flag_range(bad, sq, dtype):
+def _exact_marked(bad, sq, dtype):
+    """The squared norms for the kernel: NaN on the rows that must take the
+    exact path (non-finite, or a norm outside the safe range), which makes
+    every entry of such a row fail the kernel's trust test."""
     lo, hi = _SAFE_SQNORM[dtype]
-    out = ~((sq <= hi) & ((sq >= lo) | (sq == 0)))
-    return (bad | out).astype(np.uint8) if out.any() else bad
+    flag = bad.astype(bool) | ~((sq <= hi) & ((sq >= lo) | (sq == 0)))
+    return np.where(flag, np.nan, sq) if flag.any() else sq
+
+
+# Outputs at least this large are written with non-temporal stores: far
+# beyond the caches, and the read-for-ownership of each line would otherwise
+# double the memory traffic of a write-bound cdist.
+_STREAM_BYTES = 1 << 24
+
+
+def _scratch(nt, dtype):
+    """One GEMM tile per thread (the kernels' TILE x TILE)."""
+    return np.empty((max(nt, 1), 256 * 256), dtype)
 
 
 def _gemm_operands(OA, OB, dtype, nt):
@@ -280,18 +294,20 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     wv = None if OA.sw is None else (OA.sw.astype(np.float64) ** 2)
     take_sqrt, scale = _kernel_params(metric)
     nt = _for_work(mA * mB * max(n, 1))
+    stream = res.nbytes >= _STREAM_BYTES
     if n == 0:
         res[...] = 0
     elif n <= _k.direct_k() and metric != "mahalanobis":
         # few columns: direct differences (exact), no GEMM, no centring
         _k.cdist_tiles(OA.exact, OB.exact, OA.exact, OB.exact, np.empty(mA), np.empty(mB),
-                       OA.bad, OB.bad, res, 0.0, take_sqrt, scale, nt, wv,
+                       res, res[:0], 0.0, take_sqrt, scale, nt, stream, wv,
                        np.ascontiguousarray(OB.exact.T))
     else:
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
-        bad_a, bad_b = _flag_range(OA.bad, na, dtype), _flag_range(OB.bad, nb, dtype)
-        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, bad_a, bad_b, res, TAU[dtype],
-                       take_sqrt, scale, nt, wv, None, OA.exact_factor())
+        na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
+        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, _scratch(nt, dtype),
+                       TAU[dtype], take_sqrt, scale, nt, stream, wv, None,
+                       OA.exact_factor())
     if metric == "cosine":
         res[OA.zero, :] = np.nan
         res[:, OB.zero] = np.nan
@@ -346,15 +362,17 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
     if n == 0:
         res[...] = 0
     else:
-        scratch = np.empty((max(nt, 1), 256 * 256), dtype)
+        stream = res.nbytes >= _STREAM_BYTES
         if n <= _k.direct_k() and metric != "mahalanobis":
             # few columns: direct differences (exact), no GEMM, no centring
-            _k.pdist_tiles(O.exact, O.exact, np.empty(m), O.bad, res, scratch, 0.0,
-                           take_sqrt, scale, nt, wv, np.ascontiguousarray(O.exact.T))
+            _k.pdist_tiles(O.exact, O.exact, np.empty(m), res, _scratch(0, dtype)[:, :0],
+                           0.0, take_sqrt, scale, nt, stream, wv,
+                           np.ascontiguousarray(O.exact.T))
         else:
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
-            _k.pdist_tiles(A, O.exact, na, _flag_range(O.bad, na, dtype), res, scratch,
-                           TAU[dtype], take_sqrt, scale, nt, wv, None, O.exact_factor())
+            _k.pdist_tiles(A, O.exact, _exact_marked(O.bad, na, dtype), res,
+                           _scratch(nt, dtype), TAU[dtype], take_sqrt, scale, nt, stream,
+                           wv, None, O.exact_factor())
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
         sq[O.zero, :] = np.nan

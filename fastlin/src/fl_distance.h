@@ -11,9 +11,10 @@
  * flagged non-finite, are recomputed as sum((a - b)^2) in double from the
  * original rows: near points, exact duplicates (0) and inf/nan rows (scipy's
  * inf/nan) are all exact; so are rows whose squared norm leaves the safe range
- * (the caller flags them bad).  Short passes over a row that is in L1; the
- * first and the sqrt pass vectorize (sqrt needs -fno-math-errno, set by
- * setup.py).
+ * (the caller marks such rows by a NaN squared norm).  The GEMM writes a
+ * per-thread scratch tile (in L2); the epilogue reads it and writes each
+ * output entry once.  Short passes over a row that is in L1; each vectorizes
+ * (sqrt needs -fno-math-errno, set by setup.py).
  */
 #ifndef FL_DISTANCE_H
 #define FL_DISTANCE_H
@@ -22,6 +23,96 @@
 /* rows of at most this many columns skip GEMM (see fl_dist_direct_row) */
 #define FL_DIRECT_K 16
 #define FL_DIRECT_TILE 256   /* = the tile edge of _distance.pyx */
+
+#include <emmintrin.h>   /* SSE2 (baseline x86-64): non-temporal stores */
+
+#define FL_SQRT_d(x) sqrt(x)
+#define FL_SQRT_f(x) sqrtf(x)
+
+/* dst[0..n) := src[0..n).  stream: non-temporal stores from the first
+   aligned address on: a large output then skips the read-for-ownership of
+   each line (every line is written whole), up to half the memory traffic of
+   a write-bound cdist.  64-byte stores where the CPU has AVX-512 (one store
+   per line; the SSE2 16-byte loop costs 4x the instructions, which showed in
+   profiles), else 16-byte SSE2 stores (baseline x86-64: every clone has
+   them), unrolled to a line per iteration.  The caller fences
+   (fl_stream_fence) before the output is handed on. */
+#if defined(__SSE2__) && defined(__GNUC__) && !defined(FL_NO_CLONES)
+#include <immintrin.h>
+#define FL_HAVE_STREAM512 1
+__attribute__((target("avx512f"))) static void
+fl_stream512_d(double *FL_RESTRICT dst, const double *FL_RESTRICT src, ptrdiff_t n)
+{
+    ptrdiff_t j = 0;
+    for (; j < n && ((uintptr_t)(dst + j) & 63); j++) dst[j] = src[j];
+    for (; j + 8 <= n; j += 8) _mm512_stream_pd(dst + j, _mm512_loadu_pd(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+}
+__attribute__((target("avx512f"))) static void
+fl_stream512_f(float *FL_RESTRICT dst, const float *FL_RESTRICT src, ptrdiff_t n)
+{
+    ptrdiff_t j = 0;
+    for (; j < n && ((uintptr_t)(dst + j) & 63); j++) dst[j] = src[j];
+    for (; j + 16 <= n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
+    for (; j < n; j++) dst[j] = src[j];
+}
+#endif
+
+static inline void fl_store_row_d(double *FL_RESTRICT dst, const double *FL_RESTRICT src,
+                                  ptrdiff_t n, int stream)
+{
+    ptrdiff_t j = 0;
+#if defined(__SSE2__)
+    if (stream) {
+#ifdef FL_HAVE_STREAM512
+        if (__builtin_cpu_supports("avx512f")) {
+            fl_stream512_d(dst, src, n);
+            return;
+        }
+#endif
+        for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
+        for (; j + 8 <= n; j += 8) {
+            _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
+            _mm_stream_pd(dst + j + 2, _mm_loadu_pd(src + j + 2));
+            _mm_stream_pd(dst + j + 4, _mm_loadu_pd(src + j + 4));
+            _mm_stream_pd(dst + j + 6, _mm_loadu_pd(src + j + 6));
+        }
+    }
+#endif
+    memcpy(dst + j, src + j, (size_t)(n - j) * sizeof(double));
+}
+
+static inline void fl_store_row_f(float *FL_RESTRICT dst, const float *FL_RESTRICT src,
+                                  ptrdiff_t n, int stream)
+{
+    ptrdiff_t j = 0;
+#if defined(__SSE2__)
+    if (stream) {
+#ifdef FL_HAVE_STREAM512
+        if (__builtin_cpu_supports("avx512f")) {
+            fl_stream512_f(dst, src, n);
+            return;
+        }
+#endif
+        for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
+        for (; j + 16 <= n; j += 16) {
+            _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+            _mm_stream_ps(dst + j + 4, _mm_loadu_ps(src + j + 4));
+            _mm_stream_ps(dst + j + 8, _mm_loadu_ps(src + j + 8));
+            _mm_stream_ps(dst + j + 12, _mm_loadu_ps(src + j + 12));
+        }
+    }
+#endif
+    memcpy(dst + j, src + j, (size_t)(n - j) * sizeof(float));
+}
+
+/* Orders the non-temporal stores of this thread before what follows. */
+static inline void fl_stream_fence(void)
+{
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
 
 #define FL_DIST_TPL(T, SFX)                                                               \
 /* sum_i w_i (a_i - b_i)^2 in double (w NULL: all ones): the difference is      \
@@ -49,40 +140,47 @@ static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k, const d
     return s;                                                                             \
 }                                                                                         \
                                                                                           \
-/* c[0..nb): -2 a.b_j on entry, the distance on exit (sqrt'ed when take_sqrt,            \
-   times `scale`).  na = |a|^2, nbv[j] = |b_j|^2 (centred); a0 and b0 + j*k are          \
-   the rows the exact path reads.  Returns how many entries it recomputed. */             \
-FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb, double na,          \
-                                      const double *FL_RESTRICT nbv, int bad_a,           \
-                                      const unsigned char *FL_RESTRICT bad_b,             \
+/* One row of a tile.  c[0..nb): -2 a.b_j from the GEMM (scratch, left as it   \
+   is); dst[0..nb): the distances (sqrt'ed when take_sqrt, times `scale`).      \
+   na = |a|^2, nbv[j] = |b_j|^2 (centred), NaN for a row flagged non-finite or \
+   out of range, which fails `d2 >= tau s` and so takes the exact path; a0 and  \
+   b0 + j*k are the rows the exact path reads.  stream: write dst with          \
+   non-temporal stores (a large output that will not be read back soon).       \
+   Returns how many entries it recomputed. */                                   \
+FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c,         \
+                                      ptrdiff_t nb, double na,                            \
+                                      const double *FL_RESTRICT nbv,                      \
                                       const T *a0, const T *b0, ptrdiff_t k,              \
                                       const double *w, const double *L, double tau,       \
-                                      int take_sqrt, double scale)                        \
+                                      int take_sqrt, double scale, int stream)            \
 {                                                                                         \
-    /* the row in double, flags as int64: uniform 8-byte lanes, so gcc        \
-       vectorizes every pass (mixed float/double/byte loops stayed scalar).    \
-       Exact entries stay in double until the end: a float32 tile cannot hold   \
-       every squared distance of a float32 result (2e19^2 overflows). */        \
-    double v[FL_DIRECT_TILE];                                                             \
-    int64_t exf[FL_DIRECT_TILE];                                                          \
-    int64_t nexact = 0;                                                                   \
-    const int64_t ba = bad_a != 0;                                                        \
-    for (ptrdiff_t j = 0; j < nb; j++) v[j] = (double)c[j];                               \
+    /* d2 in double (a float32 tile cannot hold every squared distance of a   \
+       float32 result: 2e19^2 overflows; the exact ones stay double too), the   \
+       square root at the output's precision: a float32 sqrt is 4x cheaper than \
+       a double one and the sqrt pass dominated the epilogue (ties within 1     \
+       ulp of the double-sqrt result).  Uniform lanes per loop so each          \
+       vectorizes. */                                                           \
+    T r[FL_DIRECT_TILE];                                                                  \
+    int64_t nflag = 0;      /* int64: the lane width of d2, so the loop vectorizes */      \
     for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
         double s = na + nbv[j];                                                           \
-        double d2 = s + v[j];                                                             \
-        int64_t ex = (int64_t)(d2 < tau * s) | ba | (int64_t)bad_b[j];                    \
-        exf[j] = ex;                                                                      \
-        nexact += ex;                                                                     \
-        v[j] = d2 < 0.0 ? 0.0 : d2;                                                       \
+        double d2 = s + (double)c[j];                                                     \
+        nflag += (int64_t)!(d2 >= tau * s);                                               \
+        r[j] = (T)((d2 > 0.0 ? d2 : 0.0) * scale);                                        \
     }                                                                                     \
-    if (nexact)                                                                           \
-        for (ptrdiff_t j = 0; j < nb; j++)                                                \
-            if (exf[j]) v[j] = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w, L);            \
     if (take_sqrt)                                                                        \
-        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt(v[j] * scale);                  \
-    else                                                                                  \
-        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)(v[j] * scale);                      \
+        for (ptrdiff_t j = 0; j < nb; j++) r[j] = FL_SQRT_##SFX(r[j]);                     \
+    ptrdiff_t nexact = 0;                                                                 \
+    if (nflag)                                                                            \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double s = na + nbv[j];                                                       \
+            double d2 = s + (double)c[j];                                                 \
+            if (d2 >= tau * s) continue;                                                  \
+            double e = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w, L) * scale;            \
+            r[j] = (T)(take_sqrt ? sqrt(e) : e);                                          \
+            nexact++;                                                                     \
+        }                                                                                 \
+    fl_store_row_##SFX(dst, r, nb, stream);                                               \
     return nexact;                                                                        \
 }                                                                                         \
                                                                                           \
@@ -93,9 +191,10 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
                                         const T *FL_RESTRICT a,                            \
                                         const T *FL_RESTRICT bt, ptrdiff_t ldb,            \
                                         ptrdiff_t k, const double *w, int take_sqrt,       \
-                                        double scale)                                      \
+                                        double scale, int stream)                          \
 {                                                                                         \
     double acc[FL_DIRECT_TILE];                                                           \
+    T r[FL_DIRECT_TILE];                                                                  \
     for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q], wq = w ? w[q] : 1.0;                              \
@@ -105,10 +204,10 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
             acc[j] += wq * d * d;                                                         \
         }                                                                                 \
     }                                                                                     \
+    for (ptrdiff_t j = 0; j < nb; j++) r[j] = (T)(acc[j] * scale);                        \
     if (take_sqrt)                                                                        \
-        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)sqrt(acc[j] * scale);                \
-    else                                                                                  \
-        for (ptrdiff_t j = 0; j < nb; j++) c[j] = (T)(acc[j] * scale);                    \
+        for (ptrdiff_t j = 0; j < nb; j++) r[j] = FL_SQRT_##SFX(r[j]);                     \
+    fl_store_row_##SFX(c, r, nb, stream);                                                 \
 }
 
 FL_DIST_TPL(double, d)
