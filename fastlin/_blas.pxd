@@ -61,3 +61,17 @@ cdef inline void gemm_atb(int m, int n, int k, floating alpha,
     else:
         sgemm(&nt, &tr, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda,
               &beta, c, &ldc)
+
+
+cdef inline void gemm_ab(int m, int n, int k, floating alpha,
+                         const floating *a, int lda, const floating *b, int ldb,
+                         floating beta, floating *c, int ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha * A B + beta * C with A m x k and B k x n
+    (row strides lda, ldb).  Column-major: C^T = B^T A^T, both as stored."""
+    cdef char nt = b'N'
+    if floating is double:
+        dgemm(&nt, &nt, &n, &m, &k, &alpha, <double *>b, &ldb, <double *>a, &lda,
+              &beta, c, &ldc)
+    else:
+        sgemm(&nt, &nt, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda,
+              &beta, c, &ldc)

@@ -19,7 +19,7 @@ thread count.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from fastlin._blas cimport gemm_abt, gemm_atb
+from fastlin._blas cimport gemm_ab, gemm_abt, gemm_atb
 
 cdef extern from "fl_distance.h" nogil:
     Py_ssize_t fl_dist_row_d(double *dst, const double *c, Py_ssize_t nb, double na,
@@ -40,20 +40,34 @@ cdef extern from "fl_distance.h" nogil:
     int FL_DIRECT_K
     double fl_grad_over_dist_row_d(const double *g, double *d, Py_ssize_t n)
     double fl_grad_over_dist_row_f(const float *g, float *d, Py_ssize_t n)
+    void fl_add_row_d(double *acc, const double *w, Py_ssize_t n)
+    double fl_row_sum_d(const double *w, Py_ssize_t n)
+    double fl_row_sum_f(const float *w, Py_ssize_t n)
+    void fl_bwd_exact_row_d(double *W, const double *c, Py_ssize_t nb, double na,
+                            const double *nbv, double tau, const double *a0,
+                            const double *b0, Py_ssize_t k, double *ta, double *tb)
+    void fl_bwd_exact_row_f(float *W, const float *c, Py_ssize_t nb, double na,
+                            const double *nbv, double tau, const float *a0,
+                            const float *b0, Py_ssize_t k, double *ta, double *tb)
+    void fl_add_row_f(double *acc, const float *w, Py_ssize_t n)
 
 # Output tile edge: a 256 x 256 float64 scratch tile (512 KiB) stays in L2
 # between the GEMM that writes it and the epilogue that reads it.
 DEF TILE = 256
 
 
-cdef inline void _epilogue_row(floating *dst, const floating *c, Py_ssize_t tn, double na,
-                               const double *nb, const floating *a0, const floating *b0,
-                               Py_ssize_t k, const double *w, const double *L, double tau,
-                               bint take_sqrt, double scale, bint stream) noexcept nogil:
+cdef inline Py_ssize_t _epilogue_row(floating *dst, const floating *c, Py_ssize_t tn,
+                                     double na, const double *nb, const floating *a0,
+                                     const floating *b0, Py_ssize_t k, const double *w,
+                                     const double *L, double tau, bint take_sqrt,
+                                     double scale, bint stream) noexcept nogil:
+    """Returns how many entries took the exact path."""
     if floating is double:
-        fl_dist_row_d(dst, c, tn, na, nb, a0, b0, k, w, L, tau, take_sqrt, scale, stream)
+        return fl_dist_row_d(dst, c, tn, na, nb, a0, b0, k, w, L, tau, take_sqrt, scale,
+                             stream)
     else:
-        fl_dist_row_f(dst, c, tn, na, nb, a0, b0, k, w, L, tau, take_sqrt, scale, stream)
+        return fl_dist_row_f(dst, c, tn, na, nb, a0, b0, k, w, L, tau, take_sqrt, scale,
+                             stream)
 
 
 cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
@@ -181,6 +195,117 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                               pL, tau, take_sqrt, scale, stream)
         if stream:
             fl_stream_fence()
+
+
+cdef inline Py_ssize_t _bwd_row(floating *w, const floating *c, const floating *g,
+                                Py_ssize_t tn, double na, const double *nb, double tau,
+                                const floating *a0, const floating *b0, Py_ssize_t k,
+                                double *ta, double *tb, double *cs,
+                                double *rs) noexcept nogil:
+    """One tile row of the backward: D (the forward's epilogue), W = G / D,
+    the exact-path entries taken out of W into ta / tb, the row's sum into
+    rs, its entries added to the column sums cs.  Returns the number of
+    exact-path entries."""
+    cdef Py_ssize_t nex
+    nex = _epilogue_row(w, c, tn, na, nb, a0, b0, k, NULL, NULL, tau, True, 1.0, False)
+    if floating is double:
+        rs[0] = fl_grad_over_dist_row_d(g, w, tn)
+        if nex:
+            fl_bwd_exact_row_d(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
+            rs[0] = fl_row_sum_d(w, tn)
+        fl_add_row_d(cs, w, tn)
+    else:
+        rs[0] = fl_grad_over_dist_row_f(g, w, tn)
+        if nex:
+            fl_bwd_exact_row_f(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
+            rs[0] = fl_row_sum_f(w, tn)
+        fl_add_row_f(cs, w, tn)
+    return nex
+
+
+def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
+                    const floating[:, ::1] A0, const floating[:, ::1] B0,
+                    const double[::1] na, const double[::1] nb, const floating[:, ::1] G,
+                    floating[:, ::1] WB, floating[:, ::1] P, double[:, ::1] CS,
+                    double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
+                    double tau, int n_threads):
+    """The Euclidean backward's sums in one sweep over the tiles, without
+    ever storing D or W = G / D whole.
+
+    Each thread owns blocks of TILE rows of A and walks the column tiles in
+    order.  Per tile: D from one GEMM and the forward's epilogue (so the exact
+    path and its guarantees are the forward's), W = G / D in place (0 where
+    D == 0), the exact-path entries' terms formed from differences instead
+    (fl_bwd_exact_row), then
+      WB[i-block]  (+)= W B[j-block]                    (GEMM, beta 1 after the first)
+      P[bi, j-block] = W^T A[i-block]                  (GEMM: this row block's share)
+      rows[i] += sum_j W_ij,  CS[bi, j] = sum_i W_ij   (in double)
+    and the exact terms (ta = sum t, tb = -sum t): WB[i] -= ta[i], P[bi, j] -= tb[j].  The caller sums
+    P and CS over the row blocks in block order (reduce_row_blocks), so no
+    result depends on the thread count.
+    scratch: (n_threads, 2 * TILE * TILE), a GEMM tile and a W tile per
+    thread; tscratch: (n_threads, 2 * TILE * k) doubles for ta and tb.
+    """
+    cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
+    cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t bi, bj, i0, j0, tm, tn, i, q, nex
+    cdef floating *c
+    cdef floating *w
+    cdef double *ta
+    cdef double *tb
+    cdef double rs
+    for bi in prange(ntm, nogil=True, schedule='dynamic', num_threads=n_threads):
+        i0 = bi * TILE
+        tm = min(TILE, mA - i0)
+        c = &scratch[threadid(), 0]
+        w = c + TILE * TILE
+        ta = &tscratch[threadid(), 0]
+        tb = ta + TILE * k
+        for bj in range(ntn):
+            j0 = bj * TILE
+            tn = min(TILE, mB - j0)
+            gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
+                     &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
+            nex = 0
+            for i in range(tm):
+                rs = 0      # assigned in the loop body: thread-private (its address is taken)
+                nex = nex + _bwd_row(w + i * tn, c + i * tn, &G[i0 + i, j0], tn,
+                                     na[i0 + i], &nb[j0], tau, &A0[i0 + i, 0], &B0[j0, 0],
+                                     k, ta + i * k, tb, &CS[bi, j0], &rs)
+                if bj == 0:
+                    rows[i0 + i] = rs
+                else:
+                    rows[i0 + i] = rows[i0 + i] + rs
+            gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
+                    <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
+            gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn, &A[i0, 0], <int>k,
+                     <floating>0.0, &P[bi * mB + j0, 0], <int>k)
+            if nex:
+                for i in range(tm * k):
+                    WB[i0 + i // k, i % k] = WB[i0 + i // k, i % k] - <floating>ta[i]
+                    ta[i] = 0
+                for i in range(tn * k):
+                    P[bi * mB + j0 + i // k, i % k] = (P[bi * mB + j0 + i // k, i % k]
+                                                       - <floating>tb[i])
+                    tb[i] = 0
+
+
+def reduce_row_blocks(const floating[:, ::1] P, const double[:, ::1] CS,
+                      double[:, ::1] WtA, double[::1] cols, int n_threads):
+    """WtA[j] = sum_b P[b * mB + j] and cols[j] = sum_b CS[b, j], over the row
+    blocks b in order, in double."""
+    cdef Py_ssize_t mB = WtA.shape[0], k = WtA.shape[1], nblk = CS.shape[0]
+    cdef Py_ssize_t j, q, b
+    cdef double s
+    for j in prange(mB, nogil=True, schedule='static', num_threads=n_threads):
+        for q in range(k):
+            WtA[j, q] = 0
+        s = 0
+        for b in range(nblk):
+            for q in range(k):
+                WtA[j, q] = WtA[j, q] + P[b * mB + j, q]
+            s = s + CS[b, j]
+        cols[j] = s
 
 
 def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, double[::1] rowsum,

@@ -484,13 +484,10 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     if metric == "cosine":
         return _cosine_backward(G, A, B, dtype)
     if metric == "euclidean":
-        W = cdist(A, B, "euclidean")
-        # W = G / D in place, 0 where D == 0: the zero subgradient
-        rows = np.empty(W.shape[0])
-        _k.grad_over_dist(np.ascontiguousarray(G), W, rows, _for_work(W.size))
-    else:
-        W = (2 * G).astype(dtype, copy=False)
-        rows = W.sum(axis=1, dtype=np.float64)
+        return _euclidean_backward(G, A, B, dtype)
+    # sqeuclidean: W = 2 G
+    W = (2 * G).astype(dtype, copy=False)
+    rows = W.sum(axis=1, dtype=np.float64)
     # gA_i = sum_j W_ij (a_i - b_j): on rows centred on a common point, so a
     # large offset does not cancel digits (skipped when the offset is small)
     centre = _centre(A, dtype) if A.size else np.zeros(A.shape[1], dtype)
@@ -510,6 +507,40 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
         WtA[...] = 0
     gA = rows.astype(dtype)[:, None] * A - WB
     gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - WtA
+    return gA, gB
+
+
+def _euclidean_backward(G, A, B, dtype):
+    """gA_i = sum_j W_ij (a_i - b_j), gB_j = sum_i W_ij (b_j - a_i) with
+    W = G / D, from one sweep over GEMM tiles (cdist_bwd_tiles): D and W are
+    never stored whole; the sums run on the centred rows of the forward, so a
+    large common offset does not cancel digits; and the pairs the forward
+    computes exactly (near points, where W is large and the GEMM form
+    rowsum(W) a_i - W b would cancel) contribute W_ij (a_i - b_j) formed from
+    the difference."""
+    mA, mB, n = A.shape[0], B.shape[0], A.shape[1]
+    if mA == 0 or mB == 0 or n == 0:
+        return np.zeros_like(A), np.zeros_like(B)
+    with blas_single_thread():
+        OA = _Operands(A, dtype, "euclidean", None, None)
+        OB = _Operands(B, dtype, "euclidean", None, None)
+        nt = _for_work(mA * mB * n)
+        Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
+        na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
+        nblk = -(-mA // 256)
+        WB = np.empty((mA, n), dtype)
+        P = np.empty((nblk * mB, n), dtype)
+        CS = np.zeros((nblk, mB))
+        rows = np.empty(mA)
+        scratch = np.empty((max(nt, 1), 2 * 256 * 256), dtype)
+        tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
+        _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
+                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt)
+        WtA = np.empty((mB, n))
+        cols = np.empty(mB)
+        _k.reduce_row_blocks(P, CS, WtA, cols, _for_work(P.size))
+    gA = (rows.astype(dtype)[:, None] * Ac - WB).astype(dtype, copy=False)
+    gB = (cols[:, None] * Bc - WtA).astype(dtype)
     return gA, gB
 
 

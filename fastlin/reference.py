@@ -136,3 +136,36 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     if axes:
         ga = ga.sum(axis=axes, keepdims=True)
     return ga.reshape(shape0).astype(dt)
+
+
+def cdist(XA, XB, metric="euclidean"):
+    """Direct differences in longdouble: sum((a - b)^2), its sqrt for
+    'euclidean'.  (mA, mB, n) temporaries: for small inputs only."""
+    XA, XB = np.asarray(XA), np.asarray(XB)
+    dt = _dtype(XA, XB)
+    diff = XA.astype(LD)[:, None, :] - XB.astype(LD)[None, :, :]
+    d2 = np.sum(diff * diff, axis=-1)
+    if metric == "sqeuclidean":
+        return d2.astype(dt)
+    if metric != "euclidean":
+        raise ValueError(f"reference cdist: euclidean or sqeuclidean, got {metric!r}")
+    return np.sqrt(d2).astype(dt)
+
+
+def cdist_backward(grad, XA, XB, metric="euclidean"):
+    """gXA_i = sum_j g_ij (a_i - b_j) w_ij, gXB_j = -sum_i g_ij (a_i - b_j) w_ij,
+    with w = 1 / D (0 where D == 0: fastlin's zero subgradient) for
+    'euclidean' and w = 2 for 'sqeuclidean'; longdouble throughout."""
+    XA, XB = np.asarray(XA), np.asarray(XB)
+    dt = _dtype(XA, XB)
+    diff = XA.astype(LD)[:, None, :] - XB.astype(LD)[None, :, :]
+    g = np.asarray(grad).astype(LD)
+    if metric == "sqeuclidean":
+        w = 2 * g
+    elif metric == "euclidean":
+        d = np.sqrt(np.sum(diff * diff, axis=-1))
+        w = np.where(d > 0, g / np.where(d > 0, d, LD(1)), LD(0))
+    else:
+        raise ValueError(f"reference cdist_backward: euclidean or sqeuclidean, got {metric!r}")
+    wd = w[:, :, None] * diff
+    return wd.sum(axis=1).astype(dt), (-wd.sum(axis=0)).astype(dt)

@@ -289,6 +289,50 @@ FL_CLONES double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTR
         s += (double)w;                                                                   \
     }                                                                                     \
     return s;                                                                             \
+}                                                                                         \
+                                                                                          \
+/* The backward's exact path, for one tile row.  The GEMM form of the        \
+   gradient, rowsum(W) a_i - sum_j W_ij b_j, cancels digits when W_ij = g/d   \
+   is large (near points: an error of eps |a| / d).  So every entry the       \
+   forward recomputed exactly (the same trust test on the same values) with  \
+   W_ij != 0 is taken out of W (set to 0 before the GEMMs and the sums) and   \
+   its term t = W_ij (a_i - b_j) formed from the difference in double:        \
+   ta[0..k) += t (row i's share), tb[j*k..] -= t (column j's). */             \
+FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c,          \
+                                      ptrdiff_t nb, double na,                            \
+                                      const double *FL_RESTRICT nbv, double tau,          \
+                                      const T *a0, const T *b0, ptrdiff_t k,              \
+                                      double *FL_RESTRICT ta, double *FL_RESTRICT tb)     \
+{                                                                                         \
+    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
+        double s = na + nbv[j];                                                           \
+        double d2 = s + (double)c[j];                                                     \
+        if (d2 >= tau * s || W[j] == 0) continue;                                         \
+        double wj = (double)W[j];                                                         \
+        W[j] = 0;                                                                         \
+        const T *bj = b0 + j * k;                                                         \
+        double *tbj = tb + j * k;                                                         \
+        for (ptrdiff_t q = 0; q < k; q++) {                                               \
+            double t = wj * ((double)a0[q] - (double)bj[q]);                              \
+            ta[q] += t;                                                                   \
+            tbj[q] -= t;                                                                  \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* sum of w[0..n) in double (rows with exact-path entries only: scalar) */     \
+FL_CLONES double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                                \
+{                                                                                         \
+    double s = 0.0;                                                                       \
+    for (ptrdiff_t j = 0; j < n; j++) s += (double)w[j];                                  \
+    return s;                                                                             \
+}                                                                                         \
+                                                                                          \
+/* acc[0..n) += w[0..n) in double: the column sums of one tile row. */                   \
+FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,          \
+                                ptrdiff_t n)                                              \
+{                                                                                         \
+    for (ptrdiff_t j = 0; j < n; j++) acc[j] += (double)w[j];                             \
 }
 
 FL_GDIV_TPL(double, d, fl_vd, FL_VL_d, acc_t_d)
