@@ -245,10 +245,12 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     result depends on the thread count.
     scratch: (n_threads, 2 * TILE * TILE), a GEMM tile and a W tile per
     thread; tscratch: (n_threads, 2 * TILE * k) doubles for ta and tb.
+    P with no rows: the XB side (P, CS) is skipped.
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
     cdef Py_ssize_t bi, bj, i0, j0, tm, tn, i, q, nex
+    cdef bint want_b = P.shape[0] > 0     # else only the XA side (pdist_backward)
     cdef floating *c
     cdef floating *w
     cdef double *ta
@@ -278,15 +280,17 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     rows[i0 + i] = rows[i0 + i] + rs
             gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
                     <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
-            gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn, &A[i0, 0], <int>k,
-                     <floating>0.0, &P[bi * mB + j0, 0], <int>k)
+            if want_b:
+                gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn, &A[i0, 0],
+                         <int>k, <floating>0.0, &P[bi * mB + j0, 0], <int>k)
             if nex:
                 for i in range(tm * k):
                     WB[i0 + i // k, i % k] = WB[i0 + i // k, i % k] - <floating>ta[i]
                     ta[i] = 0
                 for i in range(tn * k):
-                    P[bi * mB + j0 + i // k, i % k] = (P[bi * mB + j0 + i // k, i % k]
-                                                       - <floating>tb[i])
+                    if want_b:
+                        P[bi * mB + j0 + i // k, i % k] = (P[bi * mB + j0 + i // k, i % k]
+                                                           - <floating>tb[i])
                     tb[i] = 0
 
 

@@ -510,7 +510,7 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     return gA, gB
 
 
-def _euclidean_backward(G, A, B, dtype):
+def _euclidean_backward(G, A, B, dtype, want_b=True):
     """gA_i = sum_j W_ij (a_i - b_j), gB_j = sum_i W_ij (b_j - a_i) with
     W = G / D, from one sweep over GEMM tiles (cdist_bwd_tiles): D and W are
     never stored whole; the sums run on the centred rows of the forward, so a
@@ -529,17 +529,20 @@ def _euclidean_backward(G, A, B, dtype):
         na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
         nblk = -(-mA // 256)
         WB = np.empty((mA, n), dtype)
-        P = np.empty((nblk * mB, n), dtype)
+        P = np.empty((nblk * mB if want_b else 0, n), dtype)
         CS = np.zeros((nblk, mB))
         rows = np.empty(mA)
         scratch = np.empty((max(nt, 1), 2 * 256 * 256), dtype)
         tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
                            WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt)
-        WtA = np.empty((mB, n))
-        cols = np.empty(mB)
-        _k.reduce_row_blocks(P, CS, WtA, cols, _for_work(P.size))
+        if want_b:
+            WtA = np.empty((mB, n))
+            cols = np.empty(mB)
+            _k.reduce_row_blocks(P, CS, WtA, cols, _for_work(P.size))
     gA = (rows.astype(dtype)[:, None] * Ac - WB).astype(dtype, copy=False)
+    if not want_b:
+        return gA
     gB = (cols[:, None] * Bc - WtA).astype(dtype)
     return gA, gB
 
@@ -590,6 +593,12 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None):
                          f"({m * (m - 1) // 2},), got {g.shape}")
     G = squareform(g.astype(dtype, copy=False), force="tomatrix", checks=False) if m > 1 \
         else np.zeros((m, m), dtype)
+    if metric == "euclidean":
+        # G symmetric and XA = XB = X: the XB gradient equals the XA one, so
+        # only gA is formed, sum(G * cdist(X, X)) counting each pair twice
+        # is the halving of gA + gB = 2 gA
+        A = np.ascontiguousarray(X, dtype=dtype)
+        return _euclidean_backward(G, A, A, dtype, want_b=False)
     # sum(G * cdist(X, X)) counts each pair twice: halve (exact in binary)
     gA, gB = cdist_backward(G, X, X, metric, VI=VI)
     return (gA + gB) * dtype.type(0.5)
