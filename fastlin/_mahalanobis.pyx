@@ -7,8 +7,8 @@ With the covariance factored once, cov = L L^T (or the precision VI = L L^T),
 
 Blocks of BLOCK rows are spread over the OpenMP threads; within a block the
 C loop (src/fl_mahal_tpl.h) solves (or multiplies by) the triangular factor
-for 8 or 16 rows at once, one row per vector lane, in a per-thread d x lanes
-scratch.  X is read once; no explicit inverse and no n x d temporary.  Every
+for 8 or 16 rows at once, one row per vector lane (in registers for d <= 16,
+else 4 such groups at a time in a per-thread d x lanes scratch).  X is read once; no explicit inverse and no n x d temporary.  Every
 row's arithmetic is fixed, so results do not depend on the thread count.
 """
 from cython cimport floating
@@ -18,9 +18,13 @@ from fastlin._blas cimport gemm_atb
 
 cdef extern from "fl_mahal.h" nogil:
     void fl_maha_rows_d(const double *X, Py_ssize_t m, Py_ssize_t d, const double *mu,
-                        const double *L, int solve, int squared, double *out, double *zs)
+                        const double *P, int solve, int squared, double *out, double *zs)
     void fl_maha_rows_f(const float *X, Py_ssize_t m, Py_ssize_t d, const float *mu,
-                        const float *L, int solve, int squared, float *out, float *zs)
+                        const float *P, int solve, int squared, float *out, float *zs)
+    void fl_maha_prep_d(const double *L, const double *mu, Py_ssize_t d, int solve, double *P)
+    void fl_maha_prep_f(const float *L, const float *mu, Py_ssize_t d, int solve, float *P)
+    Py_ssize_t fl_maha_prep_size_d(Py_ssize_t d)
+    Py_ssize_t fl_maha_prep_size_f(Py_ssize_t d)
     void fl_maha_bwd_rows_d(const double *X, Py_ssize_t m, Py_ssize_t d, const double *mu,
                             const double *L, const double *g, int squared, int chol,
                             double *gX, double *gm, double *zs, double *ws, double *acc,
@@ -29,25 +33,42 @@ cdef extern from "fl_mahal.h" nogil:
                             const float *L, const float *g, int squared, int chol,
                             float *gX, double *gm, float *zs, float *ws, float *acc,
                             float *wout, float *zout)
+    Py_ssize_t fl_maha_scratch_d(Py_ssize_t d)
+    Py_ssize_t fl_maha_scratch_f(Py_ssize_t d)
 
 DEF BLOCK = 256
+
+
+def scratch_len(Py_ssize_t d, bint is_double):
+    """Elements of per-thread scratch that maha needs for points of dimension d."""
+    return fl_maha_scratch_d(d) if is_double else fl_maha_scratch_f(d)
 
 
 def maha(const floating[:, ::1] X, const floating[::1] mu, const floating[:, ::1] L,
          bint solve, bint squared, floating[::1] out, floating[:, ::1] scratch,
          int n_threads):
-    """scratch: (n_threads, 16 * d)."""
+    """scratch: (n_threads, scratch_len(d, floating is double)).  The matrix
+    is first put in the kernel's form (fl_maha_prep: reciprocal diagonal,
+    scaled / padded copy), once per call."""
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
     cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK
     cdef Py_ssize_t b, i0, m
+    cdef floating[::1] P
+    import numpy as np
+    if floating is double:
+        P = np.empty(fl_maha_prep_size_d(d), dtype=np.float64)
+        fl_maha_prep_d(&L[0, 0], &mu[0], d, solve, &P[0])
+    else:
+        P = np.empty(fl_maha_prep_size_f(d), dtype=np.float32)
+        fl_maha_prep_f(&L[0, 0], &mu[0], d, solve, &P[0])
     for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
         i0 = b * BLOCK
         m = min(BLOCK, n - i0)
         if floating is double:
-            fl_maha_rows_d(&X[i0, 0], m, d, &mu[0], &L[0, 0], solve, squared, &out[i0],
+            fl_maha_rows_d(&X[i0, 0], m, d, &mu[0], &P[0], solve, squared, &out[i0],
                            &scratch[threadid(), 0])
         else:
-            fl_maha_rows_f(&X[i0, 0], m, d, &mu[0], &L[0, 0], solve, squared, &out[i0],
+            fl_maha_rows_f(&X[i0, 0], m, d, &mu[0], &P[0], solve, squared, &out[i0],
                            &scratch[threadid(), 0])
 
 

@@ -126,7 +126,7 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     out = np.empty(n, dtype)
     if n and d:
         nt = _for_work(n * d * d)
-        scratch = np.empty((max(nt, 1), 16 * d), dtype)
+        scratch = np.empty((max(nt, 1), _k.scratch_len(d, dtype == np.float64)), dtype)
         _k.maha(Xr, np.ascontiguousarray(mean, dtype=dtype), L, kind != "VI",
                 bool(squared), out, scratch, nt)
     elif n:

@@ -45,38 +45,422 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, ptrdiff_t d, T *FL
     }
 }
 
-FL_CLONES void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
-                                const T *FL_RESTRICT mu, const T *FL_RESTRICT L, int solve,
-                                int squared, T *FL_RESTRICT out, T *FL_RESTRICT zs)
+/*
+ * The forward.  Per row the arithmetic is fixed, whichever block, thread,
+ * group or lane holds the row (so results do not depend on the thread
+ * count).  With r_k = 1 / L_kk and C = L diag(r) (C_jk = L_jk r_k, unit lower
+ * triangular), both rounded once, made once per call (fl_maha_prep):
+ *   solve:   b_j = delta_j, then b_j = b_j - C_jk b_k for k = 0, 1, .., j-1
+ *            (one rounding each, fused where the target has FMA);
+ *            z_j = b_j r_j   (so that C b = delta, z = L^-1 delta);
+ *   product: z_j = L_jj delta_j, then z_j + L_kj delta_k for k = j+1, .., d-1;
+ *   d^2 = sum_j z_j^2 in double, j = 0, 1, .., d-1.
+ * Against z_j = (delta_j - sum_k L_jk z_k) / L_jj this moves one rounding
+ * from the division into C (a relative eps perturbation of L's entries, as
+ * backward stable; far inside the tested bound) and has no division: a
+ * vector division costs ~16 cycles of throughput, more than all the FMAs of
+ * a row at d = 16.  It also leaves one FMA (4 cycles) between b_{j-1} and
+ * b_j where the division form had FMA, subtraction and division.
+ * Rows a block or pass gets partially (the tail) go through the same code,
+ * zero padded.
+ */
+#ifndef FL_MAHA_G
+#define FL_MAHA_G 4   /* groups of VL rows per pass of the blocked kernel */
+#endif
+#ifndef FL_MAHA_J
+#define FL_MAHA_J 4   /* rows of C (columns of L) per register block */
+#endif
+/* Prefetch distance (bytes of X ahead).  A pass computes with the memory
+   bus idle and the hardware prefetcher stops short of the next pass;
+   asking for the X of the pass after next overlaps the two. */
+#ifndef FL_MAHA_PF
+#define FL_MAHA_PF 8192
+#endif
+#ifndef FL_MAHA_PFL
+#define FL_MAHA_PFL 3
+#endif
+#define FL_MAHA_DMAX 16   /* the register kernel's largest d */
+
+/* ss += z^2, the product and the sum in double (acc_addmul's arithmetic).
+   For float the widening goes through one 16-double vector: fl_widen's two
+   8-float halves made gcc 12 split each conversion into 128-bit pieces (6
+   extra shuffles per vector, as many uops as the solve's FMAs at d = 16). */
+#if !FL_IS_DOUBLE
+typedef double fl_maha_vd16 __attribute__((vector_size(128)));
+#endif
+FL_INLINE void FL(maha_sq_acc)(ACC *ss, VT z)
 {
-    for (ptrdiff_t r0 = 0; r0 < m; r0 += VL) {
-        ptrdiff_t cnt = m - r0 < VL ? m - r0 : VL;
-        FL(maha_load)(X + r0 * d, cnt, d, mu, zs);
-        if (solve) {
-            FL(maha_forward_subst)(L, d, zs);
-        } else {
-            for (ptrdiff_t j = 0; j < d; j++) {
-                VT a0 = FL(vsplat)(0), a1 = a0, a2 = a0, a3 = a0;
-                ptrdiff_t k = j;
-                for (; k + 4 <= d; k += 4) {
-                    a0 += L[k * d + j] * FL(vld)(zs + k * VL);
-                    a1 += L[(k + 1) * d + j] * FL(vld)(zs + (k + 1) * VL);
-                    a2 += L[(k + 2) * d + j] * FL(vld)(zs + (k + 2) * VL);
-                    a3 += L[(k + 3) * d + j] * FL(vld)(zs + (k + 3) * VL);
-                }
-                for (; k < d; k++) a0 += L[k * d + j] * FL(vld)(zs + k * VL);
-                FL(vst)(zs + j * VL, (a0 + a1) + (a2 + a3));
+#if FL_IS_DOUBLE
+    *ss += z * z;
+#else
+    fl_maha_vd16 w = __builtin_convertvector(z, fl_maha_vd16);
+    fl_vd lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
+    fl_vd hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+    ss->lo += lo * lo;
+    ss->hi += hi * hi;
+#endif
+}
+
+/* out[0..cnt) := ss or sqrt(ss) of the lanes; sqrt on whole vectors (the
+   same correctly rounded sqrt as the scalar one) */
+FL_INLINE void FL(maha_out)(ACC ss, int squared, ptrdiff_t cnt, T *FL_RESTRICT out)
+{
+    double s[VL];
+    T o[VL];
+    FL(acc_lanes)(ss, s);
+    if (!squared)
+        for (int r = 0; r < VL; r++) s[r] = sqrt(s[r]);
+    for (int r = 0; r < VL; r++) o[r] = (T)s[r];
+    if (cnt == VL)
+        FL(vst)(out, FL(vld)(o));
+    else
+        for (ptrdiff_t r = 0; r < cnt; r++) out[r] = o[r];
+}
+
+/* v[0..VL) (rows) := their transpose (columns), in registers: log2(VL)
+   stages of VL two-source shuffles, stage w swapping the off-diagonal w x w
+   blocks of each pair (v[i], v[i + w]).  The scalar transpose it replaces
+   cost 2 d VL scalar loads and stores per VL rows. */
+FL_INLINE void FL(maha_transpose)(VT *v)
+{
+#define FL_MAHA_STAGE(w, mx, my) \
+    for (int i = 0; i < VL; i++) \
+        if (!(i & (w))) { \
+            VT a = v[i], b = v[i + (w)]; \
+            v[i] = __builtin_shuffle(a, b, mx); \
+            v[i + (w)] = __builtin_shuffle(a, b, my); \
+        }
+#if FL_IS_DOUBLE
+    const VI x1 = {0, 8, 2, 10, 4, 12, 6, 14}, y1 = {1, 9, 3, 11, 5, 13, 7, 15};
+    const VI x2 = {0, 1, 8, 9, 4, 5, 12, 13}, y2 = {2, 3, 10, 11, 6, 7, 14, 15};
+    const VI x4 = {0, 1, 2, 3, 8, 9, 10, 11}, y4 = {4, 5, 6, 7, 12, 13, 14, 15};
+    FL_MAHA_STAGE(1, x1, y1)
+    FL_MAHA_STAGE(2, x2, y2)
+    FL_MAHA_STAGE(4, x4, y4)
+#else
+    const VI x1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
+    const VI y1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
+    const VI x2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
+    const VI y2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
+    const VI x4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
+    const VI y4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
+    const VI x8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const VI y8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    FL_MAHA_STAGE(1, x1, y1)
+    FL_MAHA_STAGE(2, x2, y2)
+    FL_MAHA_STAGE(4, x4, y4)
+    FL_MAHA_STAGE(8, x8, y8)
+#endif
+#undef FL_MAHA_STAGE
+}
+
+/* Rows [0, VL) of the block at X (rows d apart, cnt of them real) through
+   the transpose: returns X itself when its vector loads stay inside the
+   ok elements that may be read, else a zero-padded copy in tb (VL d + VL
+   elements) -- so that partial and edge blocks take the same vector code. */
+FL_INLINE const T *FL(maha_block_src)(const T *X, ptrdiff_t cnt, ptrdiff_t d, ptrdiff_t reach,
+                                      ptrdiff_t ok, T *tb)
+{
+    if (cnt == VL && reach <= ok) return X;
+    for (ptrdiff_t q = 0; q < VL * d + VL; q++) tb[q] = q < cnt * d ? X[q] : 0;
+    return tb;
+}
+
+/* ---- blocked kernel (d > FL_MAHA_DMAX): G groups of VL rows per pass, in a
+   d x (G VL) scratch, zs[j * GV + g * VL + lane]. */
+
+/* zs[j * ld + lane] := X[lane][j] - mu[j] for the VL rows at X, by VL x VL
+   register transposes (the last column block reads up to reach elements
+   past X, the caller checks; the extra columns are dropped) */
+FL_INLINE void FL(maha_load_tr)(const T *FL_RESTRICT X, ptrdiff_t d, const T *FL_RESTRICT mu,
+                                T *FL_RESTRICT zs, ptrdiff_t ld)
+{
+    for (ptrdiff_t c = 0; c < d; c += VL) {
+        VT v[VL];
+        for (int r = 0; r < VL; r++) v[r] = FL(vld)(X + r * d + c);
+        FL(maha_transpose)(v);
+        ptrdiff_t w = d - c < VL ? d - c : VL;
+        for (ptrdiff_t jj = 0; jj < w; jj++) FL(vst)(zs + (c + jj) * ld, v[jj] - mu[c + jj]);
+    }
+}
+
+/* zs := C^-1 zs (the b of the order above), J rows of C at a time: J x G
+   independent FMA chains per k (16: FMA latency 4 x 2 ports needs 8), each
+   b_k loaded once per J rows, each broadcast C_jk used G times: 4 + 4 loads
+   per 16 FMAs.  (G, J) = (4, 4) measured best of (4,3), (2,6), (3,4), (2,4),
+   (2,5) at d = 33 and 128: 1.25x faster than (4, 3), whose loop gcc built
+   with a load per FMA.) */
+FL_INLINE void FL(maha_fsub_blk)(const T *FL_RESTRICT C, ptrdiff_t d, T *FL_RESTRICT zs,
+                                 const int G, const int J)
+{
+    const ptrdiff_t GV = G * VL;
+    ptrdiff_t j0 = 0;
+    for (; j0 + J <= d; j0 += J) {
+        VT a[FL_MAHA_J][FL_MAHA_G];
+        for (int jj = 0; jj < J; jj++)
+            for (int g = 0; g < G; g++) a[jj][g] = FL(vld)(zs + (j0 + jj) * GV + g * VL);
+        const T *Cj = C + j0 * d;
+        for (ptrdiff_t k = 0; k < j0; k++) {
+            VT b[FL_MAHA_G];
+            for (int g = 0; g < G; g++) b[g] = FL(vld)(zs + k * GV + g * VL);
+            for (int jj = 0; jj < J; jj++) {
+                T c = Cj[jj * d + k];
+                for (int g = 0; g < G; g++) a[jj][g] -= c * b[g];
             }
         }
-        ACC ss = FL(acc_zero)();
-        for (ptrdiff_t j = 0; j < d; j++) {
-            VT z = FL(vld)(zs + j * VL);
-            FL(acc_addmul)(&ss, z, z);
-        }
-        double s[VL];
-        FL(acc_lanes)(ss, s);
-        for (ptrdiff_t r = 0; r < cnt; r++) out[r0 + r] = (T)(squared ? s[r] : sqrt(s[r]));
+        /* the J x J diagonal block */
+        for (int jj = 1; jj < J; jj++)
+            for (int kk = 0; kk < jj; kk++) {
+                T c = Cj[jj * d + j0 + kk];
+                for (int g = 0; g < G; g++) a[jj][g] -= c * a[kk][g];
+            }
+        for (int jj = 0; jj < J; jj++)
+            for (int g = 0; g < G; g++) FL(vst)(zs + (j0 + jj) * GV + g * VL, a[jj][g]);
     }
+    for (; j0 < d; j0++) {   /* the last d % J rows, one at a time: same order */
+        VT a[FL_MAHA_G];
+        for (int g = 0; g < G; g++) a[g] = FL(vld)(zs + j0 * GV + g * VL);
+        const T *Cj = C + j0 * d;
+        for (ptrdiff_t k = 0; k < j0; k++) {
+            T c = Cj[k];
+            for (int g = 0; g < G; g++) a[g] -= c * FL(vld)(zs + k * GV + g * VL);
+        }
+        for (int g = 0; g < G; g++) FL(vst)(zs + j0 * GV + g * VL, a[g]);
+    }
+}
+
+/* zs := L^T zs (the order above), J columns of L at a time, in increasing j:
+   z_j overwrites delta_j, which no later column needs */
+FL_INLINE void FL(maha_prod_blk)(const T *FL_RESTRICT L, ptrdiff_t d, T *FL_RESTRICT zs,
+                                 const int G, const int J)
+{
+    const ptrdiff_t GV = G * VL;
+    ptrdiff_t j0 = 0;
+    for (; j0 + J <= d; j0 += J) {
+        VT a[FL_MAHA_J][FL_MAHA_G];
+        for (int jj = 0; jj < J; jj++) {
+            T l = L[(j0 + jj) * d + j0 + jj];
+            for (int g = 0; g < G; g++) a[jj][g] = l * FL(vld)(zs + (j0 + jj) * GV + g * VL);
+            for (int kk = jj + 1; kk < J; kk++) {
+                T lk = L[(j0 + kk) * d + j0 + jj];
+                for (int g = 0; g < G; g++)
+                    a[jj][g] += lk * FL(vld)(zs + (j0 + kk) * GV + g * VL);
+            }
+        }
+        for (ptrdiff_t k = j0 + J; k < d; k++) {
+            VT x[FL_MAHA_G];
+            for (int g = 0; g < G; g++) x[g] = FL(vld)(zs + k * GV + g * VL);
+            const T *Lk = L + k * d + j0;
+            for (int jj = 0; jj < J; jj++) {
+                T l = Lk[jj];
+                for (int g = 0; g < G; g++) a[jj][g] += l * x[g];
+            }
+        }
+        for (int jj = 0; jj < J; jj++)
+            for (int g = 0; g < G; g++) FL(vst)(zs + (j0 + jj) * GV + g * VL, a[jj][g]);
+    }
+    for (; j0 < d; j0++) {
+        VT a[FL_MAHA_G];
+        T l = L[j0 * d + j0];
+        for (int g = 0; g < G; g++) a[g] = l * FL(vld)(zs + j0 * GV + g * VL);
+        for (ptrdiff_t k = j0 + 1; k < d; k++) {
+            T lk = L[k * d + j0];
+            for (int g = 0; g < G; g++) a[g] += lk * FL(vld)(zs + k * GV + g * VL);
+        }
+        for (int g = 0; g < G; g++) FL(vst)(zs + j0 * GV + g * VL, a[g]);
+    }
+}
+
+FL_INLINE void FL(maha_blocked)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
+                                const T *FL_RESTRICT mu, const T *FL_RESTRICT M,
+                                const T *FL_RESTRICT rinv, int solve, int squared,
+                                T *FL_RESTRICT out, T *FL_RESTRICT zs, T *FL_RESTRICT tb,
+                                const int G, const int J)
+{
+    const ptrdiff_t GV = G * VL;
+    const ptrdiff_t reach = (VL - 1) * d + (d + VL - 1) / VL * VL;
+    const ptrdiff_t pass_bytes = GV * d * (ptrdiff_t)sizeof(T);
+    const ptrdiff_t pf_ahead = (FL_MAHA_PF + pass_bytes - 1) / pass_bytes * pass_bytes;
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += GV) {
+        ptrdiff_t cnt = m - r0 < GV ? m - r0 : GV;
+        const char *pf = (const char *)(X + r0 * d) + pf_ahead;
+        for (ptrdiff_t o = 0; o < pass_bytes; o += 64) __builtin_prefetch(pf + o, 0, FL_MAHA_PFL);
+        for (ptrdiff_t g = 0; g < G; g++) {
+            ptrdiff_t rg = r0 + g * VL, c = cnt - g * VL;
+            c = c < 0 ? 0 : c > VL ? VL : c;
+            const T *src = FL(maha_block_src)(X + rg * d, c, d, reach, (m - rg) * d, tb);
+            FL(maha_load_tr)(src, d, mu, zs + g * VL, GV);
+        }
+        if (solve)
+            FL(maha_fsub_blk)(M, d, zs, G, J);
+        else
+            FL(maha_prod_blk)(M, d, zs, G, J);
+        for (ptrdiff_t g = 0; g * VL < cnt; g++) {
+            ACC ss = FL(acc_zero)();
+            for (ptrdiff_t j = 0; j < d; j++) {
+                VT z = FL(vld)(zs + j * GV + g * VL);
+                FL(maha_sq_acc)(&ss, solve ? z * rinv[j] : z);
+            }
+            ptrdiff_t c = cnt - g * VL < VL ? cnt - g * VL : VL;
+            FL(maha_out)(ss, squared, c, out + r0 + g * VL);
+        }
+    }
+}
+
+/*
+ * ---- register kernel (d <= 16): the whole block of VL rows in registers,
+ * x[j] = feature j of the VL rows, D (4, 8 or 16, >= d) a compile-time
+ * constant after inlining, so that the loops unroll and x[] stays in
+ * registers (the blocked kernel at d = 16 spent ~1.4x the time going through
+ * its scratch).  The matrix comes as Mc, D x D with column j contiguous
+ * (Mc[j * D + k] = C_kj or L_kj), zero padded.  The solve runs
+ * right-looking (at step j, b_k -= C_kj b_j for all k > j), which gives
+ * every b_k the subtraction order above.  Features d..D-1 are zero for the
+ * product; the solve stops at j = d, so that the padding can turn no
+ * infinite b into a NaN.
+ */
+FL_INLINE void FL(maha_reg)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
+                            const T *FL_RESTRICT Mc, const T *FL_RESTRICT rinv,
+                            const T *FL_RESTRICT mup, int solve, int squared,
+                            T *FL_RESTRICT out, T *FL_RESTRICT tb, const int D)
+{
+    const ptrdiff_t reach = (VL - 1) * d + (D + VL - 1) / VL * VL;
+    const ptrdiff_t blk_bytes = VL * d * (ptrdiff_t)sizeof(T);
+    const ptrdiff_t pf_ahead = (FL_MAHA_PF + blk_bytes - 1) / blk_bytes * blk_bytes;
+    for (ptrdiff_t r0 = 0; r0 < m; r0 += VL) {
+        ptrdiff_t cnt = m - r0 < VL ? m - r0 : VL;
+        const char *pf = (const char *)(X + r0 * d) + pf_ahead;
+        for (ptrdiff_t o = 0; o < blk_bytes; o += 64) __builtin_prefetch(pf + o, 0, FL_MAHA_PFL);
+        const T *Xb = FL(maha_block_src)(X + r0 * d, cnt, d, reach, (m - r0) * d, tb);
+        VT x[FL_MAHA_DMAX];
+#pragma GCC unroll 2
+        for (int c = 0; c < D; c += VL) {
+            VT v[VL];
+#pragma GCC unroll 16
+            for (int r = 0; r < VL; r++) v[r] = FL(vld)(Xb + r * d + c);
+            FL(maha_transpose)(v);
+#pragma GCC unroll 16
+            for (int jj = 0; jj < VL; jj++)
+                if (c + jj < D) x[c + jj] = v[jj] - mup[c + jj];
+        }
+#pragma GCC unroll 16
+        for (int j = 0; j < D; j++)
+            if (j >= d) x[j] = FL(vsplat)(0);
+        ACC ss = FL(acc_zero)();
+        if (solve) {
+#pragma GCC unroll 16
+            for (int j = 0; j < D; j++) {
+                if (j >= d) break;
+                FL(maha_sq_acc)(&ss, x[j] * rinv[j]);
+#pragma GCC unroll 16
+                for (int k = j + 1; k < D; k++) x[k] -= Mc[j * D + k] * x[j];
+            }
+        } else {
+#pragma GCC unroll 16
+            for (int j = 0; j < D; j++) {
+                VT z = Mc[j * D + j] * x[j];
+#pragma GCC unroll 16
+                for (int k = j + 1; k < D; k++) z += Mc[j * D + k] * x[k];
+                FL(maha_sq_acc)(&ss, z);
+            }
+        }
+        FL(maha_out)(ss, squared, cnt, out + r0);
+    }
+}
+
+/* elements of scratch fl_maha_rows needs (64-byte alignment slack included) */
+static inline ptrdiff_t FL(fl_maha_scratch)(ptrdiff_t d)
+{
+    return (d > FL_MAHA_DMAX ? d * FL_MAHA_G * VL : 0) + VL * (d + 1) + 64 / (ptrdiff_t)sizeof(T);
+}
+
+FL_INLINE int FL(maha_regD)(ptrdiff_t d) { return d <= 4 ? 4 : d <= 8 ? 8 : 16; }
+
+/* elements of the prepared matrix (fl_maha_prep) */
+static inline ptrdiff_t FL(fl_maha_prep_size)(ptrdiff_t d)
+{
+    ptrdiff_t D = FL(maha_regD)(d);
+    return d > FL_MAHA_DMAX ? d * d + d : D * D + 2 * D;
+}
+
+/*
+ * The matrix as the kernels read it, made once per call (not per block: at
+ * d = 16 redoing it per block of 256 rows cost ~3 cycles a row).  solve:
+ * r_j = 1 / L_jj and C_jk = L_jk r_k (k < j), each rounded once; product: L.
+ *   d > 16:  P = [C or L (d x d, row-major), r (d)];
+ *   d <= 16: P = [Mc (D x D, column j contiguous, Mc[j * D + k] = C_kj or
+ *            L_kj, zero outside the triangle and for the solve's unit
+ *            diagonal), r (D, 1 past d), mu (D, 0 past d)].
+ */
+static inline void FL(fl_maha_prep)(const T *FL_RESTRICT L, const T *FL_RESTRICT mu, ptrdiff_t d,
+                                    int solve, T *FL_RESTRICT P)
+{
+    if (d > FL_MAHA_DMAX) {
+        T *M = P, *r = P + d * d;
+        for (ptrdiff_t j = 0; j < d; j++) r[j] = solve ? (T)1 / L[j * d + j] : 1;
+        for (ptrdiff_t j = 0; j < d; j++)
+            for (ptrdiff_t k = 0; k < d; k++)
+                M[j * d + k] = !solve ? L[j * d + k] : k < j ? L[j * d + k] * r[k] : 0;
+        return;
+    }
+    const ptrdiff_t D = FL(maha_regD)(d);
+    T *Mc = P, *r = P + D * D, *mup = r + D;
+    for (ptrdiff_t j = 0; j < D; j++) {
+        r[j] = j < d && solve ? (T)1 / L[j * d + j] : 1;
+        mup[j] = j < d ? mu[j] : 0;
+    }
+    for (ptrdiff_t j = 0; j < D; j++)
+        for (ptrdiff_t k = 0; k < D; k++)
+            Mc[j * D + k] = j >= d || k >= d || k < j ? 0
+                          : !solve ? L[k * d + j] : k > j ? L[k * d + j] * r[j] : 0;
+}
+
+/*
+ * Rows [0, m) of X (m x d): out = d (or d^2, squared).  P from fl_maha_prep
+ * (same d, mu and solve); scratch: fl_maha_scratch(d) elements, private to
+ * the calling thread.
+ */
+FL_CLONES void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
+                                const T *FL_RESTRICT mu, const T *FL_RESTRICT P, int solve,
+                                int squared, T *FL_RESTRICT out, T *FL_RESTRICT scratch)
+{
+    /* 64-byte aligned: every vector of a block is then one cache line */
+    T *zs = (T *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
+    if (d > FL_MAHA_DMAX) {
+        /* The register tile by the registers of the clone running: the 16
+           accumulators fit AVX-512's 32 zmm; where a vector is 2 ymm (AVX2)
+           or 4 xmm (baseline) of 16, that tile spilled (2-3x slower than the
+           old one-group kernel), hence (G, J) = (1, 4) and (1, 2) there.
+           Each row's arithmetic does not depend on the tile. */
+        T *tb = zs + d * FL_MAHA_G * VL;
+#if defined(__x86_64__) && !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__linux__)
+        int wide = __builtin_cpu_supports("x86-64-v4"), mid = __builtin_cpu_supports("x86-64-v3");
+#else
+#ifdef __AVX512F__
+        int wide = 1, mid = 1;
+#elif defined(__AVX2__)
+        int wide = 0, mid = 1;
+#else
+        int wide = 0, mid = 0;
+#endif
+#endif
+        if (wide)
+            FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, FL_MAHA_G,
+                             FL_MAHA_J);
+        else if (mid)
+            FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, 1, 4);
+        else
+            FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, 1, 2);
+        return;
+    }
+    const int D = FL(maha_regD)(d);
+    const T *Mc = P, *r = P + D * D, *mup = r + D;
+    if (D == 4)
+        FL(maha_reg)(X, m, d, Mc, r, mup, solve, squared, out, zs, 4);
+    else if (D == 8)
+        FL(maha_reg)(X, m, d, Mc, r, mup, solve, squared, out, zs, 8);
+    else
+        FL(maha_reg)(X, m, d, Mc, r, mup, solve, squared, out, zs, 16);
 }
 
 /*
