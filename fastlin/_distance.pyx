@@ -105,11 +105,19 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     """out (mA, mB) = distances between rows of A and B (centred, for the
     GEMM) / A0 and B0 (original, for the exact path).  na, nb: squared norms
     of the GEMM rows, NaN for rows that must take the exact path.  scratch:
-    (n_threads, TILE * TILE), the GEMM's tile per thread.  stream: write out
+    (n_threads, 4 * TILE * TILE), the GEMM's tile per thread.  stream: write out
     with non-temporal stores.  With BT (B0 transposed, k x mB) every entry is
     computed directly instead (few columns)."""
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
-    cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
+    # Row blocks of up to 1 MiB tiles (512 x 256 float64, 1024 x 256 float32):
+    # fewer GEMM calls and packings of B, measured 3-5% faster than 256 x 256
+    # at 4096 x 64; 256 rows when that would leave fewer than 32 tiles to
+    # share out.  A function of the shapes only, never of the thread count.
+    cdef Py_ssize_t TM = (512 if floating is double else 1024)
+    cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
+    if ((mA + TM - 1) // TM) * ntn < 32:
+        TM = TILE
+    cdef Py_ssize_t ntm = (mA + TM - 1) // TM
     cdef Py_ssize_t t, i0, j0, tm, tn, i
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
@@ -122,9 +130,9 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef const double *pw = &wv[0] if wv is not None else NULL
     cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
     for t in prange(ntm * ntn, nogil=True, schedule='static', num_threads=n_threads):
-        i0 = (t // ntn) * TILE
+        i0 = (t // ntn) * TM
         j0 = (t % ntn) * TILE
-        tm = min(TILE, mA - i0)
+        tm = min(TM, mA - i0)
         tn = min(TILE, mB - j0)
         if direct:
             for i in range(tm):

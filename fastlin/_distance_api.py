@@ -167,9 +167,9 @@ def _exact_marked(bad, sq, dtype):
 _STREAM_BYTES = 1 << 24
 
 
-def _scratch(nt, dtype):
-    """One GEMM tile per thread (the kernels' TILE x TILE)."""
-    return np.empty((max(nt, 1), 256 * 256), dtype)
+def _scratch(nt, dtype, rows=256):
+    """One GEMM tile per thread: `rows` x 256 (the kernels' tile width)."""
+    return np.empty((max(nt, 1), rows * 256), dtype)
 
 
 def _gemm_operands(OA, OB, dtype, nt):
@@ -305,9 +305,9 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     else:
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
         na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
-        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, _scratch(nt, dtype),
-                       TAU[dtype], take_sqrt, scale, nt, stream, wv, None,
-                       OA.exact_factor())
+        scratch = _scratch(nt, dtype, 4096 // dtype.itemsize)     # 1 MiB tiles
+        _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, scratch, TAU[dtype],
+                       take_sqrt, scale, nt, stream, wv, None, OA.exact_factor())
     if metric == "cosine":
         res[OA.zero, :] = np.nan
         res[:, OB.zero] = np.nan

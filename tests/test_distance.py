@@ -1119,6 +1119,26 @@ def test_bitwise_identical_for_1_and_2_threads(dtype):
                 assert a.tobytes() == b.tobytes(), (metric, nt)
 
 
+@pytest.mark.parametrize("dtype", [F64, F32], ids=["float64", "float32"])
+def test_bitwise_identical_threads_large_tiles(dtype):
+    """2100 x 4100 x 20: enough tiles (>= 32) for the 1 MiB row blocks
+    (512 / 1024 rows), with a ragged last block; 1, 2 and 3 threads agree
+    bit for bit, and the values agree with the 256-row tiling's (a slice of
+    300 rows has too few tiles, so it takes 256-row blocks)."""
+    rng = np.random.default_rng(18)
+    A = rng.standard_normal((2100, 20)).astype(dtype)
+    B = rng.standard_normal((4100, 20)).astype(dtype)
+    A[1500] = B[4000]
+    res = {}
+    for nt in (1, 2, 3):
+        with fastlin.threads(nt):
+            res[nt] = fastlin.cdist(A, B)
+    assert res[1].tobytes() == res[2].tobytes() == res[3].tobytes()
+    assert res[1][1500, 4000] == 0
+    small = fastlin.cdist(A[1400:1700], B)
+    np.testing.assert_allclose(res[1][1400:1700], small, rtol=4 * np.finfo(dtype).eps)
+
+
 def test_inputs_unmodified():
     A, B, X, cases = invariance_cases()
     for metric, kw in cases:

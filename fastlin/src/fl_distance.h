@@ -22,7 +22,7 @@
 
 /* rows of at most this many columns skip GEMM (see fl_dist_direct_row) */
 #define FL_DIRECT_K 16
-#define FL_DIRECT_TILE 256   /* = the tile edge of _distance.pyx */
+#define FL_DIRECT_TILE 512   /* = the tile edge of _distance.pyx */
 
 #include <emmintrin.h>   /* SSE2 (baseline x86-64): non-temporal stores */
 
