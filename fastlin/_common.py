@@ -2,6 +2,11 @@
 import numpy as np
 
 from ._threads import _for_work
+
+# Outputs at least this large are written with non-temporal stores
+# (src/fl_stream.h): far beyond the caches, where the read-for-ownership of
+# each line would otherwise double the memory traffic of a write-bound kernel.
+STREAM_BYTES = 1 << 24
 from ._validation import (Plan, as_array, check_out, check_same_shape,
                           normalize_axes, result_dtype)
 

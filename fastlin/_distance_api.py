@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _distance as _k
+from ._common import STREAM_BYTES
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread
 from ._validation import as_array, check_out, result_dtype
@@ -161,10 +162,7 @@ def _exact_marked(bad, sq, dtype):
     return np.where(flag, np.nan, sq) if flag.any() else sq
 
 
-# Outputs at least this large are written with non-temporal stores: far
-# beyond the caches, and the read-for-ownership of each line would otherwise
-# double the memory traffic of a write-bound cdist.
-_STREAM_BYTES = 1 << 24
+_STREAM_BYTES = STREAM_BYTES     # read at call time (the tests lower it)
 
 
 def _scratch(nt, dtype, rows=256):

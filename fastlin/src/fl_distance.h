@@ -22,39 +22,9 @@
 
 /* rows of at most this many columns skip GEMM (see fl_dist_direct_row) */
 #define FL_DIRECT_K 16
-#define FL_DIRECT_TILE 512   /* = the tile edge of _distance.pyx */
+#define FL_DIRECT_TILE 256   /* = the tile width (columns) of _distance.pyx */
 
-#include <emmintrin.h>   /* SSE2 (baseline x86-64): non-temporal stores */
-
-
-/* dst[0..n) := src[0..n).  stream: non-temporal stores from the first
-   aligned address on: a large output then skips the read-for-ownership of
-   each line (every line is written whole), up to half the memory traffic of
-   a write-bound cdist.  64-byte stores where the CPU has AVX-512 (one store
-   per line; the SSE2 16-byte loop costs 4x the instructions, which showed in
-   profiles), else 16-byte SSE2 stores (baseline x86-64: every clone has
-   them), unrolled to a line per iteration.  The caller fences
-   (fl_stream_fence) before the output is handed on. */
-#if defined(__SSE2__) && defined(__GNUC__) && !defined(FL_NO_CLONES)
-#include <immintrin.h>
-#define FL_HAVE_STREAM512 1
-__attribute__((target("avx512f"))) static void
-fl_stream512_d(double *FL_RESTRICT dst, const double *FL_RESTRICT src, ptrdiff_t n)
-{
-    ptrdiff_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 63); j++) dst[j] = src[j];
-    for (; j + 8 <= n; j += 8) _mm512_stream_pd(dst + j, _mm512_loadu_pd(src + j));
-    for (; j < n; j++) dst[j] = src[j];
-}
-__attribute__((target("avx512f"))) static void
-fl_stream512_f(float *FL_RESTRICT dst, const float *FL_RESTRICT src, ptrdiff_t n)
-{
-    ptrdiff_t j = 0;
-    for (; j < n && ((uintptr_t)(dst + j) & 63); j++) dst[j] = src[j];
-    for (; j + 16 <= n; j += 16) _mm512_stream_ps(dst + j, _mm512_loadu_ps(src + j));
-    for (; j < n; j++) dst[j] = src[j];
-}
-#endif
+#include "fl_stream.h"
 
 /* r[0..n) := sqrt(r[0..n)), r >= 0 or NaN.  The square root pass was the
    largest part of the epilogue (vsqrtpd: ~2 cycles an element; the divider
@@ -67,7 +37,7 @@ fl_stream512_f(float *FL_RESTRICT dst, const float *FL_RESTRICT src, ptrdiff_t n
    lanes with x == 0, inf or NaN keep x (= their square root); a vector with
    a subnormal lane (whose x/2 would round) takes vsqrtpd.  Elsewhere, and
    for the tail of a row, libm's sqrt. */
-#ifdef FL_HAVE_STREAM512
+#ifdef FL_HAVE_AVX512_TARGET
 __attribute__((target("avx512f"))) static ptrdiff_t fl_sqrt512_d(double *r, ptrdiff_t n)
 {
     const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
@@ -97,7 +67,7 @@ __attribute__((target("avx512f"))) static ptrdiff_t fl_sqrt512_d(double *r, ptrd
 static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
 {
     ptrdiff_t j = 0;
-#ifdef FL_HAVE_STREAM512
+#ifdef FL_HAVE_AVX512_TARGET
     if (__builtin_cpu_supports("avx512f")) j = fl_sqrt512_d(r, n);
 #endif
     for (; j < n; j++) r[j] = sqrt(r[j]);
@@ -107,62 +77,6 @@ static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
 static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 {
     for (ptrdiff_t j = 0; j < n; j++) r[j] = sqrtf(r[j]);
-}
-
-static inline void fl_store_row_d(double *FL_RESTRICT dst, const double *FL_RESTRICT src,
-                                  ptrdiff_t n, int stream)
-{
-    ptrdiff_t j = 0;
-#if defined(__SSE2__)
-    if (stream) {
-#ifdef FL_HAVE_STREAM512
-        if (__builtin_cpu_supports("avx512f")) {
-            fl_stream512_d(dst, src, n);
-            return;
-        }
-#endif
-        for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
-        for (; j + 8 <= n; j += 8) {
-            _mm_stream_pd(dst + j, _mm_loadu_pd(src + j));
-            _mm_stream_pd(dst + j + 2, _mm_loadu_pd(src + j + 2));
-            _mm_stream_pd(dst + j + 4, _mm_loadu_pd(src + j + 4));
-            _mm_stream_pd(dst + j + 6, _mm_loadu_pd(src + j + 6));
-        }
-    }
-#endif
-    memcpy(dst + j, src + j, (size_t)(n - j) * sizeof(double));
-}
-
-static inline void fl_store_row_f(float *FL_RESTRICT dst, const float *FL_RESTRICT src,
-                                  ptrdiff_t n, int stream)
-{
-    ptrdiff_t j = 0;
-#if defined(__SSE2__)
-    if (stream) {
-#ifdef FL_HAVE_STREAM512
-        if (__builtin_cpu_supports("avx512f")) {
-            fl_stream512_f(dst, src, n);
-            return;
-        }
-#endif
-        for (; j < n && ((uintptr_t)(dst + j) & 15); j++) dst[j] = src[j];
-        for (; j + 16 <= n; j += 16) {
-            _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
-            _mm_stream_ps(dst + j + 4, _mm_loadu_ps(src + j + 4));
-            _mm_stream_ps(dst + j + 8, _mm_loadu_ps(src + j + 8));
-            _mm_stream_ps(dst + j + 12, _mm_loadu_ps(src + j + 12));
-        }
-    }
-#endif
-    memcpy(dst + j, src + j, (size_t)(n - j) * sizeof(float));
-}
-
-/* Orders the non-temporal stores of this thread before what follows. */
-static inline void fl_stream_fence(void)
-{
-#if defined(__SSE2__)
-    _mm_sfence();
-#endif
 }
 
 #define FL_DIST_TPL(T, SFX)                                                               \
