@@ -9,18 +9,17 @@ loss[r, j] = max(0, margin - pos[r] + neg[r, j]) over rows r of (rows, N).
 * backward: gneg = grad * [v > 0] and gpos = -sum_j gneg, one pass.
 """
 from cython cimport floating
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange
 
 cdef extern from "fl_margin.h" nogil:
     double fl_margin_row_sum_d(const double *neg, Py_ssize_t n, double t)
     double fl_margin_row_sum_f(const float *neg, Py_ssize_t n, float t)
     void fl_margin_row_d(const double *neg, double *out, Py_ssize_t n, double t)
     void fl_margin_row_f(const float *neg, float *out, Py_ssize_t n, float t)
-    void fl_stream_fence()
     double fl_margin_row_bwd_d(const double *neg, const double *g, Py_ssize_t gstride,
-                               double *gneg, Py_ssize_t n, double t, int stream)
+                               double *gneg, Py_ssize_t n, double t)
     double fl_margin_row_bwd_f(const float *neg, const float *g, Py_ssize_t gstride,
-                               float *gneg, Py_ssize_t n, float t, int stream)
+                               float *gneg, Py_ssize_t n, float t)
 
 
 def margin_sum(const floating[::1] pos, const floating[:, ::1] neg, double margin,
@@ -50,21 +49,17 @@ def margin_none(const floating[::1] pos, const floating[:, ::1] neg, double marg
 
 def margin_bwd(const floating[::1] pos, const floating[:, ::1] neg, double margin,
                const floating[:, :] grad, floating[::1] gpos, floating[:, ::1] gneg,
-               int n_threads, bint stream=False):
-    """grad: (rows, N), or a (1, 1) view of one scalar broadcast to all.
-    stream: write gneg with non-temporal stores (a large fresh output)."""
+               int n_threads):
+    """grad: (rows, N), or a (1, 1) view of one scalar broadcast to all."""
     cdef Py_ssize_t rows = neg.shape[0], n = neg.shape[1], r, gs, gr
     gs = 0 if grad.shape[1] == 1 and n > 1 else 1
     gr = 0 if grad.shape[0] == 1 and rows > 1 else 1
     if gs == 1 and grad.strides[1] != sizeof(floating):
         raise ValueError("grad rows must be contiguous")
-    with nogil, parallel(num_threads=n_threads):
-        for r in prange(rows, schedule='static'):
-            if floating is double:
-                gpos[r] = fl_margin_row_bwd_d(&neg[r, 0], &grad[r * gr, 0], gs, &gneg[r, 0],
-                                              n, <double>(margin - pos[r]), stream)
-            else:
-                gpos[r] = fl_margin_row_bwd_f(&neg[r, 0], &grad[r * gr, 0], gs, &gneg[r, 0],
-                                              n, <float>(margin - pos[r]), stream)
-        if stream:
-            fl_stream_fence()     # each thread orders its own stores
+    for r in prange(rows, nogil=True, schedule='static', num_threads=n_threads):
+        if floating is double:
+            gpos[r] = fl_margin_row_bwd_d(&neg[r, 0], &grad[r * gr, 0], gs, &gneg[r, 0], n,
+                                          <double>(margin - pos[r]))
+        else:
+            gpos[r] = fl_margin_row_bwd_f(&neg[r, 0], &grad[r * gr, 0], gs, &gneg[r, 0], n,
+                                          <float>(margin - pos[r]))

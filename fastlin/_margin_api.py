@@ -4,7 +4,6 @@ import numbers
 import numpy as np
 
 from . import _margin as _k
-from ._common import STREAM_BYTES
 from ._threads import _for_work
 from ._validation import as_array, result_dtype
 
@@ -96,10 +95,6 @@ def max_margin_loss(pos, neg, margin=1.0, reduction="sum"):
     return dtype.type(total)
 
 
-_STREAM_BYTES = STREAM_BYTES     # read at call time (the tests lower it)
-_FRESH_MAPPING_BYTES = 32 << 20
-
-
 def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
     r"""Backward pass of :func:`max_margin_loss`.
 
@@ -143,13 +138,7 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
     gpos = np.empty(rows, dtype)
     gneg = np.empty((rows, n), dtype)
     if rows and n:
-        # Non-temporal stores pay off on recycled memory (no read-for-
-        # ownership: float32 65536 x 64, 1.3x faster).  An array of 32 MiB or
-        # more is a fresh mapping (glibc's largest mmap threshold): the kernel
-        # clears each 2 MiB page as the rows reach it and leaves it in cache,
-        # where ordinary stores hit; streaming stores measured 1.35x slower.
-        stream = _STREAM_BYTES <= gneg.nbytes < _FRESH_MAPPING_BYTES
-        _k.margin_bwd(p, q, margin, g, gpos, gneg, _for_work(rows * n), stream)
+        _k.margin_bwd(p, q, margin, g, gpos, gneg, _for_work(rows * n))
     else:
         gpos[...] = 0
     return gpos.reshape(pos_shape), gneg.reshape(shape)

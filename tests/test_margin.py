@@ -571,27 +571,3 @@ def test_scores_with_the_positive_first(rng, reduction):
     scale = 1.0 if reduction == "sum" else 1.0 / (B * N)
     np.testing.assert_allclose(gscores, scale * np.concatenate(
         [-mask.sum(1, keepdims=True), mask], axis=1), rtol=4 * EPS64)
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("n", [1, 7, 64, 300, 513])
-@pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_backward_streamed_stores_same_bits(monkeypatch, dtype, n, reduction):
-    """Large gradients are written with non-temporal stores through a chunk
-    buffer (chunks of 256); force that path on small ones: the same bits as
-    the direct stores, rows longer than a chunk and ragged tails included."""
-    import fastlin._margin_api as api
-    rng = np.random.default_rng(31)
-    pos = rng.standard_normal(37).astype(dtype)
-    neg = rng.standard_normal((37, n)).astype(dtype)
-    neg[3, 0] = np.nan
-    g = rng.standard_normal((37, n)).astype(dtype) if reduction == "none" else 1.5
-    want = fastlin.max_margin_loss_backward(g, pos, neg, reduction=reduction)
-    monkeypatch.setattr(api, "_STREAM_BYTES", 0)
-    got = fastlin.max_margin_loss_backward(g, pos, neg, reduction=reduction)
-    for a, b in zip(got, want):
-        assert a.tobytes() == b.tobytes()
-    gv = g if reduction == "none" else np.full((37, n), g, dtype)
-    v = 1.0 - pos[:, None].astype(np.float64) + neg
-    ref = np.where(v > 0, gv, np.where(np.isnan(v), np.nan, 0.0))
-    np.testing.assert_array_equal(want[1], ref.astype(dtype))

@@ -2,7 +2,6 @@
 #ifndef FL_MARGIN_H
 #define FL_MARGIN_H
 #include "fl_common.h"
-#include "fl_stream.h"
 
 #define FL_TEMPLATE "fl_margin_tpl.h"
 #include "fl_instantiate.h"

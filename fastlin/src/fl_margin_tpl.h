@@ -40,34 +40,30 @@ FL_CLONES void FL(fl_margin_row)(const T *FL_RESTRICT neg, T *FL_RESTRICT out, p
  * Backward of one row: gneg[j] = g[j] * [v_j > 0] (g broadcast when gstride
  * is 0), returns gpos = -sum_j gneg[j].  The subgradient at the kink
  * (v == 0, the margin met exactly) is 0; a nan v gives a nan gradient.
- * stream: gneg goes out through a chunk buffer with non-temporal stores
- * (fl_stream.h: a fresh gneg of 32 MiB then skips the read-for-ownership);
- * chunks are whole vectors, so the sums are those of the direct stores.
  */
-#ifndef FL_MARGIN_CHUNK
-#define FL_MARGIN_CHUNK 256
-#endif
 FL_CLONES double FL(fl_margin_row_bwd)(const T *FL_RESTRICT neg, const T *FL_RESTRICT g,
-                                       ptrdiff_t gstride, T *FL_RESTRICT gneg, ptrdiff_t n, T t,
-                                       int stream)
+                                       ptrdiff_t gstride, T *FL_RESTRICT gneg, ptrdiff_t n, T t)
 {
     ACC acc = FL(acc_zero)();
     const VT zero = FL(vsplat)(0);
-    const VT gs = FL(vsplat)(g[0]);
-    T buf[FL_MARGIN_CHUNK] __attribute__((aligned(64)));
     ptrdiff_t i = 0;
-    for (ptrdiff_t c0 = 0; c0 < n; c0 += FL_MARGIN_CHUNK) {
-        ptrdiff_t end = n - c0 < FL_MARGIN_CHUNK ? n : c0 + FL_MARGIN_CHUNK;
-        T *o = stream ? buf : gneg + c0;            /* o[i - c0]: where entry i goes */
-        for (; i + VL <= end; i += VL) {
+    if (gstride == 1) {
+        for (; i + VL <= n; i += VL) {
             VT v = FL(vld)(neg + i) + t;
-            VT gv = gstride ? FL(vld)(g + i) : gs;
+            VT gv = FL(vld)(g + i);
             /* v > 0: g; v <= 0 (-inf included): 0; nan: nan */
             VT r = FL(vsel)(v > zero, gv, FL(vsel)(v != v, v, zero));
-            FL(vst)(o + (i - c0), r);
+            FL(vst)(gneg + i, r);
             FL(acc_add)(&acc, r);
         }
-        if (stream && i > c0) FL(fl_store_row)(gneg + c0, buf, i - c0, 1);
+    } else {
+        const VT gv = FL(vsplat)(g[0]);
+        for (; i + VL <= n; i += VL) {
+            VT v = FL(vld)(neg + i) + t;
+            VT r = FL(vsel)(v > zero, gv, FL(vsel)(v != v, v, zero));
+            FL(vst)(gneg + i, r);
+            FL(acc_add)(&acc, r);
+        }
     }
     double s = FL(acc_sum)(acc);
     for (; i < n; i++) {

@@ -2,9 +2,12 @@
  * fl_stream.h -- writing large outputs with non-temporal stores.
  *
  * A kernel whose output is far larger than the caches and will not be read
- * back soon (a 134 MB cdist, a 32 MiB gradient) pays for each output line
- * twice with ordinary stores: the read-for-ownership, then the write-back.
- * Non-temporal stores write whole lines without reading them.
+ * back soon (a 134 MB cdist) pays for each output line twice with ordinary
+ * stores: the read-for-ownership, then the write-back.  Non-temporal stores
+ * write whole lines without reading them.  Not a rule for every output: an
+ * array written row after row right after the kernel cleared its fresh pages
+ * (max_margin_loss_backward's gneg) finds those lines in cache, and there
+ * streaming stores measured slower (1.35x), so that kernel does not use them.
  */
 #ifndef FL_STREAM_H
 #define FL_STREAM_H
