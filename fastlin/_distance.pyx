@@ -37,6 +37,12 @@ cdef extern from "fl_distance.h" nogil:
                               Py_ssize_t ldb, Py_ssize_t k, const double *w, int take_sqrt,
                               double scale, int stream)
     void fl_stream_fence()
+    void fl_bwd_direct_row_d(const double *a, const double *bt, Py_ssize_t ldb,
+                             Py_ssize_t nb, Py_ssize_t k, const double *g, double *ga,
+                             double *pb, Py_ssize_t ldp)
+    void fl_bwd_direct_row_f(const float *a, const float *bt, Py_ssize_t ldb,
+                             Py_ssize_t nb, Py_ssize_t k, const float *g, double *ga,
+                             double *pb, Py_ssize_t ldp)
     int FL_DIRECT_K
     double fl_grad_over_dist_row_d(const double *g, double *d, Py_ssize_t n)
     double fl_grad_over_dist_row_f(const float *g, float *d, Py_ssize_t n)
@@ -300,6 +306,47 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                         P[bi * mB + j0 + i // k, i % k] = (P[bi * mB + j0 + i // k, i % k]
                                                            - <floating>tb[i])
                     tb[i] = 0
+
+
+def cdist_bwd_direct(const floating[:, ::1] A, const floating[:, ::1] BT,
+                     const floating[:, ::1] G, double[:, ::1] GA, double[:, ::1] PB,
+                     Py_ssize_t rows_per_block, int n_threads):
+    """The Euclidean backward for few columns, every term from its difference
+    (fl_bwd_direct_row): GA (mA x k) = the XA gradient; PB (nblk * k, mB):
+    each row block's share of the XB gradient, q-major (PB[b * k + q, j]),
+    to be summed over the blocks in order (reduce_direct_blocks); PB with no
+    rows: skipped.  GA must come zeroed."""
+    cdef Py_ssize_t mA = A.shape[0], k = A.shape[1], mB = BT.shape[1]
+    cdef Py_ssize_t nblk = (mA + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t b, bj, i, j0, tn
+    cdef bint want_b = PB.shape[0] > 0
+    cdef double *pb
+    for b in prange(nblk, nogil=True, schedule='dynamic', num_threads=n_threads):
+        for i in range(b * rows_per_block, min(mA, (b + 1) * rows_per_block)):
+            for bj in range(ntn):
+                j0 = bj * TILE
+                tn = min(TILE, mB - j0)
+                pb = &PB[b * k, j0] if want_b else NULL
+                if floating is double:
+                    fl_bwd_direct_row_d(&A[i, 0], &BT[0, j0], mB, tn, k, &G[i, j0], &GA[i, 0],
+                                        pb, mB)
+                else:
+                    fl_bwd_direct_row_f(&A[i, 0], &BT[0, j0], mB, tn, k, &G[i, j0], &GA[i, 0],
+                                        pb, mB)
+
+
+def reduce_direct_blocks(const double[:, ::1] PB, double[:, ::1] GB, int n_threads):
+    """GB[j, q] = sum_b PB[b * k + q, j], over the blocks b in order."""
+    cdef Py_ssize_t mB = GB.shape[0], k = GB.shape[1], nblk = PB.shape[0] // GB.shape[1]
+    cdef Py_ssize_t j, q, b
+    cdef double s
+    for j in prange(mB, nogil=True, schedule='static', num_threads=n_threads):
+        for q in range(k):
+            s = 0
+            for b in range(nblk):
+                s = s + PB[b * k + q, j]
+            GB[j, q] = s
 
 
 def reduce_row_blocks(const floating[:, ::1] P, const double[:, ::1] CS,

@@ -123,16 +123,18 @@ def test_backward_validation():
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "mahalanobis"])
-def test_backward_bitwise_identical_for_1_2_3_threads(dtype, metric):
-    """700 x 600 x 40: 3 row blocks x 3 column tiles of 256 (3 threads: an
-    uneven split); the per-row-block shares are summed in block order."""
+@pytest.mark.parametrize("metric,k", [("euclidean", 40), ("euclidean", 5),
+                                      ("sqeuclidean", 40), ("mahalanobis", 40)])
+def test_backward_bitwise_identical_for_1_2_3_threads(dtype, metric, k):
+    """700 x 600: 3 row blocks x 3 column tiles of 256 (3 threads: an
+    uneven split); the per-row-block shares are summed in block order.  k = 5
+    takes the direct path (few columns)."""
     rng = np.random.default_rng(21)
-    A = rng.standard_normal((700, 40)).astype(dtype)
-    B = rng.standard_normal((600, 40)).astype(dtype)
+    A = rng.standard_normal((700, k)).astype(dtype)
+    B = rng.standard_normal((600, k)).astype(dtype)
     B[3] = A[5]                                   # a zero distance
     G = rng.standard_normal((700, 600)).astype(dtype)
-    kw = {"VI": _vi(40, rng)} if metric == "mahalanobis" else {}
+    kw = {"VI": _vi(k, rng)} if metric == "mahalanobis" else {}
     res = {}
     for nt in (1, 2, 3):
         with fastlin.threads(nt):
@@ -144,19 +146,21 @@ def test_backward_bitwise_identical_for_1_2_3_threads(dtype, metric):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("offset", [0.0, 1e6])
-@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
-def test_backward_matches_longdouble_twin(metric, offset, dtype):
+@pytest.mark.parametrize("metric,k", [("euclidean", 24), ("euclidean", 3),
+                                      ("sqeuclidean", 24)])
+def test_backward_matches_longdouble_twin(metric, k, offset, dtype):
     """Against fastlin.reference (direct differences in longdouble), with a
     large common offset (the sums run on centred rows) and near-duplicate
     pairs 1e-7 apart and an exact duplicate.  For those W = g / d is huge and
     the GEMM form rowsum(W) a_i - W b cancels (5e-10 of max |g| before the
     exact terms were taken out of it); measured now: 5e-16 and 1e-15 of max
-    |g| for (gA, gB) in float64, 3e-7 in float32 -> bounds 1e-14 and 4e-6."""
+    |g| for (gA, gB) in float64, 3e-7 in float32 -> bounds 1e-14 and 4e-6.
+    k = 3 takes the direct path (every term from its difference)."""
     from fastlin import reference as ref
     rng = np.random.default_rng(22)
-    A = rng.standard_normal((300, 24)) + offset
-    B = rng.standard_normal((280, 24)) + offset
-    B[:10] = A[:10] + 1e-7 * rng.standard_normal((10, 24))
+    A = rng.standard_normal((300, k)) + offset
+    B = rng.standard_normal((280, k)) + offset
+    B[:10] = A[:10] + 1e-7 * rng.standard_normal((10, k))
     B[10] = A[10]
     G = rng.standard_normal((300, 280))
     A, B, G = A.astype(dtype), B.astype(dtype), G.astype(dtype)
@@ -166,3 +170,22 @@ def test_backward_matches_longdouble_twin(metric, offset, dtype):
     for g, w in zip(got, want):
         assert g.dtype == dtype
         assert np.abs(g.astype(np.float64) - w).max() <= bound * np.abs(w).max()
+
+
+def test_wide_rows_backward_matches_twin():
+    """512 columns and more: whole-matrix GEMMs instead of the fused sweep
+    (faster there).  Against the longdouble twin on well-separated points
+    (near-duplicate gradients keep their digits on the fused and direct
+    paths only); measured 5e-16 of max |g| -> bound 1e-14."""
+    from fastlin import reference as ref
+    import fastlin._distance_api as api
+    rng = np.random.default_rng(23)
+    A = rng.standard_normal((40, api._FUSED_MAX_K)) + 3.0
+    B = rng.standard_normal((30, api._FUSED_MAX_K)) + 3.0
+    B[4] = A[7]                                   # a zero distance: zero subgradient
+    G = rng.standard_normal((40, 30))
+    got = fastlin.cdist_backward(G, A, B)
+    want = ref.cdist_backward(G, A, B)
+    for g, w in zip(got, want):
+        assert np.all(np.isfinite(g))
+        assert np.abs(g - w).max() <= 1e-14 * np.abs(w).max()

@@ -175,6 +175,69 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
     fl_store_row_##SFX(c, r, nb, stream);                                                 \
 }
 
+/* sum of t[0..n) in a fixed order: 8 lanes, then the lanes pairwise, then
+   the tail (the same for every clone). */
+static inline double fl_lanesum(const double *t, ptrdiff_t n)
+{
+    fl_vd acc = {0};
+    ptrdiff_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        fl_vd v;
+        memcpy(&v, t + j, sizeof v);
+        acc += v;
+    }
+    double s[8];
+    memcpy(s, &acc, sizeof s);
+    double tot = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (; j < n; j++) tot += t[j];
+    return tot;
+}
+
+/*
+ * The Euclidean backward for few columns (k <= FL_DIRECT_K), one row a
+ * against nb rows given transposed (bt: k x ldb): d_j = |a - b_j| directly
+ * in double, w_j = g_j / d_j (0 at d_j = 0, the zero subgradient), and every
+ * term w_j (a - b_j) from the difference -- no GEMM form, so nothing
+ * cancels, near points included:
+ *   ga[q] += sum_j w_j (a_q - b_jq)          (fixed order: fl_lanesum)
+ *   pb[q * ldp + j] -= w_j (a_q - b_jq)      (pb NULL: skipped)
+ */
+#define FL_BWD_DIRECT_TPL(T, SFX)                                                         \
+FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT bt,   \
+                                       ptrdiff_t ldb, ptrdiff_t nb, ptrdiff_t k,          \
+                                       const T *FL_RESTRICT g, double *FL_RESTRICT ga,    \
+                                       double *FL_RESTRICT pb, ptrdiff_t ldp)             \
+{                                                                                         \
+    double acc[FL_DIRECT_TILE], w[FL_DIRECT_TILE], t[FL_DIRECT_TILE];                     \
+    for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
+    for (ptrdiff_t q = 0; q < k; q++) {                                                   \
+        const double aq = (double)a[q];                                                   \
+        const T *br = bt + q * ldb;                                                       \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double dd = aq - (double)br[j];                                               \
+            acc[j] += dd * dd;                                                            \
+        }                                                                                 \
+    }                                                                                     \
+    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
+        double dist = sqrt(acc[j]);                                                       \
+        double gj = (double)g[j];                                                         \
+        w[j] = dist > 0.0 ? gj / dist : 0.0;                                              \
+    }                                                                                     \
+    for (ptrdiff_t q = 0; q < k; q++) {                                                   \
+        const double aq = (double)a[q];                                                   \
+        const T *br = bt + q * ldb;                                                       \
+        for (ptrdiff_t j = 0; j < nb; j++) t[j] = w[j] * (aq - (double)br[j]);            \
+        ga[q] += fl_lanesum(t, nb);                                                       \
+        if (pb) {                                                                         \
+            double *pq = pb + q * ldp;                                                    \
+            for (ptrdiff_t j = 0; j < nb; j++) pq[j] -= t[j];                             \
+        }                                                                                 \
+    }                                                                                     \
+}
+
+FL_BWD_DIRECT_TPL(double, d)
+FL_BWD_DIRECT_TPL(float, f)
+
 FL_DIST_TPL(double, d)
 FL_DIST_TPL(float, f)
 
