@@ -343,14 +343,16 @@ typedef struct { fl_vd lo, hi; } acc_t_f;
 
 FL_INLINE acc_t_d acc_zero_d(void) { acc_t_d a = {0}; return a; }
 FL_INLINE acc_t_f acc_zero_f(void) { acc_t_f a = {{0}, {0}}; return a; }
+typedef double fl_vd16 __attribute__((vector_size(128)));
 FL_INLINE void fl_widen(fl_vf v, fl_vd *lo, fl_vd *hi)
 {
-    /* halves by shuffle (one vcvtps2pd each on AVX-512; going through
-       memory made gcc split them into 128-bit pieces) */
-    fl_vf8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
-    fl_vf8 b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    *lo = __builtin_convertvector(a, fl_vd);
-    *hi = __builtin_convertvector(b, fl_vd);
+    /* the whole vector converted to one 16-double vector, then halved: on
+       AVX-512 two vcvtps2pd ymm -> zmm and one extract.  Converting 8-float
+       halves made gcc 12 split each conversion into 128-bit pieces (6 extra
+       shuffles per vector), as did going through memory. */
+    fl_vd16 w = __builtin_convertvector(v, fl_vd16);
+    *lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
+    *hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
 }
 FL_INLINE void acc_add_d(acc_t_d *a, fl_vd v) { *a += v; }
 FL_INLINE void acc_add_f(acc_t_f *a, fl_vf v)
