@@ -490,13 +490,6 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     if metric == "cosine":
         return _cosine_backward(G, A, B, dtype)
     if metric == "euclidean":
-        if A.shape[1] >= _FUSED_MAX_K and A.shape[0] and B.shape[0]:
-            # wide rows: GEMMs dominate, and whole-matrix ones run faster
-            # than the fused sweep's per-tile ones (see _euclidean_backward)
-            W = cdist(A, B, "euclidean")
-            rows = np.empty(W.shape[0])
-            _k.grad_over_dist(np.ascontiguousarray(G), W, rows, _for_work(W.size))
-            return _weighted_backward(W, rows, A, B, dtype)
         return _euclidean_backward(G, A, B, dtype)
     # sqeuclidean: W = 2 G
     W = (2 * G).astype(dtype, copy=False)
@@ -505,7 +498,7 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
 
 def _weighted_backward(W, rows, A, B, dtype):
     """gA_i = sum_j W_ij (a_i - b_j) = rows_i a_i - (W B)_i and likewise gB,
-    with W given whole (sqeuclidean: 2 G; wide euclidean: G / D)."""
+    with W given whole (sqeuclidean: 2 G)."""
     # on rows centred on a common point, so a large offset does not cancel
     # digits (skipped when the offset is small)
     centre = _centre(A, dtype) if A.size else np.zeros(A.shape[1], dtype)
@@ -526,12 +519,6 @@ def _weighted_backward(W, rows, A, B, dtype):
     gA = rows.astype(dtype)[:, None] * A - WB
     gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - WtA
     return gA, gB
-
-
-# cdist_backward (euclidean) with at least this many columns uses whole-matrix
-# GEMMs instead of the fused sweep: (2048, 512) 8-10% faster at 2 threads;
-# at 256 columns the two are even, below it the sweep wins (4096 x 64: 1.4x)
-_FUSED_MAX_K = 512
 
 
 def _euclidean_backward(G, A, B, dtype, want_b=True):

@@ -173,16 +173,15 @@ def test_backward_matches_longdouble_twin(metric, k, offset, dtype):
 
 
 def test_wide_rows_backward_matches_twin():
-    """512 columns and more: whole-matrix GEMMs instead of the fused sweep
-    (faster there).  Against the longdouble twin on well-separated points
-    (near-duplicate gradients keep their digits on the fused and direct
-    paths only); measured 5e-16 of max |g| -> bound 1e-14."""
+    """512 columns (long GEMM panels in the tiled sweep), with a near-duplicate
+    pair 1e-7 apart and an exact duplicate: against the longdouble twin;
+    measured 5e-16 of max |g| -> bound 1e-14."""
     from fastlin import reference as ref
-    import fastlin._distance_api as api
     rng = np.random.default_rng(23)
-    A = rng.standard_normal((40, api._FUSED_MAX_K)) + 3.0
-    B = rng.standard_normal((30, api._FUSED_MAX_K)) + 3.0
+    A = rng.standard_normal((40, 512)) + 3.0
+    B = rng.standard_normal((30, 512)) + 3.0
     B[4] = A[7]                                   # a zero distance: zero subgradient
+    B[9] = A[8] + 1e-7 * rng.standard_normal(512)
     G = rng.standard_normal((40, 30))
     got = fastlin.cdist_backward(G, A, B)
     want = ref.cdist_backward(G, A, B)

@@ -196,7 +196,8 @@ static inline double fl_lanesum(const double *t, ptrdiff_t n)
 /*
  * The Euclidean backward for few columns (k <= FL_DIRECT_K), one row a
  * against nb rows given transposed (bt: k x ldb): d_j = |a - b_j| directly
- * in double, w_j = g_j / d_j (0 at d_j = 0, the zero subgradient), and every
+ * in double, w_j = g_j / d_j (0 at d_j = 0, the zero subgradient; nan for a
+ * nan distance, as the tiled path), and every
  * term w_j (a - b_j) from the difference -- no GEMM form, so nothing
  * cancels, near points included:
  *   ga[q] += sum_j w_j (a_q - b_jq)          (fixed order: fl_lanesum)
@@ -221,7 +222,7 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
     for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
         double dist = sqrt(acc[j]);                                                       \
         double gj = (double)g[j];                                                         \
-        w[j] = dist > 0.0 ? gj / dist : 0.0;                                              \
+        w[j] = dist != 0.0 ? gj / dist : 0.0;    /* as fl_grad_over_dist: nan stays nan */ \
     }                                                                                     \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q];                                                   \

@@ -12,7 +12,9 @@
 #ifndef FL_STREAM_H
 #define FL_STREAM_H
 #include "fl_common.h"
+#if defined(__SSE2__)
 #include <emmintrin.h>   /* SSE2 (baseline x86-64): non-temporal stores */
+#endif
 
 /* dst[0..n) := src[0..n).  stream: non-temporal stores from the first
    aligned address on: a large output then skips the read-for-ownership of
@@ -22,7 +24,7 @@
    profiles), else 16-byte SSE2 stores (baseline x86-64: every clone has
    them), unrolled to a line per iteration.  The caller fences
    (fl_stream_fence) before the output is handed on. */
-#if defined(__SSE2__) && defined(__GNUC__) && !defined(FL_NO_CLONES)
+#if defined(__x86_64__) && defined(__SSE2__) && defined(__GNUC__) && !defined(FL_NO_CLONES)
 #include <immintrin.h>
 #define FL_HAVE_AVX512_TARGET 1
 __attribute__((target("avx512f"))) static void
