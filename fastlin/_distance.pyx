@@ -18,6 +18,7 @@ thread count.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
+from libc.string cimport memset
 
 from fastlin._blas cimport gemm_ab, gemm_abt, gemm_atb
 
@@ -145,13 +146,19 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 _direct_row(pc + (i0 + i) * mB + j0, tn, pa0 + (i0 + i) * k, pbt + j0, mB,
                             k, pw, take_sqrt, scale, stream)
         else:
+            # beta = 1 on a scratch kept all zero (zeroed at allocation, then
+            # each row again right after the epilogue read it, while it is
+            # in L1): OpenBLAS then skips its beta = 0 pass, a memset of the
+            # whole tile through L2.  0 + (-2 a.b) is the beta = 0 result,
+            # bit for bit.
             c = &scratch[threadid(), 0]
             gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                     pb + j0 * k, <int>k, <floating>0.0, c, <int>tn)
+                     pb + j0 * k, <int>k, <floating>1.0, c, <int>tn)
             for i in range(tm):
                 _epilogue_row(pc + (i0 + i) * mB + j0, c + i * tn, tn, na[i0 + i], &nb[j0],
                               pa0 + (i0 + i) * k, pb0 + j0 * k, k, pw, pL, tau, take_sqrt,
                               scale, stream)
+                memset(c + i * tn, 0, tn * sizeof(floating))
         if stream:
             fl_stream_fence()
 
@@ -189,15 +196,17 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
         tn = min(TILE, m - j0)
         c = NULL
         if not direct:
-            c = &scratch[threadid(), 0]
+            c = &scratch[threadid(), 0]     # kept all zero: beta = 1 (see cdist_tiles)
             gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                     pa + j0 * k, <int>k, <floating>0.0, c, <int>tn)
+                     pa + j0 * k, <int>k, <floating>1.0, c, <int>tn)
         for i in range(tm):
             # pairs (i0 + i, j0 + j) with j0 + j > i0 + i, j >= js
             js = 0
             if bi == bj:
                 js = i + 1
             if js >= tn:
+                if not direct:
+                    memset(c + i * tn, 0, tn * sizeof(floating))
                 continue
             base = m * (i0 + i) - ((i0 + i) * (i0 + i + 1)) // 2 - (i0 + i) - 1 + j0
             if direct:
@@ -207,6 +216,7 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 _epilogue_row(po + base + js, c + i * tn + js, tn - js, na[i0 + i],
                               &na[j0 + js], pa0 + (i0 + i) * k, pa0 + (j0 + js) * k, k, pw,
                               pL, tau, take_sqrt, scale, stream)
+                memset(c + i * tn, 0, tn * sizeof(floating))
         if stream:
             fl_stream_fence()
 

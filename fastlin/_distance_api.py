@@ -166,8 +166,10 @@ _STREAM_BYTES = STREAM_BYTES     # read at call time (the tests lower it)
 
 
 def _scratch(nt, dtype, rows=256):
-    """One GEMM tile per thread: `rows` x 256 (the kernels' tile width)."""
-    return np.empty((max(nt, 1), rows * 256), dtype)
+    """One GEMM tile per thread: `rows` x 256 (the kernels' tile width),
+    zeroed: the forward kernels accumulate into it with beta = 1 and zero
+    each row again once read."""
+    return np.zeros((max(nt, 1), rows * 256), dtype)
 
 
 def _gemm_operands(OA, OB, dtype, nt):
