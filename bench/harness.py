@@ -46,6 +46,9 @@ class Timing:
         return d
 
 
+SETTLE_S = 0.25   # seconds of idle before each measurement (see time_call)
+
+
 def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
     """Time ``fn()``: one warm-up call, then the median of N timed calls.
 
@@ -73,6 +76,12 @@ def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
     gc_was_enabled = gc.isenabled()
     gc.collect()
     gc.disable()
+    # Let the previous measurement's worker threads go to sleep first: once
+    # woken, OpenBLAS threads busy-wait ~0.1 s and OpenMP teams spin briefly,
+    # and on a 2-core machine whatever runs next loses a core to them (one
+    # cdist after a threaded matmul: 230 ms instead of 42).  Every peer gets
+    # the same quiet start.
+    time.sleep(SETTLE_S)
     try:
         once()                                    # warm-up
         times = [once()]
