@@ -377,18 +377,6 @@ def reduce_row_blocks(const floating[:, ::1] P, const double[:, ::1] CS,
         cols[j] = s
 
 
-def grad_over_dist(const floating[:, ::1] G, floating[:, ::1] D, double[::1] rowsum,
-                   int n_threads):
-    """D := G / D elementwise, 0 where D == 0 (the Euclidean backward's
-    weights), and rowsum[i] = sum_j D[i, j] in the same pass."""
-    cdef Py_ssize_t m = D.shape[0], n = D.shape[1], i
-    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
-        if floating is double:
-            rowsum[i] = fl_grad_over_dist_row_d(&G[i, 0], &D[i, 0], n)
-        else:
-            rowsum[i] = fl_grad_over_dist_row_f(&G[i, 0], &D[i, 0], n)
-
-
 def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,
                   const floating[:, ::1] B, const floating[:, ::1] BT,
                   floating[:, ::1] WB, floating[:, ::1] WtA, int n_threads):
