@@ -4,17 +4,18 @@ For rows a of XA and b of XB (centred on a common point, which changes no
 distance and removes the cancellation a large common offset would cause):
 
 1. squared norms |a|^2, |b|^2 in double;
-2. per output tile (TILE x TILE), one BLAS GEMM writes -2 a.b into the tile
-   (BLAS limited to one thread: the OpenMP threads own the tiles);
+2. per output tile (rows x TILE columns), one BLAS GEMM writes -2 a.b into
+   a per-thread scratch tile that stays in L2 (BLAS limited to one thread:
+   the OpenMP threads own the tiles);
 3. the epilogue (src/fl_distance.h) adds the norms, detects the entries
    whose GEMM value cannot be trusted (d2 < tau (|a|^2 + |b|^2), or a
    non-finite row) and recomputes those exactly from the original rows,
-   then takes the square root.
+   takes the square root and writes each output entry once (cdist: its
+   row of the output; pdist: the pair's run of the condensed vector).
 
-cdist writes straight into its output; pdist computes the upper triangle of
-tiles into per-thread scratch and copies each pair into the condensed vector.
-Every tile is computed whole by one thread, so results do not depend on the
-thread count.
+Every tile is computed whole by one thread, and the tiling depends on the
+shapes only, so results do not depend on the thread count.  The backward
+passes (cdist_bwd_tiles, cdist_bwd_direct) sweep the same tiles.
 """
 from cython cimport floating
 from cython.parallel cimport prange, threadid
@@ -58,8 +59,10 @@ cdef extern from "fl_distance.h" nogil:
                             const float *b0, Py_ssize_t k, double *ta, double *tb)
     void fl_add_row_f(double *acc, const float *w, Py_ssize_t n)
 
-# Output tile edge: a 256 x 256 float64 scratch tile (512 KiB) stays in L2
-# between the GEMM that writes it and the epilogue that reads it.
+# Tile width (columns), and the row count of pdist's and the backward's
+# tiles: a 256 x 256 float64 scratch tile (512 KiB) stays in L2 between the
+# GEMM that writes it and the epilogue that reads it (cdist's row blocks
+# grow to 1 MiB tiles, see cdist_tiles).
 DEF TILE = 256
 
 
