@@ -76,55 +76,42 @@ def maha_bwd(const floating[:, ::1] X, const floating[::1] mu, const floating[:,
              const floating[::1] g, bint squared, bint chol, floating[:, ::1] gX,
              double[:, :, ::1] gm, floating[:, ::1] zs, floating[:, ::1] ws,
              floating[:, ::1] acc, Py_ssize_t bs, int n_threads,
-             floating[:, ::1] W=None, floating[:, ::1] Z=None):
-    """Backward for cov / cholesky.  gm: (blocks, d, d), one partial per block
-    of bs rows (summed by the caller in block order; bs depends on n and d
-    only, never on the thread count); zs, ws: (n_threads, 16 d), acc:
-    (n_threads, 16 d d) scratch."""
+             floating[:, :, ::1] parts=None, floating[:, ::1] wscr=None,
+             floating[:, ::1] zscr=None):
+    """Backward for cov / cholesky, per block of bs rows (bs depends on n and
+    d only, never on the thread count); zs, ws: (n_threads, 16 d), acc:
+    (n_threads, 16 d d) scratch.
+
+    Small d (parts None): the d x d sum is accumulated in the pass, one
+    partial per block in gm (blocks, d, d).  Large d: the block's rows of w
+    (and z, cholesky) go to per-thread scratch wscr / zscr (n_threads,
+    bs d) and one single-threaded GEMM forms parts[b] = gX_b^T R_b with R = w
+    (cov) or z (cholesky), while the rows are in cache: no (n, d) array of
+    them.  The caller sums the partials in block order."""
     cdef Py_ssize_t n = X.shape[0], d = X.shape[1]
     cdef Py_ssize_t nb = (n + bs - 1) // bs
     cdef Py_ssize_t b, i0, m, tid
-    cdef bint rows_out = W is not None
-    cdef floating *pw = &W[0, 0] if rows_out else NULL
-    cdef floating *pz = &Z[0, 0] if Z is not None else NULL
+    cdef bint rows_out = parts is not None
+    cdef floating *pw
+    cdef floating *pz
+    cdef floating *pr
     cdef double *pgm
     for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
         i0 = b * bs
         m = min(bs, n - i0)
         tid = threadid()
         pgm = NULL if rows_out else &gm[b, 0, 0]
+        pw = &wscr[tid, 0] if rows_out else NULL
+        pz = &zscr[tid, 0] if (rows_out and chol) else NULL
         if floating is double:
             fl_maha_bwd_rows_d(&X[i0, 0], m, d, &mu[0], &L[0, 0], &g[i0], squared, chol,
                                &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
-                               (pw + i0 * d) if rows_out else NULL,
-                               (pz + i0 * d) if pz != NULL else NULL)
+                               pw, pz)
         else:
             fl_maha_bwd_rows_f(&X[i0, 0], m, d, &mu[0], &L[0, 0], &g[i0], squared, chol,
                                &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
-                               (pw + i0 * d) if rows_out else NULL,
-                               (pz + i0 * d) if pz != NULL else NULL)
-
-
-def gram_blocks(const floating[:, ::1] P, const floating[:, ::1] R, double[:, :, ::1] out,
-                Py_ssize_t bs, int n_threads):
-    """out[b] = P[b*bs:(b+1)*bs]^T @ R[same rows] (d x d per block of bs rows),
-    one single-threaded BLAS call per block on the OpenMP threads; the caller
-    adds the blocks in order (so the sum does not depend on the threads)."""
-    cdef Py_ssize_t n = P.shape[0], d = P.shape[1]
-    cdef Py_ssize_t nb = out.shape[0], b, i0, m, i, j
-    cdef floating[:, :, ::1] tmp
-    if floating is double:
-        tmp = out
-    else:
-        import numpy as np
-        tmp = np.empty((nb, d, d), dtype=np.float32)
-    for b in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
-        i0 = b * bs
-        m = min(bs, n - i0)
-        gemm_atb(<int>d, <int>d, <int>m, <floating>1.0, &P[i0, 0], <int>d, &R[i0, 0], <int>d,
-                 <floating>0.0, &tmp[b, 0, 0], <int>d)
-    if floating is not double:
-        for b in range(nb):
-            for i in range(d):
-                for j in range(d):
-                    out[b, i, j] = tmp[b, i, j]
+                               pw, pz)
+        if rows_out:
+            pr = pz if chol else pw
+            gemm_atb(<int>d, <int>d, <int>m, <floating>1.0, &gX[i0, 0], <int>d, pr, <int>d,
+                     <floating>0.0, &parts[b, 0, 0], <int>d)

@@ -208,37 +208,32 @@ def _backward_factor(g, X, mean, kind, L, dtype, d, n, lead, squared):
     Xr = np.ascontiguousarray(X, dtype=dtype).reshape(n, d)
     gr = np.ascontiguousarray(g, dtype=dtype).reshape(n)
     gX = np.empty((n, d), dtype)
-    # blocks of bs rows, each leaving a d x d partial: at least 256 rows, and
-    # few enough blocks that the partials stay under 2^24 doubles (128 MiB)
-    bs = max(256, -(-n * d * d // (1 << 24)))
-    bs = -(-bs // 256) * 256
-    nblocks = -(-n // bs)
-    # small d: the d x d sums are accumulated in the pass; large d: the rows
-    # of w (and z) are written and one GEMM forms the sum
+    # blocks of bs rows, each leaving a d x d partial: at least 256 rows (for
+    # large d, about 1 MiB of rows of w, kept in cache for the block's GEMM),
+    # and few enough blocks that the partials stay under 2^24 doubles (128 MiB)
     fused = d <= _FUSED_MAX_D
-    gm = np.zeros((max(nblocks, 1), d, d) if fused else (1, 1, 1))
-    W = None if fused else np.empty((n, d), dtype)
-    Z = None if fused or kind != "cholesky" else np.empty((n, d), dtype)
+    bs = 256 if fused else max(256, (1 << 20) // max(d * dtype.itemsize, 1))
+    bs = max(bs, -(-n * d * d // (1 << 24)))
+    bs = -(-bs // 256) * 256
+    nblocks = max(-(-n // bs), 1)
+    # small d: the d x d sums are accumulated in the pass; large d: each
+    # block's rows of w (z) go to per-thread scratch and one GEMM per block
+    # forms its partial sum_i a_i w_i r_i^T = (gX_b^T @ R_b) / 2 (gX_i = 2 a_i w_i)
+    gm = np.zeros((nblocks, d, d) if fused else (1, 1, 1))
+    parts = None if fused else np.zeros((nblocks, d, d), dtype)
     if n and d:
         nt = _for_work(n * d * d)
         k = max(nt, 1)
-        _k.maha_bwd(Xr, np.ascontiguousarray(mean, dtype=dtype), L, gr, bool(squared),
-                    kind == "cholesky", gX, gm, np.empty((k, 16 * d), dtype),
-                    np.empty((k, 16 * d), dtype),
-                    np.empty((k, 16 * d * d if fused else 1), dtype), bs, nt, W, Z)
-    if fused:
-        G = gm.sum(axis=0)      # block partials, added in block order
-    else:
-        # sum_i a_i w_i r_i^T = (gX^T @ r) / 2 since gX_i = 2 a_i w_i: blocks of
-        # 4096 rows, one single-threaded GEMM each on fastlin's threads (a
-        # multi-threaded BLAS call would leave its threads spinning after it)
-        R = Z if kind == "cholesky" else W
-        gbs = 4096
-        parts = np.zeros((max(-(-n // gbs), 1), d, d))
-        if n:
-            with blas_single_thread():
-                _k.gram_blocks(gX, R, parts, gbs, _for_work(n * d * d))
-        G = parts.sum(axis=0) / 2
+        wscr = None if fused else np.empty((k, bs * d), dtype)
+        zscr = None if fused or kind != "cholesky" else np.empty((k, bs * d), dtype)
+        with blas_single_thread():
+            _k.maha_bwd(Xr, np.ascontiguousarray(mean, dtype=dtype), L, gr, bool(squared),
+                        kind == "cholesky", gX, gm, np.empty((k, 16 * d), dtype),
+                        np.empty((k, 16 * d), dtype),
+                        np.empty((k, 16 * d * d if fused else 1), dtype), bs, nt, parts,
+                        wscr, zscr)
+    # block partials, added in block order
+    G = gm.sum(axis=0) if fused else parts.sum(axis=0, dtype=np.float64) / 2
     if kind == "cov":
         gM = -G
         gM = (gM + gM.T) / 2    # symmetric to the last bit
