@@ -79,7 +79,8 @@ def maha_bwd(const floating[:, ::1] X, const floating[::1] mu, const floating[:,
              floating[:, :, ::1] parts=None, floating[:, ::1] wscr=None,
              floating[:, ::1] zscr=None):
     """Backward for cov / cholesky, per block of bs rows (bs depends on n and
-    d only, never on the thread count); zs, ws: (n_threads, 16 d), acc:
+    d only, never on the thread count); zs: (n_threads, 17 d), ws:
+    (n_threads, 16 d), acc:
     (n_threads, 16 d d) scratch.
 
     Small d (parts None): the d x d sum is accumulated in the pass, one

@@ -228,7 +228,7 @@ def _backward_factor(g, X, mean, kind, L, dtype, d, n, lead, squared):
         zscr = None if fused or kind != "cholesky" else np.empty((k, bs * d), dtype)
         with blas_single_thread():
             _k.maha_bwd(Xr, np.ascontiguousarray(mean, dtype=dtype), L, gr, bool(squared),
-                        kind == "cholesky", gX, gm, np.empty((k, 16 * d), dtype),
+                        kind == "cholesky", gX, gm, np.empty((k, 17 * d), dtype),
                         np.empty((k, 16 * d), dtype),
                         np.empty((k, 16 * d * d if fused else 1), dtype), bs, nt, parts,
                         wscr, zscr)

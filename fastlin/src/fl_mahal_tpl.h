@@ -28,7 +28,8 @@ FL_INLINE void FL(maha_load)(const T *FL_RESTRICT X, ptrdiff_t cnt, ptrdiff_t d,
 /* zs := L^-1 zs by forward substitution, lane by lane.  Four partial sums
    per dot product: one FMA chain would wait on the FMA latency (measured 4x
    slower at d = 128). */
-FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, ptrdiff_t d, T *FL_RESTRICT zs)
+FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, const T *FL_RESTRICT rinv,
+                                      ptrdiff_t d, T *FL_RESTRICT zs)
 {
     for (ptrdiff_t j = 0; j < d; j++) {
         const T *Lj = L + j * d;
@@ -41,7 +42,7 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, ptrdiff_t d, T *FL
             a3 += Lj[k + 3] * FL(vld)(zs + (k + 3) * VL);
         }
         for (; k < j; k++) a0 += Lj[k] * FL(vld)(zs + k * VL);
-        FL(vst)(zs + j * VL, (FL(vld)(zs + j * VL) - ((a0 + a1) + (a2 + a3))) / Lj[j]);
+        FL(vst)(zs + j * VL, (FL(vld)(zs + j * VL) - ((a0 + a1) + (a2 + a3))) * rinv[j]);
     }
 }
 
@@ -488,12 +489,17 @@ FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff
 {
     /* gm == NULL (large d): no d x d accumulation here; the rows of w (and
        z) go to wout / zout and the caller forms gM with one GEMM */
+    /* the diagonal's reciprocals (zs has 17 d elements: d x VL for the rows,
+       then these): a multiply in the substitutions instead of a division,
+       which sat on their dependency chain (as in the forward's prep) */
+    T *rinv = zs + 16 * d;
+    for (ptrdiff_t j = 0; j < d; j++) rinv[j] = (T)1 / L[j * d + j];
     if (gm)
         for (ptrdiff_t q = 0; q < d * d * VL; q++) acc[q] = 0;
     for (ptrdiff_t r0 = 0; r0 < m; r0 += VL) {
         ptrdiff_t cnt = m - r0 < VL ? m - r0 : VL;
         FL(maha_load)(X + r0 * d, cnt, d, mu, zs);
-        FL(maha_forward_subst)(L, d, zs);             /* z = L^-1 delta */
+        FL(maha_forward_subst)(L, rinv, d, zs);       /* z = L^-1 delta */
         for (ptrdiff_t j = d - 1; j >= 0; j--) {     /* w = L^-T z */
             VT s0 = FL(vsplat)(0), s1 = s0, s2 = s0, s3 = s0;
             ptrdiff_t k = j + 1;
@@ -504,7 +510,7 @@ FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff
                 s3 += L[(k + 3) * d + j] * FL(vld)(ws + (k + 3) * VL);
             }
             for (; k < d; k++) s0 += L[k * d + j] * FL(vld)(ws + k * VL);
-            FL(vst)(ws + j * VL, (FL(vld)(zs + j * VL) - ((s0 + s1) + (s2 + s3))) / L[j * d + j]);
+            FL(vst)(ws + j * VL, (FL(vld)(zs + j * VL) - ((s0 + s1) + (s2 + s3))) * rinv[j]);
         }
         ACC ss = FL(acc_zero)();
         for (ptrdiff_t j = 0; j < d; j++) {
