@@ -44,6 +44,17 @@ def _matrix(X, name):
     return X
 
 
+def _pair(XA, XB, metric):
+    """The two point sets of cdist / cdist_backward as 2-d arrays with the same
+    number of columns, the metric's canonical name and the result dtype."""
+    XA = _matrix(XA, "XA")
+    XB = _matrix(XB, "XB")
+    if XA.shape[1] != XB.shape[1]:
+        raise ValueError("XA and XB must have the same number of columns, "
+                         f"got {XA.shape[1]} and {XB.shape[1]}")
+    return XA, XB, _metric(metric), result_dtype((XA, "XA"), (XB, "XB"))
+
+
 def _check_extra_args(metric, w, VI):
     # scipy raises TypeError for an argument the metric does not take
     if VI is not None and metric != "mahalanobis":
@@ -261,13 +272,7 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     kernel; its exact path applies L to the difference of the original rows,
     so near-duplicates are exact too and an infinite coordinate gives inf.
     """
-    XA = _matrix(XA, "XA")
-    XB = _matrix(XB, "XB")
-    if XA.shape[1] != XB.shape[1]:
-        raise ValueError("XA and XB must have the same number of columns, "
-                         f"got {XA.shape[1]} and {XB.shape[1]}")
-    metric = _metric(metric)
-    dtype = result_dtype((XA, "XA"), (XB, "XB"))
+    XA, XB, metric, dtype = _pair(XA, XB, metric)
     mA, mB, n = XA.shape[0], XB.shape[0], XA.shape[1]
     _check_extra_args(metric, w, VI)
     sw = _weights(w, n, dtype)
@@ -365,7 +370,7 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
         stream = res.nbytes >= _STREAM_BYTES
         if n <= _k.direct_k() and metric != "mahalanobis":
             # few columns: direct differences (exact), no GEMM, no centring
-            _k.pdist_tiles(O.exact, O.exact, np.empty(m), res, _scratch(0, dtype)[:, :0],
+            _k.pdist_tiles(O.exact, O.exact, np.empty(m), res, np.empty((1, 0), dtype),
                            0.0, take_sqrt, scale, nt, stream, wv,
                            np.ascontiguousarray(O.exact.T))
         else:
@@ -473,13 +478,7 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     The per-row-block sums are added in block order: the result does not
     depend on the thread count.
     """
-    XA = _matrix(XA, "XA")
-    XB = _matrix(XB, "XB")
-    if XA.shape[1] != XB.shape[1]:
-        raise ValueError("XA and XB must have the same number of columns, "
-                         f"got {XA.shape[1]} and {XB.shape[1]}")
-    metric = _metric(metric)
-    dtype = result_dtype((XA, "XA"), (XB, "XB"))
+    XA, XB, metric, dtype = _pair(XA, XB, metric)
     G = _grad_matrix(grad, (XA.shape[0], XB.shape[0]), dtype)
     n = XA.shape[1]
     _check_extra_args(metric, None, VI)

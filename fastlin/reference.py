@@ -138,20 +138,6 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     return ga.reshape(shape0).astype(dt)
 
 
-def cdist(XA, XB, metric="euclidean"):
-    """Direct differences in longdouble: sum((a - b)^2), its sqrt for
-    'euclidean'.  (mA, mB, n) temporaries: for small inputs only."""
-    XA, XB = np.asarray(XA), np.asarray(XB)
-    dt = _dtype(XA, XB)
-    diff = XA.astype(LD)[:, None, :] - XB.astype(LD)[None, :, :]
-    d2 = np.sum(diff * diff, axis=-1)
-    if metric == "sqeuclidean":
-        return d2.astype(dt)
-    if metric != "euclidean":
-        raise ValueError(f"reference cdist: euclidean or sqeuclidean, got {metric!r}")
-    return np.sqrt(d2).astype(dt)
-
-
 def cdist_backward(grad, XA, XB, metric="euclidean"):
     """gXA_i = sum_j g_ij (a_i - b_j) w_ij, gXB_j = -sum_i g_ij (a_i - b_j) w_ij,
     with w = 1 / D (0 where D == 0: fastlin's zero subgradient) for

@@ -72,6 +72,43 @@
  * Inputs are clamped to [-746, 710], which preserves the result (0 and inf),
  * and a NaN passes through the comparisons and the polynomial.
  */
+/*
+ * The reduction and the polynomial, written once for the scalar functions
+ * and their vector twins (so a lane and the scalar agree bit for bit): from
+ * x and kd = k (as a floating value), r = x - k ln2 in two Cody-Waite steps
+ * and p = exp(r) by Horner.  z is 0 of the type (0 + c is exact).
+ */
+#define FL_EXP_POLY_D(x, kd, z, r, p) do {                                     \
+        (r) = (x) - (kd) * 0x1.62e42fee00000p-1;                               \
+        (r) = (r) - (kd) * 0x1.a39ef35793c76p-33;                              \
+        (p) = (z) + 1.0 / 6227020800.0;                                        \
+        (p) = (p) * (r) + 1.0 / 479001600.0;                                   \
+        (p) = (p) * (r) + 1.0 / 39916800.0;                                    \
+        (p) = (p) * (r) + 1.0 / 3628800.0;                                     \
+        (p) = (p) * (r) + 1.0 / 362880.0;                                      \
+        (p) = (p) * (r) + 1.0 / 40320.0;                                       \
+        (p) = (p) * (r) + 1.0 / 5040.0;                                        \
+        (p) = (p) * (r) + 1.0 / 720.0;                                         \
+        (p) = (p) * (r) + 1.0 / 120.0;                                         \
+        (p) = (p) * (r) + 1.0 / 24.0;                                          \
+        (p) = (p) * (r) + 1.0 / 6.0;                                           \
+        (p) = (p) * (r) + 0.5;                                                 \
+        (p) = (p) * (r) + 1.0;                                                 \
+        (p) = (p) * (r) + 1.0;                                                 \
+    } while (0)
+#define FL_EXP_POLY_F(x, kd, z, r, p) do {                                     \
+        (r) = (x) - (kd) * 0x1.62e4p-1f;                                       \
+        (r) = (r) - (kd) * 0x1.7f7d1cp-20f;                                    \
+        (p) = (z) + 1.0f / 5040.0f;                                            \
+        (p) = (p) * (r) + 1.0f / 720.0f;                                       \
+        (p) = (p) * (r) + 1.0f / 120.0f;                                       \
+        (p) = (p) * (r) + 1.0f / 24.0f;                                        \
+        (p) = (p) * (r) + 1.0f / 6.0f;                                         \
+        (p) = (p) * (r) + 0.5f;                                                \
+        (p) = (p) * (r) + 1.0f;                                                \
+        (p) = (p) * (r) + 1.0f;                                                \
+    } while (0)
+
 FL_INLINE double fl_exp_d(double x)
 {
     const double shift = 0x1.8p52;
@@ -82,22 +119,8 @@ FL_INLINE double fl_exp_d(double x)
     memcpy(&kb, &kd, 8);
     int64_t k = kb - INT64_C(0x4338000000000000);
     kd -= shift;
-    double r = x - kd * 0x1.62e42fee00000p-1;
-    r = r - kd * 0x1.a39ef35793c76p-33;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    double r, p;
+    FL_EXP_POLY_D(x, kd, 0.0, r, p);
     /* 2^k = 2^k1 * 2^k2 with k1 = floor(k/2); a logical shift of a biased,
        non-negative k keeps this within AVX2's integer instructions. */
     int64_t k1 = (int64_t)((uint64_t)(k + 2048) >> 1) - 1024;
@@ -124,16 +147,8 @@ FL_INLINE float fl_exp_f(float x)
     memcpy(&kb, &kd, 4);
     int32_t k = kb - 0x4B400000;
     kd -= shift;
-    float r = x - kd * 0x1.62e4p-1f;
-    r = r - kd * 0x1.7f7d1cp-20f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    float r, p;
+    FL_EXP_POLY_F(x, kd, 0.0f, r, p);
     int32_t k1 = (int32_t)((uint32_t)(k + 256) >> 1) - 128;
     int32_t k2 = k - k1;
     uint32_t b1 = (uint32_t)(k1 + 127) << 23, b2 = (uint32_t)(k2 + 127) << 23;
@@ -161,7 +176,6 @@ typedef uint64_t fl_vdu __attribute__((vector_size(64)));
 typedef float    fl_vf  __attribute__((vector_size(64)));
 typedef int32_t  fl_vfi __attribute__((vector_size(64)));
 typedef uint32_t fl_vfu __attribute__((vector_size(64)));
-typedef float    fl_vf8 __attribute__((vector_size(32)));
 
 #define FL_SELECT(m, a, b, VT, VI) ((VT)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
 
@@ -176,22 +190,8 @@ FL_INLINE fl_vd fl_vexp_d(fl_vd x)
     fl_vd kd = x * 0x1.71547652b82fep0 + 0x1.8p52;
     fl_vdi k = (fl_vdi)kd - INT64_C(0x4338000000000000);
     kd -= 0x1.8p52;
-    fl_vd r = x - kd * 0x1.62e42fee00000p-1;
-    r = r - kd * 0x1.a39ef35793c76p-33;
-    fl_vd p = zero + 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    fl_vd r, p;
+    FL_EXP_POLY_D(x, kd, zero, r, p);
     fl_vdi k1 = (fl_vdi)((fl_vdu)(k + 2048) >> 1) - 1024;
     fl_vdi k2 = k - k1;
     fl_vd s1 = (fl_vd)((k1 + 1023) << 52), s2 = (fl_vd)((k2 + 1023) << 52);
@@ -207,16 +207,8 @@ FL_INLINE fl_vf fl_vexp_f(fl_vf x)
     fl_vf kd = x * 0x1.715476p0f + 0x1.8p23f;
     fl_vfi k = (fl_vfi)kd - 0x4B400000;
     kd -= 0x1.8p23f;
-    fl_vf r = x - kd * 0x1.62e4p-1f;
-    r = r - kd * 0x1.7f7d1cp-20f;
-    fl_vf p = zero + 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    fl_vf r, p;
+    FL_EXP_POLY_F(x, kd, zero, r, p);
     fl_vfi k1 = (fl_vfi)((fl_vfu)(k + 256) >> 1) - 128;
     fl_vfi k2 = k - k1;
     fl_vf s1 = (fl_vf)((k1 + 127) << 23), s2 = (fl_vf)((k2 + 127) << 23);
