@@ -21,7 +21,7 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from fastlin._blas cimport gemm_ab, gemm_abt, gemm_atb
+from fastlin._blas cimport fl_gemm_ok, fl_gemm_wanted, gemm_ab, gemm_abt, gemm_atb
 
 cdef extern from "fl_distance.h" nogil:
     Py_ssize_t fl_dist_row_d(double *dst, const double *c, Py_ssize_t nb, double na,
@@ -88,6 +88,42 @@ cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
         fl_dist_direct_row_d(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
     else:
         fl_dist_direct_row_f(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
+
+
+def own_gemm_enabled():
+    """True when the tile products use fastlin's AVX-512 GEMM (src/fl_gemm.h),
+    False when they use scipy's BLAS."""
+    return bool(fl_gemm_ok())
+
+
+def _use_own_gemm(bint on):
+    """Testing hook: False sends this module's tile products to scipy's BLAS
+    (the path of machines without AVX-512).  Not thread-safe: call it
+    between kernels.  Returns the previous setting."""
+    global fl_gemm_wanted
+    cdef bint old = fl_gemm_wanted
+    fl_gemm_wanted = on
+    return old
+
+
+def _gemm(int ta, int tb, int m, int n, int k, double alpha_, const floating[:, ::1] A,
+          const floating[:, ::1] B, double beta_, floating[:, ::1] C):
+    """Testing hook: the top-left m x n of C := alpha op(A) op(B) + beta C
+    through the wrappers the kernels use.  op(A) (m x k) is the top-left of
+    A, or of A.T when ta; op(B) (k x n) likewise with tb.  The row strides
+    are the arrays' widths, so a wider array tests a stride larger than the
+    block."""
+    if ta and tb:
+        raise ValueError("op(A) and op(B) cannot both be transposed")
+    cdef int lda = A.shape[1], ldb = B.shape[1], ldc = C.shape[1]
+    cdef floating alpha = <floating>alpha_, beta = <floating>beta_
+    with nogil:
+        if ta:
+            gemm_atb(m, n, k, alpha, &A[0, 0], lda, &B[0, 0], ldb, beta, &C[0, 0], ldc)
+        elif tb:
+            gemm_abt(m, n, k, alpha, &A[0, 0], lda, &B[0, 0], ldb, beta, &C[0, 0], ldc)
+        else:
+            gemm_ab(m, n, k, alpha, &A[0, 0], lda, &B[0, 0], ldb, beta, &C[0, 0], ldc)
 
 
 def direct_k():

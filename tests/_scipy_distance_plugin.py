@@ -54,6 +54,8 @@ Deselected, and why:
   parametrizations listed in ``DEVIATIONS`` are deselected
   (mahalanobis now always takes the float32 GEMM path, whose exact path
   applies L to the difference: about 1 eps32 off scipy's float64 reference).
+  ``test_pdist_cosine_random_float32`` (rtol 1e-7 on float32 cosine) is
+  deselected for the same reason.
 
 Bugs (strict xfails: they must fail, with the named exception; fixing the bug
 turns them into errors that ask for the marker's removal) -- see ``BUGS``.
@@ -121,6 +123,11 @@ DEVIATIONS = {
     ("test_cdist_calling_conventions", "mahalanobis"): _F32DATA,
     ("test_pdist_calling_conventions", "cosine"): _F32DATA,
     ("test_pdist_calling_conventions", "mahalanobis"): _F32DATA,
+    # rtol 1e-7 is 0.84 eps32 against a reference computed from the float64
+    # data before it was rounded to float32: a float32 result passes only by
+    # luck (fastlin's is 0.9 eps32 off at worst here, inside the 4 eps32 bound
+    # test_distance.py checks; it passed with OpenBLAS's sgemm rounding)
+    ("test_pdist_cosine_random_float32", None): FLOAT32 + ": float32 cosine at rtol=1e-7",
 }
 
 # (test name, metric or None) -> (exception the bug raises, description)

@@ -1,0 +1,132 @@
+"""The tile GEMM (src/fl_gemm.h, behind the _blas.pxd wrappers), and the
+distance kernels on both of its backends.
+
+On an AVX-512 machine the tile products use fastlin's own packed kernel;
+elsewhere they use scipy's BLAS.  The testing hook ``_use_own_gemm(False)``
+forces the BLAS path, so both are checked here on any machine that has the
+kernel: the GEMM itself against a longdouble product (edge panels, strides
+wider than the block, beta 0 over NaN and beta 1), and the distance results
+of both backends against scipy, the longdouble backward twin and each
+other, bitwise across thread counts.
+"""
+import numpy as np
+import pytest
+import scipy.spatial.distance as sd
+
+import fastlin
+from fastlin import _distance as _k
+
+import test_distance as td
+import test_distance_backward as tdb
+
+BACKENDS = ["own", "blas"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    if request.param == "own" and not _k.own_gemm_enabled():
+        pytest.skip("no AVX-512 here: the tile products always use BLAS")
+    old = _k._use_own_gemm(request.param == "own")
+    yield request.param
+    _k._use_own_gemm(old)
+
+
+def _ref_product(ta, tb, m, n, k, alpha, A, B, beta, C0):
+    a = (A.T if ta else A)[:m, :k].astype(np.longdouble)
+    b = (B.T if tb else B)[:k, :n].astype(np.longdouble)
+    want = alpha * (a @ b)
+    if beta:
+        want = want + C0[:m, :n]
+    # |error| <= gamma_k |alpha| |a| |b| (+ one rounding of the sum with C)
+    scale = abs(alpha) * (np.abs(a) @ np.abs(b)) + (np.abs(C0[:m, :n]) if beta else 0)
+    return want, scale
+
+
+# (m, n, k): edge panels in both directions (14 rows, 16 / 32 columns per
+# panel), k across the 256-deep slices, single rows and columns
+GEMM_SHAPES = [(1, 1, 1), (13, 15, 5), (14, 16, 256), (15, 17, 257), (29, 33, 300),
+               (300, 70, 513), (5, 40, 7), (70, 300, 64), (28, 64, 1)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("form", ["abt", "ab", "atb"])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=["x".join(map(str, s)) for s in GEMM_SHAPES])
+def test_gemm_against_longdouble(backend, dtype, form, beta, shape):
+    m, n, k = shape
+    ta, tb = form == "atb", form == "abt"
+    rng = np.random.default_rng(m * 1000 + n * 10 + k)
+    pad = 3                                  # row strides wider than the block
+    A = rng.standard_normal(((k, m + pad) if ta else (m, k + pad))).astype(dtype)
+    B = rng.standard_normal(((n, k + pad) if tb else (k, n + pad))).astype(dtype)
+    C = rng.standard_normal((m, n + pad)).astype(dtype)
+    if beta == 0:
+        C[:, :n] = np.nan                   # beta = 0: C is not read
+    C0 = C.astype(np.longdouble)
+    before = C[:, n:].copy()
+    for alpha in (-2.0, 1.0):
+        Cw = C.copy()
+        _k._gemm(int(ta), int(tb), m, n, k, alpha, A, B, beta, Cw)
+        want, scale = _ref_product(ta, tb, m, n, k, alpha, A, B, beta, C0)
+        eps = np.finfo(dtype).eps
+        err = np.abs(Cw[:, :n].astype(np.longdouble) - want)
+        assert np.all(err <= (k + 1) * eps * scale + np.finfo(dtype).tiny), (alpha, err.max())
+        # the columns past n (the stride's padding) are untouched
+        assert Cw[:, n:].tobytes() == before.tobytes()
+
+
+def test_gemm_result_does_not_depend_on_the_block_position(backend):
+    """The same rows give the same bits whether they start a product or sit
+    inside one (the kernels' tiles cut the operands anywhere)."""
+    rng = np.random.default_rng(5)
+    A = rng.standard_normal((300, 100))
+    B = rng.standard_normal((200, 100))
+    full = np.zeros((300, 200))
+    _k._gemm(0, 1, 300, 200, 100, -2.0, A, B, 0.0, full)
+    part = np.zeros((300 - 37, 200 - 21))
+    _k._gemm(0, 1, 300 - 37, 200 - 21, 100, -2.0, A[37:].copy(), B[21:].copy(), 0.0, part)
+    if backend == "own":    # fastlin's kernel: a fixed order per entry, by construction
+        assert full[37:, 21:].tobytes() == part.tobytes()
+    else:                   # BLAS promises no such thing; only closeness
+        np.testing.assert_allclose(full[37:, 21:], part, rtol=1e-13, atol=1e-12)
+
+
+# ------------------------------------------------ the distances on both backends
+
+@pytest.mark.parametrize("dtype", [td.F64, td.F32], ids=["float64", "float32"])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "mahalanobis"])
+def test_distances_match_scipy_on_both_backends(backend, metric, dtype):
+    for shape in [(300, 513, 20), (257, 30, 40), (9, 8, 300)]:
+        td.test_cdist_pdist_match_scipy(metric, False, dtype, shape)
+
+
+@pytest.mark.parametrize("dtype", [td.F64, td.F32], ids=["float64", "float32"])
+def test_accuracy_on_both_backends(backend, dtype):
+    td.test_accuracy_near_duplicates(dtype, 40)
+    td.test_accuracy_gemm_path_grows_with_sqrt_k(dtype, 700)
+    td.test_identical_points_exactly_zero("euclidean", dtype, 40)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_backward_on_both_backends(backend, dtype):
+    tdb.test_backward_matches_longdouble_twin("euclidean", 24, 1e6, dtype)
+    tdb.test_backward_matches_longdouble_twin("sqeuclidean", 24, 0.0, dtype)
+    tdb.test_backward_bitwise_identical_for_1_2_3_threads(dtype, "euclidean", 40)
+
+
+def test_backends_agree_closely():
+    """Both backends compute the same distances up to the GEMM's rounding."""
+    if not _k.own_gemm_enabled():
+        pytest.skip("no AVX-512 here: only the BLAS backend exists")
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((400, 70))
+    Y = rng.standard_normal((350, 70))
+    own = fastlin.cdist(X, Y)
+    old = _k._use_own_gemm(False)
+    try:
+        blas = fastlin.cdist(X, Y)
+    finally:
+        _k._use_own_gemm(old)
+    want = sd.cdist(X, Y)
+    np.testing.assert_allclose(own, want, rtol=14 * np.finfo(float).eps)
+    np.testing.assert_allclose(blas, want, rtol=14 * np.finfo(float).eps)
