@@ -19,6 +19,19 @@ cdef extern from "fl_gemm.h" nogil:
     int fl_gemm_f(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                   const float *A, size_t lda, const float *B, size_t ldb, float beta,
                   float *C, size_t ldc)
+    int FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F
+    void fl_gemm_pack_panels_d(int is_b, const double *X, size_t ldx, int tx, Py_ssize_t rows,
+                               Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1, double *P)
+    void fl_gemm_pack_panels_f(int is_b, const float *X, size_t ldx, int tx, Py_ssize_t rows,
+                               Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1, float *P)
+    void fl_gemm_prepacked_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
+                             const double *Ap, Py_ssize_t mpad, Py_ssize_t i0,
+                             const double *Bp, Py_ssize_t npad, Py_ssize_t j0, double beta,
+                             double *C, size_t ldc)
+    void fl_gemm_prepacked_f(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                             const float *Ap, Py_ssize_t mpad, Py_ssize_t i0,
+                             const float *Bp, Py_ssize_t npad, Py_ssize_t j0, float beta,
+                             float *C, size_t ldc)
 
 
 cdef inline bint _own_gemm(int ta, int tb, int m, int n, int k, floating alpha,
@@ -110,3 +123,26 @@ cdef inline void gemm_ab(int m, int n, int k, floating alpha,
     else:
         sgemm(&nt, &nt, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda,
               &beta, c, &ldc)
+
+
+cdef inline void pack_panels(bint is_b, const floating *X, Py_ssize_t ldx, bint tx,
+                             Py_ssize_t rows, Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1,
+                             floating *P) noexcept nogil:
+    """Panels [q0, q1) of a prepacked operand (src/fl_gemm.h): op(A) (is_b
+    False, MR-row panels) or op(B) (NR-column panels), tx: X read transposed."""
+    if floating is double:
+        fl_gemm_pack_panels_d(is_b, X, ldx, tx, rows, k, q0, q1, P)
+    else:
+        fl_gemm_pack_panels_f(is_b, X, ldx, tx, rows, k, q0, q1, P)
+
+
+cdef inline void gemm_prepacked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floating alpha,
+                                const floating *Ap, Py_ssize_t mpad, Py_ssize_t i0,
+                                const floating *Bp, Py_ssize_t npad, Py_ssize_t j0,
+                                floating beta, floating *C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha op(A)[i0:] op(B)[:, j0:] + beta C (beta 0 or 1)
+    from prepacked operands; i0 a multiple of FL_GEMM_MR, j0 of the panel width."""
+    if floating is double:
+        fl_gemm_prepacked_d(m, n, k, alpha, Ap, mpad, i0, Bp, npad, j0, beta, C, ldc)
+    else:
+        fl_gemm_prepacked_f(m, n, k, alpha, Ap, mpad, i0, Bp, npad, j0, beta, C, ldc)

@@ -21,7 +21,9 @@ from cython cimport floating
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from fastlin._blas cimport fl_gemm_ok, fl_gemm_wanted, gemm_ab, gemm_abt, gemm_atb
+from fastlin._blas cimport (FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, fl_gemm_ok,
+                            fl_gemm_wanted, gemm_ab, gemm_abt, gemm_atb, gemm_prepacked,
+                            pack_panels)
 
 cdef extern from "fl_distance.h" nogil:
     Py_ssize_t fl_dist_row_d(double *dst, const double *c, Py_ssize_t nb, double na,
@@ -96,6 +98,30 @@ def own_gemm_enabled():
     return bool(fl_gemm_ok())
 
 
+def packed_len(Py_ssize_t rows, Py_ssize_t k, bint is_b, bint is_double):
+    """Elements of a prepacked GEMM operand of `rows` rows (is_b: the column
+    operand, else the row operand) and k columns: rows padded to whole panels."""
+    cdef Py_ssize_t w = FL_GEMM_MR
+    if is_b:
+        w = FL_GEMM_NR_D if is_double else FL_GEMM_NR_F
+    return (rows + w - 1) // w * w * k
+
+
+cdef void _pack_operands(const floating *pa, Py_ssize_t mA, const floating *pb,
+                         Py_ssize_t mB, Py_ssize_t k, floating *Ap, floating *Bp,
+                         int n_threads) noexcept nogil:
+    """Pack the rows of A as op(A) panels and the rows of B as op(B) = B^T
+    panels (src/fl_gemm.h), one panel per iteration, on the OpenMP threads."""
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t nqa = (mA + FL_GEMM_MR - 1) // FL_GEMM_MR, nqb = (mB + NR - 1) // NR
+    cdef Py_ssize_t q
+    for q in prange(nqa + nqb, schedule='static', num_threads=n_threads):
+        if q < nqa:
+            pack_panels(False, pa, k, False, mA, k, q, q + 1, Ap)
+        else:
+            pack_panels(True, pb, k, True, mB, k, q - nqa, q - nqa + 1, Bp)
+
+
 def _use_own_gemm(bint on):
     """Testing hook: False sends this module's tile products to scipy's BLAS
     (the path of machines without AVX-512).  Not thread-safe: call it
@@ -147,23 +173,36 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 const double[::1] na, const double[::1] nb,
                 floating[:, ::1] out, floating[:, ::1] scratch, double tau, bint take_sqrt,
                 double scale, int n_threads, bint stream, const double[::1] wv=None,
-                const floating[:, ::1] BT=None, const double[:, ::1] Lm=None):
+                const floating[:, ::1] BT=None, const double[:, ::1] Lm=None,
+                floating[::1] Ap=None, floating[::1] Bp=None):
     """out (mA, mB) = distances between rows of A and B (centred, for the
     GEMM) / A0 and B0 (original, for the exact path).  na, nb: squared norms
     of the GEMM rows, NaN for rows that must take the exact path.  scratch:
     (n_threads, 4 * TILE * TILE), the GEMM's tile per thread.  stream: write out
     with non-temporal stores.  With BT (B0 transposed, k x mB) every entry is
-    computed directly instead (few columns)."""
+    computed directly instead (few columns).  With Ap and Bp (packed_len
+    elements each), A and B are packed once into fastlin's GEMM panels here
+    and every tile's product reads them (no packing per tile)."""
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
+    cdef bint packed = Ap is not None and A.shape[0] > 0 and k > 0
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t mpad = (mA + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    cdef Py_ssize_t npad = (mB + NR - 1) // NR * NR
     # Row blocks of up to 1 MiB tiles (512 x 256 float64, 1024 x 256 float32):
     # fewer GEMM calls and packings of B, measured 3-5% faster than 256 x 256
-    # at 4096 x 64; 256 rows when that would leave fewer than 32 tiles to
-    # share out.  A function of the shapes only, never of the thread count.
+    # at 4096 x 64; up to 256 rows when that would leave fewer than 32 tiles
+    # to share out.  A function of the shapes only, never of the thread count.
     cdef Py_ssize_t TM = (512 if floating is double else 1024)
+    cdef Py_ssize_t step = FL_GEMM_MR if packed else 8
     cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
     if ((mA + TM - 1) // TM) * ntn < 32:
         TM = TILE
+    # then the rows are split evenly (in whole panels): a last row block of a
+    # few rows would leave one thread short of work
+    TM = TM // step * step
     cdef Py_ssize_t ntm = (mA + TM - 1) // TM
+    TM = ((mA + ntm - 1) // ntm + step - 1) // step * step     # <= the TM above
+    ntm = (mA + TM - 1) // TM
     cdef Py_ssize_t t, i0, j0, tm, tn, i
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
@@ -175,7 +214,13 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef const floating *pbt = &BT[0, 0] if direct else NULL
     cdef const double *pw = &wv[0] if wv is not None else NULL
     cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
-    for t in prange(ntm * ntn, nogil=True, schedule='static', num_threads=n_threads):
+    cdef floating *pAp = &Ap[0] if packed else NULL
+    cdef floating *pBp = &Bp[0] if packed else NULL
+    if packed and not direct:
+        _pack_operands(pa, mA, pb, mB, k, pAp, pBp, n_threads)
+    # dynamic: the last row block and column tile may be smaller; which thread
+    # computes a tile changes nothing in it
+    for t in prange(ntm * ntn, nogil=True, schedule='dynamic', num_threads=n_threads):
         i0 = (t // ntn) * TM
         j0 = (t % ntn) * TILE
         tm = min(TM, mA - i0)
@@ -191,13 +236,18 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
             # whole tile through L2.  0 + (-2 a.b) is the beta = 0 result,
             # bit for bit.
             c = &scratch[threadid(), 0]
-            gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                     pb + j0 * k, <int>k, <floating>1.0, c, <int>tn)
+            if packed:      # beta = 0: fastlin's GEMM never reads C then
+                gemm_prepacked(tm, tn, k, <floating>-2.0, pAp, mpad, i0, pBp, npad, j0,
+                               <floating>0.0, c, tn)
+            else:
+                gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                         pb + j0 * k, <int>k, <floating>1.0, c, <int>tn)
             for i in range(tm):
                 _epilogue_row(pc + (i0 + i) * mB + j0, c + i * tn, tn, na[i0 + i], &nb[j0],
                               pa0 + (i0 + i) * k, pb0 + j0 * k, k, pw, pL, tau, take_sqrt,
                               scale, stream)
-                memset(c + i * tn, 0, tn * sizeof(floating))
+                if not packed:
+                    memset(c + i * tn, 0, tn * sizeof(floating))
         if stream:
             fl_stream_fence()
 
@@ -206,13 +256,20 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 const double[::1] na, floating[::1] out, floating[:, ::1] scratch,
                 double tau, bint take_sqrt, double scale, int n_threads, bint stream,
                 const double[::1] wv=None, const floating[:, ::1] AT=None,
-                const double[:, ::1] Lm=None):
+                const double[:, ::1] Lm=None, floating[::1] Ap=None,
+                floating[::1] Bp=None):
     """Condensed distances (scipy's order) between the rows of A / A0, each
     row of a tile written straight into its run of the condensed vector.
     na: squared norms (NaN: exact path).  scratch: (n_threads, TILE * TILE),
-    one GEMM tile per thread."""
+    one GEMM tile per thread.  Ap, Bp: as cdist_tiles (the tiles are then
+    224 x 224, whole panels both ways)."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
-    cdef Py_ssize_t nt = (m + TILE - 1) // TILE
+    cdef bint packed = Ap is not None and m > 0 and k > 0
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t mpad = (m + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    cdef Py_ssize_t npad = (m + NR - 1) // NR * NR
+    cdef Py_ssize_t T = 224 if packed else TILE
+    cdef Py_ssize_t nt = (m + T - 1) // T
     cdef Py_ssize_t t, bi, bj, i0, j0, tm, tn, i, js, base
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
@@ -222,6 +279,10 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     cdef const floating *pat = &AT[0, 0] if direct else NULL
     cdef const double *pw = &wv[0] if wv is not None else NULL
     cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
+    cdef floating *pAp = &Ap[0] if packed else NULL
+    cdef floating *pBp = &Bp[0] if packed else NULL
+    if packed and not direct:
+        _pack_operands(pa, m, pa, m, k, pAp, pBp, n_threads)
     # dynamic: half of the (bi, bj) pairs are below the diagonal and empty;
     # which thread computes a tile changes nothing in it.
     for t in prange(nt * nt, nogil=True, schedule='dynamic', num_threads=n_threads):
@@ -229,22 +290,26 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
         bj = t % nt
         if bj < bi:
             continue
-        i0 = bi * TILE
-        j0 = bj * TILE
-        tm = min(TILE, m - i0)
-        tn = min(TILE, m - j0)
+        i0 = bi * T
+        j0 = bj * T
+        tm = min(T, m - i0)
+        tn = min(T, m - j0)
         c = NULL
         if not direct:
             c = &scratch[threadid(), 0]     # kept all zero: beta = 1 (see cdist_tiles)
-            gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                     pa + j0 * k, <int>k, <floating>1.0, c, <int>tn)
+            if packed:
+                gemm_prepacked(tm, tn, k, <floating>-2.0, pAp, mpad, i0, pBp, npad, j0,
+                               <floating>0.0, c, tn)
+            else:
+                gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                         pa + j0 * k, <int>k, <floating>1.0, c, <int>tn)
         for i in range(tm):
             # pairs (i0 + i, j0 + j) with j0 + j > i0 + i, j >= js
             js = 0
             if bi == bj:
                 js = i + 1
             if js >= tn:
-                if not direct:
+                if not direct and not packed:
                     memset(c + i * tn, 0, tn * sizeof(floating))
                 continue
             base = m * (i0 + i) - ((i0 + i) * (i0 + i + 1)) // 2 - (i0 + i) - 1 + j0
@@ -255,7 +320,8 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 _epilogue_row(po + base + js, c + i * tn + js, tn - js, na[i0 + i],
                               &na[j0 + js], pa0 + (i0 + i) * k, pa0 + (j0 + js) * k, k, pw,
                               pL, tau, take_sqrt, scale, stream)
-                memset(c + i * tn, 0, tn * sizeof(floating))
+                if not packed:
+                    memset(c + i * tn, 0, tn * sizeof(floating))
         if stream:
             fl_stream_fence()
 

@@ -4,7 +4,7 @@ import numpy as np
 from . import _distance as _k
 from ._common import STREAM_BYTES
 from ._normalize_api import normalize
-from ._threads import _for_work, blas_single_thread
+from ._threads import _for_work, blas_single_thread, empty_output
 from ._validation import as_array, check_out, result_dtype
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
@@ -183,6 +183,25 @@ def _scratch(nt, dtype, rows=256):
     return np.zeros((max(nt, 1), rows * 256), dtype)
 
 
+def _panels(rows_a, rows_b, k, dtype):
+    """Buffers for the operands packed once into fastlin's GEMM panels (the
+    kernels pack them), or (None, None) where the tiles use BLAS."""
+    if not _k.own_gemm_enabled():
+        return None, None
+    dbl = dtype == np.float64
+    return (_aligned(_k.packed_len(rows_a, k, False, dbl), dtype),
+            _aligned(_k.packed_len(rows_b, k, True, dbl), dtype))
+
+
+def _aligned(n, dtype, align=64):
+    """An empty 1-d array whose data starts on a 64-byte boundary (a panel
+    row of the GEMM is one or two whole cache lines)."""
+    itemsize = np.dtype(dtype).itemsize
+    buf = np.empty(n * itemsize + align, np.uint8)
+    off = -buf.ctypes.data % align
+    return buf[off:off + n * itemsize].view(dtype)
+
+
 def _gemm_operands(OA, OB, dtype, nt):
     """GEMM operands and their squared norms (OB None: the same points).
 
@@ -278,7 +297,8 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     sw = _weights(w, n, dtype)
     if out is not None:
         _check_dist_out(out, (mA, mB), dtype)
-    res = out if out is not None else np.empty((mA, mB), dtype)
+    res = out if out is not None else empty_output((mA, mB), dtype,
+                                                   _for_work(mA * mB * max(n, 1)))
     if mA == 0 or mB == 0:
         return res
     with blas_single_thread():
@@ -311,8 +331,9 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
         na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
         scratch = _scratch(nt, dtype, 4096 // dtype.itemsize)     # 1 MiB tiles
+        Ap, Bp = _panels(mA, mB, n, dtype)
         _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, scratch, TAU[dtype],
-                       take_sqrt, scale, nt, stream, wv, None, OA.exact_factor())
+                       take_sqrt, scale, nt, stream, wv, None, OA.exact_factor(), Ap, Bp)
     if metric == "cosine":
         res[OA.zero, :] = np.nan
         res[:, OB.zero] = np.nan
@@ -349,7 +370,7 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     size = m * (m - 1) // 2
     if out is not None:
         _check_dist_out(out, (size,), dtype)
-    res = out if out is not None else np.empty(size, dtype)
+    res = out if out is not None else empty_output(size, dtype, _for_work(size * max(n, 1)))
     if size == 0:
         return res
     with blas_single_thread():
@@ -375,9 +396,10 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
                            np.ascontiguousarray(O.exact.T))
         else:
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
+            Ap, Bp = _panels(m, m, n, dtype)
             _k.pdist_tiles(A, O.exact, _exact_marked(O.bad, na, dtype), res,
                            _scratch(nt, dtype), TAU[dtype], take_sqrt, scale, nt, stream,
-                           wv, None, O.exact_factor())
+                           wv, None, O.exact_factor(), Ap, Bp)
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
         sq[O.zero, :] = np.nan

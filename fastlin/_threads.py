@@ -119,6 +119,25 @@ def blas_single_thread():
         yield
 
 
+# Outputs at least this large are pre-faulted in parallel (see empty_output).
+PREFAULT_BYTES = 1 << 22
+
+
+def empty_output(shape, dtype, n_threads):
+    """np.empty, its pages faulted in on `n_threads` threads when it is large.
+
+    Only for outputs fastlin allocates itself: a caller's ``out=`` is usually
+    a reused buffer whose pages are already there.
+    """
+    import numpy as np
+
+    from ._openmp_helpers import prefault
+    res = np.empty(shape, dtype)
+    if res.nbytes >= PREFAULT_BYTES:
+        prefault(res.reshape(-1).view(np.uint8), 4096, n_threads)
+    return res
+
+
 def _for_work(size):
     """Thread count for a kernel touching `size` elements."""
     if size < SMALL_WORK:

@@ -96,7 +96,7 @@ def test_gemm_result_does_not_depend_on_the_block_position(backend):
 @pytest.mark.parametrize("dtype", [td.F64, td.F32], ids=["float64", "float32"])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine", "mahalanobis"])
 def test_distances_match_scipy_on_both_backends(backend, metric, dtype):
-    for shape in [(300, 513, 20), (257, 30, 40), (9, 8, 300)]:
+    for shape in [(300, 513, 20), (257, 30, 40), (9, 8, 300), (1100, 700, 33)]:
         td.test_cdist_pdist_match_scipy(metric, False, dtype, shape)
 
 
@@ -130,3 +130,32 @@ def test_backends_agree_closely():
     want = sd.cdist(X, Y)
     np.testing.assert_allclose(own, want, rtol=14 * np.finfo(float).eps)
     np.testing.assert_allclose(blas, want, rtol=14 * np.finfo(float).eps)
+
+
+def test_prefault_writes_only_its_bytes():
+    """The page-touching helper behind fresh large outputs writes a zero byte
+    every `step` bytes (and nothing else), on any thread count."""
+    from fastlin._openmp_helpers import prefault
+    for nt in (1, 2, 3):
+        buf = np.full(10_000, 7, np.uint8)
+        prefault(buf, 4096, nt)
+        want = np.full(10_000, 7, np.uint8)
+        want[::4096] = 0
+        assert buf.tobytes() == want.tobytes()
+    prefault(np.empty(0, np.uint8), 4096, 2)      # empty: nothing to touch
+
+
+def test_fresh_outputs_are_prefaulted_and_exact():
+    """Outputs above the prefault size (the tests lower it) come out the same."""
+    import fastlin._threads as th
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((300, 20))
+    Y = rng.standard_normal((200, 20))
+    want_c, want_p = fastlin.cdist(X, Y), fastlin.pdist(X)
+    old = th.PREFAULT_BYTES
+    th.PREFAULT_BYTES = 1
+    try:
+        got_c, got_p = fastlin.cdist(X, Y), fastlin.pdist(X)
+    finally:
+        th.PREFAULT_BYTES = old
+    assert got_c.tobytes() == want_c.tobytes() and got_p.tobytes() == want_p.tobytes()

@@ -38,29 +38,152 @@
    a subnormal lane (whose x/2 would round) takes vsqrtpd.  Elsewhere, and
    for the tail of a row, libm's sqrt. */
 #ifdef FL_HAVE_AVX512_TARGET
-__attribute__((target("avx512f"))) static ptrdiff_t fl_sqrt512_d(double *r, ptrdiff_t n)
+#define FL_T512 __attribute__((target("avx512f,avx512dq")))
+/* the square root of 8 doubles, as described above */
+static inline FL_T512 __attribute__((always_inline)) __m512d fl_vsqrt8_d(__m512d x)
 {
     const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
     const __m512d zero = _mm512_setzero_pd(), inf = _mm512_set1_pd(INFINITY);
     const __m512d tiny = _mm512_set1_pd(0x1p-1022);
+    if (_mm512_cmp_pd_mask(x, tiny, _CMP_LT_OQ) & _mm512_cmp_pd_mask(x, zero, _CMP_GT_OQ))
+        return _mm512_sqrt_pd(x);                         /* subnormal: x / 2 inexact */
+    __m512d hx = _mm512_mul_pd(half, x);
+    __m512d e = _mm512_rsqrt14_pd(x);
+    e = _mm512_mul_pd(e, _mm512_fnmadd_pd(_mm512_mul_pd(hx, e), e, three_half));
+    e = _mm512_mul_pd(e, _mm512_fnmadd_pd(_mm512_mul_pd(hx, e), e, three_half));
+    __m512d y = _mm512_mul_pd(x, e);
+    y = _mm512_fmadd_pd(_mm512_mul_pd(half, e), _mm512_fnmadd_pd(y, y, x), y);
+    __mmask8 ok = _mm512_cmp_pd_mask(x, zero, _CMP_GT_OQ) & _mm512_cmp_pd_mask(x, inf, _CMP_LT_OQ);
+    return _mm512_mask_blend_pd(ok, x, y);
+}
+
+FL_T512 static ptrdiff_t fl_sqrt512_d(double *r, ptrdiff_t n)
+{
     ptrdiff_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        __m512d x = _mm512_loadu_pd(r + j);
-        if (_mm512_cmp_pd_mask(x, tiny, _CMP_LT_OQ) & _mm512_cmp_pd_mask(x, zero, _CMP_GT_OQ)) {
-            _mm512_storeu_pd(r + j, _mm512_sqrt_pd(x));   /* subnormal: x / 2 inexact */
-            continue;
-        }
-        __m512d hx = _mm512_mul_pd(half, x);
-        __m512d e = _mm512_rsqrt14_pd(x);
-        e = _mm512_mul_pd(e, _mm512_fnmadd_pd(_mm512_mul_pd(hx, e), e, three_half));
-        e = _mm512_mul_pd(e, _mm512_fnmadd_pd(_mm512_mul_pd(hx, e), e, three_half));
-        __m512d y = _mm512_mul_pd(x, e);
-        y = _mm512_fmadd_pd(_mm512_mul_pd(half, e), _mm512_fnmadd_pd(y, y, x), y);
-        __mmask8 ok = _mm512_cmp_pd_mask(x, zero, _CMP_GT_OQ)
-                      & _mm512_cmp_pd_mask(x, inf, _CMP_LT_OQ);
-        _mm512_storeu_pd(r + j, _mm512_mask_blend_pd(ok, x, y));
-    }
+    for (; j + 8 <= n; j += 8)
+        _mm512_storeu_pd(r + j, fl_vsqrt8_d(_mm512_loadu_pd(r + j)));
     return j;
+}
+
+static int fl_have_512(void)
+{
+    static int ok = -1;
+    if (ok < 0)
+        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    return ok;
+}
+
+/* 16 floats <-> two vectors of 8 doubles */
+#define FL_LO8(v) _mm512_cvtps_pd(_mm512_castps512_ps256(v))
+#define FL_HI8(v) _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1))
+#define FL_JOIN16(a, b) _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(a)), \
+                                           _mm512_cvtpd_ps(b), 1)
+
+/*
+ * The epilogue's main pass in one sweep, AVX-512: r[j] = the distance of
+ * entry j, or a value the exact path will overwrite (the return value
+ * counts those).  Same arithmetic as the portable passes of fl_dist_row
+ * (d2 and its test in double, max(d2, 0) * scale, the square root at the
+ * output's precision), fused so that r is written once; the row's tail
+ * runs through the same vector code under a mask, so every entry of a row
+ * gets the same treatment wherever the row starts.
+ */
+FL_T512 static int64_t fl_dist512_d(double *r, const double *c, ptrdiff_t nb, double na,
+                                   const double *nbv, double tau, int take_sqrt, double scale)
+{
+    const __m512d vna = _mm512_set1_pd(na), vtau = _mm512_set1_pd(tau);
+    const __m512d vsc = _mm512_set1_pd(scale), zero = _mm512_setzero_pd();
+    int64_t nflag = 0;
+    for (ptrdiff_t j = 0; j < nb; j += 8) {
+        __mmask8 m = nb - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (nb - j)) - 1);
+        __m512d s = _mm512_add_pd(vna, _mm512_maskz_loadu_pd(m, nbv + j));
+        __m512d d2 = _mm512_add_pd(s, _mm512_maskz_loadu_pd(m, c + j));
+        nflag += __builtin_popcount(
+            (unsigned)(m & ~_mm512_cmp_pd_mask(d2, _mm512_mul_pd(vtau, s), _CMP_GE_OQ)));
+        __m512d v = _mm512_mul_pd(_mm512_max_pd(d2, zero), vsc);   /* NaN -> 0, as ?: */
+        if (take_sqrt) v = fl_vsqrt8_d(v);
+        _mm512_mask_storeu_pd(r + j, m, v);
+    }
+    return nflag;
+}
+
+FL_T512 static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, double na,
+                                   const double *nbv, double tau, int take_sqrt, double scale)
+{
+    const __m512d vna = _mm512_set1_pd(na), vtau = _mm512_set1_pd(tau);
+    const __m512d vsc = _mm512_set1_pd(scale), zero = _mm512_setzero_pd();
+    int64_t nflag = 0;
+    for (ptrdiff_t j = 0; j < nb; j += 16) {
+        ptrdiff_t left = nb - j;
+        __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __mmask8 m0 = (__mmask8)(m & 0xff), m1 = (__mmask8)(m >> 8);
+        __m512 cv = _mm512_maskz_loadu_ps(m, c + j);
+        __m512d s0 = _mm512_add_pd(vna, _mm512_maskz_loadu_pd(m0, nbv + j));
+        __m512d s1 = _mm512_add_pd(vna, _mm512_maskz_loadu_pd(m1, nbv + j + 8));
+        __m512d d0 = _mm512_add_pd(s0, FL_LO8(cv)), d1 = _mm512_add_pd(s1, FL_HI8(cv));
+        unsigned bad = (unsigned)(m0 & ~_mm512_cmp_pd_mask(d0, _mm512_mul_pd(vtau, s0), _CMP_GE_OQ))
+                     | ((unsigned)(m1 & ~_mm512_cmp_pd_mask(d1, _mm512_mul_pd(vtau, s1), _CMP_GE_OQ)) << 8);
+        nflag += __builtin_popcount(bad);
+        __m512 v = FL_JOIN16(_mm512_mul_pd(_mm512_max_pd(d0, zero), vsc),
+                             _mm512_mul_pd(_mm512_max_pd(d1, zero), vsc));
+        if (take_sqrt) v = _mm512_sqrt_ps(v);
+        _mm512_mask_storeu_ps(r + j, m, v);
+    }
+    return nflag;
+}
+
+/*
+ * The direct path (few columns) in one sweep, AVX-512: per vector of
+ * entries, the sum over the k columns in registers (the portable loop keeps
+ * it in an array and makes k + 2 passes over it), then scale and square
+ * root.  Same arithmetic and order per entry as fl_dist_direct_row's loops.
+ */
+FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, const double *bt,
+                                   ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
+                                   double scale)
+{
+    const __m512d vsc = _mm512_set1_pd(scale);
+    for (ptrdiff_t j = 0; j < nb; j += 8) {
+        __mmask8 m = nb - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (nb - j)) - 1);
+        __m512d acc = _mm512_setzero_pd();
+        for (ptrdiff_t q = 0; q < k; q++) {
+            __m512d d = _mm512_sub_pd(_mm512_set1_pd(a[q]),
+                                      _mm512_maskz_loadu_pd(m, bt + q * ldb + j));
+            __m512d wd = w ? _mm512_mul_pd(_mm512_set1_pd(w[q]), d) : d;
+            acc = _mm512_fmadd_pd(wd, d, acc);
+        }
+        __m512d v = _mm512_mul_pd(acc, vsc);
+        if (take_sqrt) v = fl_vsqrt8_d(v);
+        _mm512_mask_storeu_pd(r + j, m, v);
+    }
+}
+
+FL_T512 static void fl_direct512_f(float *r, ptrdiff_t nb, const float *a, const float *bt,
+                                   ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
+                                   double scale)
+{
+    const __m512d vsc = _mm512_set1_pd(scale);
+    for (ptrdiff_t j = 0; j < nb; j += 16) {
+        ptrdiff_t left = nb - j;
+        __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+        for (ptrdiff_t q = 0; q < k; q++) {
+            __m512d aq = _mm512_set1_pd((double)a[q]);
+            __m512 b = _mm512_maskz_loadu_ps(m, bt + q * ldb + j);
+            __m512d d0 = _mm512_sub_pd(aq, FL_LO8(b)), d1 = _mm512_sub_pd(aq, FL_HI8(b));
+            __m512d wd0 = d0, wd1 = d1;
+            if (w) {
+                __m512d wq = _mm512_set1_pd(w[q]);
+                wd0 = _mm512_mul_pd(wq, d0);
+                wd1 = _mm512_mul_pd(wq, d1);
+            }
+            acc0 = _mm512_fmadd_pd(wd0, d0, acc0);
+            acc1 = _mm512_fmadd_pd(wd1, d1, acc1);
+        }
+        __m512 v = FL_JOIN16(_mm512_mul_pd(acc0, vsc), _mm512_mul_pd(acc1, vsc));
+        if (take_sqrt) v = _mm512_sqrt_ps(v);
+        _mm512_mask_storeu_ps(r + j, m, v);
+    }
 }
 #endif
 
@@ -68,7 +191,7 @@ static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
 {
     ptrdiff_t j = 0;
 #ifdef FL_HAVE_AVX512_TARGET
-    if (__builtin_cpu_supports("avx512f")) j = fl_sqrt512_d(r, n);
+    if (fl_have_512()) j = fl_sqrt512_d(r, n);
 #endif
     for (; j < n; j++) r[j] = sqrt(r[j]);
 }
@@ -78,6 +201,14 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 {
     for (ptrdiff_t j = 0; j < n; j++) r[j] = sqrtf(r[j]);
 }
+
+#ifdef FL_HAVE_AVX512_TARGET
+#define FL_USE_512 fl_have_512()
+#define FL_512_CALL(x) (x)
+#else
+#define FL_USE_512 0
+#define FL_512_CALL(x) 0
+#endif
 
 #define FL_DIST_TPL(T, SFX)                                                               \
 /* sum_i w_i (a_i - b_i)^2 in double (w NULL: all ones): the difference is      \
@@ -127,14 +258,18 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c
        vectorizes. */                                                           \
     T r[FL_DIRECT_TILE];                                                                  \
     int64_t nflag = 0;      /* int64: the lane width of d2, so the loop vectorizes */      \
-    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
-        double s = na + nbv[j];                                                           \
-        double d2 = s + (double)c[j];                                                     \
-        nflag += (int64_t)!(d2 >= tau * s);                                               \
-        r[j] = (T)((d2 > 0.0 ? d2 : 0.0) * scale);                                        \
+    if (FL_USE_512) {                                                                     \
+        nflag = FL_512_CALL(fl_dist512_##SFX(r, c, nb, na, nbv, tau, take_sqrt, scale));  \
+    } else {                                                                              \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            double s = na + nbv[j];                                                       \
+            double d2 = s + (double)c[j];                                                 \
+            nflag += (int64_t)!(d2 >= tau * s);                                           \
+            r[j] = (T)((d2 > 0.0 ? d2 : 0.0) * scale);                                    \
+        }                                                                                 \
+        if (take_sqrt)                                                                    \
+            fl_sqrt_row_##SFX(r, nb);                                                     \
     }                                                                                     \
-    if (take_sqrt)                                                                        \
-        fl_sqrt_row_##SFX(r, nb);                                                         \
     ptrdiff_t nexact = 0;                                                                 \
     if (nflag)                                                                            \
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
@@ -160,6 +295,11 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
 {                                                                                         \
     double acc[FL_DIRECT_TILE];                                                           \
     T r[FL_DIRECT_TILE];                                                                  \
+    if (FL_USE_512) {                                                                     \
+        FL_512_CALL(fl_direct512_##SFX(r, nb, a, bt, ldb, k, w, take_sqrt, scale));       \
+        fl_store_row_##SFX(c, r, nb, stream);                                             \
+        return;                                                                           \
+    }                                                                                     \
     for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q], wq = w ? w[q] : 1.0;                              \

@@ -43,7 +43,14 @@
 #define FL_HAVE_GEMM 0
 #endif
 
+#ifndef FL_GEMM_MR
 #define FL_GEMM_MR 14
+#endif
+#define FL_GEMM_NR_D (FL_GEMM_NV * 8)    /* columns per panel: float64 */
+#define FL_GEMM_NR_F (FL_GEMM_NV * 16)   /* float32 */
+#ifndef FL_GEMM_NV
+#define FL_GEMM_NV 2
+#endif
 #ifndef FL_GEMM_KC
 #define FL_GEMM_KC 256   /* an NR panel of B (KC x 128 bytes, 32 KiB) stays in L1 */
 #endif
@@ -123,7 +130,7 @@ static void fl_gemm_pack_a_##SUF(const T *A, size_t lda, int ta, ptrdiff_t i0,  
 static void fl_gemm_pack_b_##SUF(const T *B, size_t ldb, int tb, ptrdiff_t j0,            \
                                  ptrdiff_t nr, ptrdiff_t p0, ptrdiff_t kc, T *Bp)         \
 {                                                                                         \
-    const ptrdiff_t NR = 2 * VL;                                                          \
+    const ptrdiff_t NR = FL_GEMM_NV * VL;                                                          \
     ptrdiff_t p, c;                                                                       \
     if (!tb) {                                                                            \
         for (p = 0; p < kc; p++) {                                                        \
@@ -147,40 +154,71 @@ static void fl_gemm_ukr_##SUF(ptrdiff_t kc, const T *FL_GEMM_RESTRICT ap,       
                               const T *FL_GEMM_RESTRICT bp, T *c, size_t ldc, T alpha,   \
                               int load_c)                                                 \
 {                                                                                         \
-    V c0[FL_GEMM_MR], c1[FL_GEMM_MR];                                                     \
-    V b0, b1, a, va;                                                                      \
+    V acc[FL_GEMM_MR][FL_GEMM_NV];                                                        \
+    V b[FL_GEMM_NV], a, va;                                                               \
     ptrdiff_t p;                                                                          \
-    int r;                                                                                \
-    _Pragma("GCC unroll 14")                                                              \
+    int r, v;                                                                             \
+    _Pragma("GCC unroll 16")                                                              \
     for (r = 0; r < FL_GEMM_MR; r++) {                                                    \
-        c0[r] = SETZERO(); c1[r] = SETZERO();                                             \
-        __builtin_prefetch(c + (size_t)r * ldc, 1, 3);                                    \
-        __builtin_prefetch(c + (size_t)r * ldc + VL, 1, 3);                               \
+        _Pragma("GCC unroll 4")                                                           \
+        for (v = 0; v < FL_GEMM_NV; v++) {                                                \
+            acc[r][v] = SETZERO();                                                        \
+            __builtin_prefetch(c + (size_t)r * ldc + v * VL, 1, 3);                       \
+        }                                                                                 \
     }                                                                                     \
     _Pragma("GCC unroll 4")                                                               \
     for (p = 0; p < kc; p++) {                                                            \
-        b0 = LOAD(bp);                                                                    \
-        b1 = LOAD(bp + VL);                                                               \
+        _Pragma("GCC unroll 4")                                                           \
+        for (v = 0; v < FL_GEMM_NV; v++) b[v] = LOADU(bp + v * VL);                        \
         FL_GEMM_PF(ap, bp);                                                               \
-        _Pragma("GCC unroll 14")                                                          \
+        _Pragma("GCC unroll 16")                                                          \
         for (r = 0; r < FL_GEMM_MR; r++) {                                                \
             a = SET1(ap[r]);                                                              \
-            c0[r] = FMADD(a, b0, c0[r]);                                                  \
-            c1[r] = FMADD(a, b1, c1[r]);                                                  \
+            _Pragma("GCC unroll 4")                                                       \
+            for (v = 0; v < FL_GEMM_NV; v++) acc[r][v] = FMADD(a, b[v], acc[r][v]);       \
         }                                                                                 \
         ap += FL_GEMM_MR;                                                                 \
-        bp += 2 * VL;                                                                     \
+        bp += FL_GEMM_NV * VL;                                                            \
     }                                                                                     \
     va = SET1(alpha);                                                                     \
-    _Pragma("GCC unroll 14")                                                              \
+    _Pragma("GCC unroll 16")                                                              \
     for (r = 0; r < FL_GEMM_MR; r++) {                                                    \
         T *cr = c + (size_t)r * ldc;                                                      \
-        if (load_c) {                                                                     \
-            STOREU(cr, FMADD(c0[r], va, LOADU(cr)));                                      \
-            STOREU(cr + VL, FMADD(c1[r], va, LOADU(cr + VL)));                            \
-        } else {                                                                          \
-            STOREU(cr, MUL(c0[r], va));                                                   \
-            STOREU(cr + VL, MUL(c1[r], va));                                              \
+        _Pragma("GCC unroll 4")                                                           \
+        for (v = 0; v < FL_GEMM_NV; v++) {                                                \
+            if (load_c)                                                                   \
+                STOREU(cr + v * VL, FMADD(acc[r][v], va, LOADU(cr + v * VL)));            \
+            else                                                                          \
+                STOREU(cr + v * VL, MUL(acc[r][v], va));                                  \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* C (m x n) (+)= alpha * the product of packed blocks: Ap holds the MR-row   */        \
+/* panels of m rows, Bp the NR-column panels of n columns, each kc deep and   */         \
+/* consecutive.  Full panels go straight to C; edge panels through a buffer.  */         \
+__attribute__((target("avx512f")))                                                        \
+static void fl_gemm_macro_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc, const T *Ap,      \
+                                const T *Bp, T *C, size_t ldc, T alpha, int load_c)       \
+{                                                                                         \
+    const ptrdiff_t NR = FL_GEMM_NV * VL, MR = FL_GEMM_MR;                                \
+    T edge[FL_GEMM_MR * FL_GEMM_NV * VL] __attribute__((aligned(64)));                    \
+    ptrdiff_t ir, jr, i, j;                                                               \
+    for (ir = 0; ir < m; ir += MR) {                                                      \
+        ptrdiff_t mr = m - ir < MR ? m - ir : MR;                                         \
+        for (jr = 0; jr < n; jr += NR) {                                                  \
+            ptrdiff_t nr = n - jr < NR ? n - jr : NR;                                     \
+            T *cij = C + (size_t)ir * ldc + jr;                                           \
+            if (mr == MR && nr == NR) {                                                   \
+                fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, cij, ldc, alpha, load_c); \
+            } else {                                                                      \
+                fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, edge, NR, alpha, 0);    \
+                for (i = 0; i < mr; i++)                                                  \
+                    for (j = 0; j < nr; j++)                                              \
+                        cij[(size_t)i * ldc + j] =                                        \
+                            load_c ? cij[(size_t)i * ldc + j] + edge[i * NR + j]          \
+                                   : edge[i * NR + j];                                    \
+            }                                                                             \
         }                                                                                 \
     }                                                                                     \
 }                                                                                         \
@@ -192,10 +230,9 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
                          const T *A, size_t lda, const T *B, size_t ldb, T beta, T *C,   \
                          size_t ldc)                                                      \
 {                                                                                         \
-    const ptrdiff_t NR = 2 * VL, MR = FL_GEMM_MR;                                         \
+    const ptrdiff_t NR = FL_GEMM_NV * VL, MR = FL_GEMM_MR;                                \
     ptrdiff_t jc, pc, ic, jr, ir, nc, kc, mc, i, j;                                       \
     T *Bp, *Ap;                                                                           \
-    T edge[FL_GEMM_MR * 2 * VL] __attribute__((aligned(64)));                              \
     if (m <= 0 || n <= 0) return 0;                                                       \
     if (k <= 0) {                                                                         \
         for (i = 0; i < m; i++)                                                           \
@@ -225,29 +262,54 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
                 for (ir = 0; ir < mc; ir += MR)                                           \
                     fl_gemm_pack_a_##SUF(A, lda, ta, ic + ir, mc - ir < MR ? mc - ir : MR,\
                                          pc, kc, Ap + ir * kc);                           \
-                for (ir = 0; ir < mc; ir += MR) {                                         \
-                    ptrdiff_t mr = mc - ir < MR ? mc - ir : MR;                           \
-                    for (jr = 0; jr < nc; jr += NR) {                                     \
-                        ptrdiff_t nr = nc - jr < NR ? nc - jr : NR;                       \
-                        T *cij = C + (size_t)(ic + ir) * ldc + jc + jr;                   \
-                        if (mr == MR && nr == NR) {                                       \
-                            fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, cij, ldc,   \
-                                              alpha, load_c);                             \
-                        } else {                                                          \
-                            fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, edge, NR,   \
-                                              alpha, 0);                                  \
-                            for (i = 0; i < mr; i++)                                      \
-                                for (j = 0; j < nr; j++)                                  \
-                                    cij[(size_t)i * ldc + j] =                            \
-                                        load_c ? cij[(size_t)i * ldc + j] + edge[i * NR + j] \
-                                               : edge[i * NR + j];                        \
-                        }                                                                 \
-                    }                                                                     \
-                }                                                                         \
+                fl_gemm_macro_##SUF(mc, nc, kc, Ap, Bp, C + (size_t)ic * ldc + jc, ldc,    \
+                                    alpha, load_c);                                       \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
     return 0;                                                                             \
+}                                                                                         \
+                                                                                          \
+/* Prepacked operands, for products whose operands are shared by many tiles */           \
+/* (cdist, pdist): op(A) (m x k) as MR-row panels, op(B) (k x n) as NR-     */           \
+/* column panels, both zero-padded, for every KC slice in turn: slice s      */           \
+/* starts at s * KC * pad and its panel q at q * (panel width) * kc_s.       */           \
+/* fl_gemm_pack_panels packs panels [q0, q1) of one operand (is_b: as op(B), */           \
+/* X is then B and tx is tb; else as op(A)).                                  */          \
+static void fl_gemm_pack_panels_##SUF(int is_b, const T *X, size_t ldx, int tx,           \
+                                      ptrdiff_t rows, ptrdiff_t k, ptrdiff_t q0,          \
+                                      ptrdiff_t q1, T *P)                                 \
+{                                                                                         \
+    const ptrdiff_t W = is_b ? FL_GEMM_NV * VL : FL_GEMM_MR;                              \
+    const ptrdiff_t pad = (rows + W - 1) / W * W;                                         \
+    ptrdiff_t q, pc, kc;                                                                  \
+    for (q = q0; q < q1; q++) {                                                           \
+        ptrdiff_t w = rows - q * W < W ? rows - q * W : W;                                \
+        for (pc = 0; pc < k; pc += FL_GEMM_KC) {                                          \
+            kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                               \
+            if (is_b)                                                                     \
+                fl_gemm_pack_b_##SUF(X, ldx, tx, q * W, w, pc, kc, P + pc * pad + q * W * kc); \
+            else                                                                          \
+                fl_gemm_pack_a_##SUF(X, ldx, tx, q * W, w, pc, kc, P + pc * pad + q * W * kc); \
+        }                                                                                 \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+/* C (m x n) = alpha op(A)[i0:i0+m] op(B)[:, j0:j0+n] + beta C from prepacked */          \
+/* operands (mpad, npad: their padded row / column counts); i0 a multiple   */          \
+/* of MR, j0 of NR.  Same sums in the same order as fl_gemm.                 */          \
+__attribute__((target("avx512f")))                                                        \
+static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
+                                    const T *Ap, ptrdiff_t mpad, ptrdiff_t i0,            \
+                                    const T *Bp, ptrdiff_t npad, ptrdiff_t j0, T beta,    \
+                                    T *C, size_t ldc)                                     \
+{                                                                                         \
+    ptrdiff_t pc, kc;                                                                     \
+    for (pc = 0; pc < k; pc += FL_GEMM_KC) {                                              \
+        kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                                   \
+        fl_gemm_macro_##SUF(m, n, kc, Ap + pc * mpad + i0 * kc, Bp + pc * npad + j0 * kc, \
+                            C, ldc, alpha, pc > 0 || beta != 0);                          \
+    }                                                                                     \
 }
 
 #define FL_GEMM_RESTRICT __restrict__
@@ -264,6 +326,19 @@ FL_GEMM_DEFINE(f, float, __m512, 16, _mm512_load_ps, _mm512_loadu_ps, _mm512_sto
 
 static int fl_gemm_wanted = 0;
 static int fl_gemm_ok(void) { return 0; }
+#define FL_GEMM_STUBS(SUF, T)                                                             \
+static void fl_gemm_pack_panels_##SUF(int is_b, const T *X, size_t ldx, int tx,           \
+                                      ptrdiff_t rows, ptrdiff_t k, ptrdiff_t q0,          \
+                                      ptrdiff_t q1, T *P)                                 \
+{ (void)is_b; (void)X; (void)ldx; (void)tx; (void)rows; (void)k; (void)q0; (void)q1; (void)P; } \
+static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
+                                    const T *Ap, ptrdiff_t mpad, ptrdiff_t i0,            \
+                                    const T *Bp, ptrdiff_t npad, ptrdiff_t j0, T beta,    \
+                                    T *C, size_t ldc)                                     \
+{ (void)m; (void)n; (void)k; (void)alpha; (void)Ap; (void)mpad; (void)i0; (void)Bp;      \
+  (void)npad; (void)j0; (void)beta; (void)C; (void)ldc; }
+FL_GEMM_STUBS(d, double)
+FL_GEMM_STUBS(f, float)
 static int fl_gemm_d(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
                      const double *A, size_t lda, const double *B, size_t ldb, double beta,
                      double *C, size_t ldc)
