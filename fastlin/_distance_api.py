@@ -123,7 +123,6 @@ class _Operands:
            points keep their digits and an infinite coordinate gives inf.
     gemm:  the GEMM operand, centred on `centre` (and weighted, or whitened
            by L), built lazily.
-    bad:   non-finite rows (always take the exact path).
     zero:  rows of zero norm under cosine (nan distances, as scipy).
     """
 
@@ -143,7 +142,6 @@ class _Operands:
                                       dtype=dtype)
         self.exact = X0
         self.sw = sw if metric in ("euclidean", "sqeuclidean") else None
-        self.bad = (~np.isfinite(X0).all(axis=1)).astype(np.uint8)
 
     def gemm(self, centre):
         G = self.exact - centre
@@ -164,12 +162,14 @@ _SAFE_SQNORM = {np.dtype(np.float64): (2.0 ** -900, 2.0 ** 900),
                 np.dtype(np.float32): (2.0 ** -100, 2.0 ** 100)}
 
 
-def _exact_marked(bad, sq, dtype):
+def _exact_marked(sq, dtype):
     """The squared norms for the kernel: NaN on the rows that must take the
     exact path (non-finite, or a norm outside the safe range), which makes
-    every entry of such a row fail the kernel's trust test."""
+    every entry of such a row fail the kernel's trust test.  A row with an
+    inf or nan has an inf or nan squared norm (centring, weighting and
+    whitening keep it non-finite), so the range test finds those too."""
     lo, hi = _SAFE_SQNORM[dtype]
-    flag = bad.astype(bool) | ~((sq <= hi) & ((sq >= lo) | (sq == 0)))
+    flag = ~((sq <= hi) & ((sq >= lo) | (sq == 0)))
     return np.where(flag, np.nan, sq) if flag.any() else sq
 
 
@@ -234,8 +234,17 @@ def _gemm_operands(OA, OB, dtype, nt):
     return A, B, na, nb
 
 
-def _centre(X, dtype):
-    c = np.asarray(X).mean(axis=0, dtype=np.float64) if len(X) else np.zeros(X.shape[1])
+def _centre(X, dtype, sample=1024):
+    """A common point near the rows: the mean of at most ~`sample` of them,
+    evenly strided.  Any point serves (distances are translation invariant);
+    it only has to be close to the data next to the data's offset, which a
+    strided sample's mean is, without a pass over all of X.  Depends on the
+    shape only (never on the thread count); non-finite means give 0."""
+    X = np.asarray(X)
+    if not len(X):
+        return np.zeros(X.shape[1], dtype)
+    step = max(1, len(X) // sample)
+    c = X[::step].mean(axis=0, dtype=np.float64)
     c = np.where(np.isfinite(c), c, 0.0)
     return c.astype(dtype)
 
@@ -329,7 +338,7 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
                        np.ascontiguousarray(OB.exact.T))
     else:
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
-        na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
+        na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
         scratch = _scratch(nt, dtype, 4096 // dtype.itemsize)     # 1 MiB tiles
         Ap, Bp = _panels(mA, mB, n, dtype)
         _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, scratch, TAU[dtype],
@@ -397,7 +406,7 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
         else:
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
             Ap, Bp = _panels(m, m, n, dtype)
-            _k.pdist_tiles(A, O.exact, _exact_marked(O.bad, na, dtype), res,
+            _k.pdist_tiles(A, O.exact, _exact_marked(na, dtype), res,
                            _scratch(nt, dtype), TAU[dtype], take_sqrt, scale, nt, stream,
                            wv, None, O.exact_factor(), Ap, Bp)
     if metric == "cosine" and O.zero.any():
@@ -562,7 +571,7 @@ def _euclidean_backward(G, A, B, dtype, want_b=True):
         OB = _Operands(B, dtype, "euclidean", None, None)
         nt = _for_work(mA * mB * n)
         Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
-        na, nb = _exact_marked(OA.bad, na, dtype), _exact_marked(OB.bad, nb, dtype)
+        na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
         nblk = -(-mA // 256)
         WB = np.empty((mA, n), dtype)
         P = np.empty((nblk * mB if want_b else 0, n), dtype)
