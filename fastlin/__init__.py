@@ -54,6 +54,7 @@ def show_config(file=None):
     import numpy
     import scipy
 
+    from ._distance import own_gemm_enabled
     from ._openmp_helpers import openmp_enabled
     try:
         from . import _build_config as bc
@@ -71,6 +72,7 @@ def show_config(file=None):
         f"  openmp        : {'on' if openmp_enabled() else 'OFF (single-threaded build)'}",
         f"  threads       : {get_num_threads()}",
         f"  simd dispatch : {'target_clones (x86-64-v4 / v3 / baseline)' if get('TARGET_CLONES') is True else 'baseline only'}",
+        f"  tile GEMM     : {'fastlin AVX-512 kernel (src/fl_gemm.h)' if own_gemm_enabled() else 'scipy BLAS (no AVX-512 kernel on this CPU or build)'}",
         f"  native build  : {get('NATIVE')}",
         f"  compiler      : {get('COMPILER')}",
         f"  cflags        : {get('CFLAGS')}",

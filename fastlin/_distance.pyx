@@ -505,3 +505,34 @@ def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,
             # WtA[r0:r0+rn] = W[:, r0:r0+rn]^T @ A
             gemm_atb(<int>rn, <int>k, <int>mA, <floating>1.0, &W[0, r0], <int>mB,
                      &A[0, 0], <int>k, <floating>0.0, &WtA[r0, 0], <int>k)
+
+
+def condensed_to_square(const floating[::1] v, floating[:, ::1] M, int n_threads):
+    """M (m x m) := the symmetric matrix of the condensed vector v (scipy's
+    order), zero diagonal.  Two passes: each row's upper run is one copy of
+    its run of v; then each 64 x 64 block below the diagonal is the transpose
+    of its mirror above (blocked, so both sides stay in cache)."""
+    cdef Py_ssize_t m = M.shape[0], i, j, r, c, base, t, bi, bj, nb
+    nb = (m + 63) // 64
+    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+        base = m * i - (i * (i + 1)) // 2     # the run of row i starts at pair (i, i + 1)
+        M[i, i] = 0
+        for j in range(i + 1, m):
+            M[i, j] = v[base + j - i - 1]
+    for t in prange(nb * nb, nogil=True, schedule='static', num_threads=n_threads):
+        bi = t // nb
+        bj = t % nb
+        if bj > bi:
+            continue
+        for r in range(bi * 64, min(m, bi * 64 + 64)):
+            for c in range(bj * 64, min(r, bj * 64 + 64)):
+                M[r, c] = M[c, r]
+
+
+def square_to_condensed(const floating[:, ::1] M, floating[::1] v, int n_threads):
+    """v := the strict upper triangle of M, row by row (scipy's order)."""
+    cdef Py_ssize_t m = M.shape[0], i, j, base
+    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+        base = m * i - (i * (i + 1)) // 2
+        for j in range(i + 1, m):
+            v[base + j - i - 1] = M[i, j]

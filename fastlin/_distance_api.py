@@ -446,6 +446,10 @@ def squareform(X, force="no", checks=True):
         if d * (d - 1) != s * 2:
             raise ValueError(f"incompatible vector size {s}: it must be a binomial "
                              "coefficient n choose 2 for some integer n >= 2")
+        if X.dtype in (np.float64, np.float32):
+            M = empty_output((d, d), X.dtype, _for_work(d * d))
+            _k.condensed_to_square(np.ascontiguousarray(X), M, _for_work(d * d))
+            return M
         M = np.zeros((d, d), dtype=X.dtype)
         iu = np.triu_indices(d, 1)
         M[iu] = X
@@ -458,7 +462,12 @@ def squareform(X, force="no", checks=True):
             raise ValueError("distance matrix X must have a zero diagonal")
         if not np.array_equal(X, X.T):
             raise ValueError("distance matrix X must be symmetric")
-    return np.ascontiguousarray(X[np.triu_indices(X.shape[0], 1)])
+    m = X.shape[0]
+    if X.dtype in (np.float64, np.float32):
+        v = np.empty(m * (m - 1) // 2, X.dtype)
+        _k.square_to_condensed(np.ascontiguousarray(X), v, _for_work(m * m))
+        return v
+    return np.ascontiguousarray(X[np.triu_indices(m, 1)])
 
 
 def _grad_matrix(grad, shape, dtype):

@@ -12,12 +12,11 @@ other, bitwise across thread counts.
 import numpy as np
 import pytest
 import scipy.spatial.distance as sd
+import test_distance as td
+import test_distance_backward as tdb
 
 import fastlin
 from fastlin import _distance as _k
-
-import test_distance as td
-import test_distance_backward as tdb
 
 BACKENDS = ["own", "blas"]
 
@@ -57,8 +56,8 @@ def test_gemm_against_longdouble(backend, dtype, form, beta, shape):
     ta, tb = form == "atb", form == "abt"
     rng = np.random.default_rng(m * 1000 + n * 10 + k)
     pad = 3                                  # row strides wider than the block
-    A = rng.standard_normal(((k, m + pad) if ta else (m, k + pad))).astype(dtype)
-    B = rng.standard_normal(((n, k + pad) if tb else (k, n + pad))).astype(dtype)
+    A = rng.standard_normal((k, m + pad) if ta else (m, k + pad)).astype(dtype)
+    B = rng.standard_normal((n, k + pad) if tb else (k, n + pad)).astype(dtype)
     C = rng.standard_normal((m, n + pad)).astype(dtype)
     if beta == 0:
         C[:, :n] = np.nan                   # beta = 0: C is not read
