@@ -357,70 +357,78 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     const double[::1] na, const double[::1] nb, const floating[:, ::1] G,
                     floating[:, ::1] WB, floating[:, ::1] P, double[:, ::1] CS,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
-                    double tau, int n_threads):
+                    double tau, int n_threads, Py_ssize_t blocks_per_group=1):
     """The Euclidean backward's sums in one sweep over the tiles, without
     ever storing D or W = G / D whole.
 
-    Each thread owns blocks of TILE rows of A and walks the column tiles in
-    order.  Per tile: D from one GEMM and the forward's epilogue (so the exact
+    The row blocks of TILE rows are taken in groups of blocks_per_group
+    consecutive blocks (a function of the shapes only); each thread owns
+    groups, and walks each group's blocks in order and each block's column
+    tiles in order.  Per tile: D from one GEMM and the forward's epilogue (so the exact
     path and its guarantees are the forward's), W = G / D in place (0 where
     D == 0), the exact-path entries' terms formed from differences instead
     (fl_bwd_exact_row), then
       WB[i-block]  (+)= W B[j-block]                    (GEMM, beta 1 after the first)
-      P[bi, j-block] = W^T A[i-block]                  (GEMM: this row block's share)
-      rows[i] += sum_j W_ij,  CS[bi, j] = sum_i W_ij   (in double)
-    and the exact terms (ta = sum t, tb = -sum t): WB[i] -= ta[i], P[bi, j] -= tb[j].  The caller sums
-    P and CS over the row blocks in block order (reduce_row_blocks), so no
-    result depends on the thread count.
+      P[g, j-block] (+)= W^T A[i-block]     (GEMM: the group's share, beta 1 after
+                                            the group's first block)
+      rows[i] += sum_j W_ij,  CS[g, j] += sum_i W_ij   (in double)
+    and the exact terms (ta = sum t, tb = -sum t): WB[i] -= ta[i], P[g, j] -= tb[j].  The caller sums
+    P and CS over the groups in order (reduce_row_blocks), so no result
+    depends on the thread count; P holds one share per group, not per block
+    (bounded memory for many rows).
     scratch: (n_threads, 2 * TILE * TILE), a GEMM tile and a W tile per
     thread; tscratch: (n_threads, 2 * TILE * k) doubles for ta and tb.
     P with no rows: the XB side (P, CS) is skipped.
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
-    cdef Py_ssize_t bi, bj, i0, j0, tm, tn, i, q, nex
+    cdef Py_ssize_t bpg = blocks_per_group
+    cdef Py_ssize_t ngroups = (ntm + bpg - 1) // bpg
+    cdef Py_ssize_t g, bi, bj, i0, j0, tm, tn, i, q, nex
     cdef bint want_b = P.shape[0] > 0     # else only the XA side (pdist_backward)
     cdef floating *c
     cdef floating *w
     cdef double *ta
     cdef double *tb
     cdef double rs
-    for bi in prange(ntm, nogil=True, schedule='dynamic', num_threads=n_threads):
-        i0 = bi * TILE
-        tm = min(TILE, mA - i0)
-        c = &scratch[threadid(), 0]
-        w = c + TILE * TILE
-        ta = &tscratch[threadid(), 0]
-        tb = ta + TILE * k
-        for bj in range(ntn):
-            j0 = bj * TILE
-            tn = min(TILE, mB - j0)
-            gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
-                     &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
-            nex = 0
-            for i in range(tm):
-                rs = 0      # assigned in the loop body: thread-private (its address is taken)
-                nex = nex + _bwd_row(w + i * tn, c + i * tn, &G[i0 + i, j0], tn,
-                                     na[i0 + i], &nb[j0], tau, &A0[i0 + i, 0], &B0[j0, 0],
-                                     k, ta + i * k, tb, &CS[bi, j0], &rs)
-                if bj == 0:
-                    rows[i0 + i] = rs
-                else:
-                    rows[i0 + i] = rows[i0 + i] + rs
-            gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
-                    <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
-            if want_b:
-                gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn, &A[i0, 0],
-                         <int>k, <floating>0.0, &P[bi * mB + j0, 0], <int>k)
-            if nex:
-                for i in range(tm * k):
-                    WB[i0 + i // k, i % k] = WB[i0 + i // k, i % k] - <floating>ta[i]
-                    ta[i] = 0
-                for i in range(tn * k):
-                    if want_b:
-                        P[bi * mB + j0 + i // k, i % k] = (P[bi * mB + j0 + i // k, i % k]
-                                                           - <floating>tb[i])
-                    tb[i] = 0
+    for g in prange(ngroups, nogil=True, schedule='dynamic', num_threads=n_threads):
+        for bi in range(g * bpg, min(ntm, (g + 1) * bpg)):
+            i0 = bi * TILE
+            tm = min(TILE, mA - i0)
+            c = &scratch[threadid(), 0]
+            w = c + TILE * TILE
+            ta = &tscratch[threadid(), 0]
+            tb = ta + TILE * k
+            for bj in range(ntn):
+                j0 = bj * TILE
+                tn = min(TILE, mB - j0)
+                gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
+                         &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
+                nex = 0
+                for i in range(tm):
+                    rs = 0      # assigned in the loop body: thread-private (its address is taken)
+                    nex = nex + _bwd_row(w + i * tn, c + i * tn, &G[i0 + i, j0], tn,
+                                         na[i0 + i], &nb[j0], tau, &A0[i0 + i, 0], &B0[j0, 0],
+                                         k, ta + i * k, tb, &CS[g, j0], &rs)
+                    if bj == 0:
+                        rows[i0 + i] = rs
+                    else:
+                        rows[i0 + i] = rows[i0 + i] + rs
+                gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
+                        <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
+                if want_b:
+                    gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn, &A[i0, 0],
+                             <int>k, <floating>(0.0 if bi == g * bpg else 1.0),
+                             &P[g * mB + j0, 0], <int>k)
+                if nex:
+                    for i in range(tm * k):
+                        WB[i0 + i // k, i % k] = WB[i0 + i // k, i % k] - <floating>ta[i]
+                        ta[i] = 0
+                    for i in range(tn * k):
+                        if want_b:
+                            P[g * mB + j0 + i // k, i % k] = (P[g * mB + j0 + i // k, i % k]
+                                                               - <floating>tb[i])
+                        tb[i] = 0
 
 
 def cdist_bwd_direct(const floating[:, ::1] A, const floating[:, ::1] BT,

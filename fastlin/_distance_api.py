@@ -581,15 +581,20 @@ def _euclidean_backward(G, A, B, dtype, want_b=True):
         nt = _for_work(mA * mB * n)
         Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
         na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
+        # row blocks of 256, in at most 16 groups of consecutive blocks: the
+        # XB side keeps one share per group (memory bounded by 16 x the
+        # gradient of XB, whatever mA), summed in group order afterwards
         nblk = -(-mA // 256)
+        per_group = -(-nblk // 16)
+        ngroups = -(-nblk // per_group)
         WB = np.empty((mA, n), dtype)
-        P = np.empty((nblk * mB if want_b else 0, n), dtype)
-        CS = np.zeros((nblk, mB))
+        P = np.empty((ngroups * mB if want_b else 0, n), dtype)
+        CS = np.zeros((ngroups, mB))
         rows = np.empty(mA)
         scratch = np.empty((max(nt, 1), 2 * 256 * 256), dtype)
         tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
-                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt)
+                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group)
         if want_b:
             WtA = np.empty((mB, n))
             cols = np.empty(mB)
