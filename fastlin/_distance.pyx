@@ -92,6 +92,21 @@ cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
         fl_dist_direct_row_f(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
 
 
+cdef extern from "fl_distance.h" nogil:
+    """
+    #ifdef FL_HAVE_AVX512_TARGET
+    static void fl_distance_init(void) { (void)fl_have_512(); }
+    #else
+    static void fl_distance_init(void) {}
+    #endif
+    """
+    void fl_distance_init()
+
+# the lazily cached CPU checks, made once here, before any parallel region
+fl_gemm_ok()
+fl_distance_init()
+
+
 def own_gemm_enabled():
     """True when the tile products use fastlin's AVX-512 GEMM (src/fl_gemm.h),
     False when they use scipy's BLAS."""
@@ -105,6 +120,18 @@ def packed_len(Py_ssize_t rows, Py_ssize_t k, bint is_b, bint is_double):
     if is_b:
         w = FL_GEMM_NR_D if is_double else FL_GEMM_NR_F
     return (rows + w - 1) // w * w * k
+
+
+def _use_panels(Ap, Bp, Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t k, bint is_double):
+    """Whether the tile kernels take the prepacked path: buffers given, the
+    AVX-512 GEMM available (else its stubs would leave the tiles unwritten),
+    something to multiply, and buffers of the size the packing writes."""
+    if Ap is None or Bp is None or not fl_gemm_ok() or mA == 0 or mB == 0 or k == 0:
+        return False
+    if (len(Ap) < packed_len(mA, k, False, is_double)
+            or len(Bp) < packed_len(mB, k, True, is_double)):
+        raise ValueError("packed operand buffers are too small for these operands")
+    return True
 
 
 cdef void _pack_operands(const floating *pa, Py_ssize_t mA, const floating *pb,
@@ -184,7 +211,9 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     elements each), A and B are packed once into fastlin's GEMM panels here
     and every tile's product reads them (no packing per tile)."""
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
-    cdef bint packed = Ap is not None and A.shape[0] > 0 and k > 0
+    if mA == 0 or mB == 0:
+        return
+    cdef bint packed = _use_panels(Ap, Bp, mA, mB, k, floating is double)
     cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
     cdef Py_ssize_t mpad = (mA + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
     cdef Py_ssize_t npad = (mB + NR - 1) // NR * NR
@@ -264,7 +293,7 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     one GEMM tile per thread.  Ap, Bp: as cdist_tiles (the tiles are then
     224 x 224, whole panels both ways)."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
-    cdef bint packed = Ap is not None and m > 0 and k > 0
+    cdef bint packed = _use_panels(Ap, Bp, m, m, k, floating is double)
     cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
     cdef Py_ssize_t mpad = (m + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
     cdef Py_ssize_t npad = (m + NR - 1) // NR * NR
@@ -355,7 +384,7 @@ cdef inline Py_ssize_t _bwd_row(floating *w, const floating *c, const floating *
 def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     const floating[:, ::1] A0, const floating[:, ::1] B0,
                     const double[::1] na, const double[::1] nb, const floating[:, ::1] G,
-                    floating[:, ::1] WB, floating[:, ::1] P, double[:, ::1] CS,
+                    floating[:, ::1] WB, double[:, ::1] P, double[:, ::1] CS,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
                     double tau, int n_threads, Py_ssize_t blocks_per_group=1):
     """The Euclidean backward's sums in one sweep over the tiles, without
@@ -376,8 +405,10 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     P and CS over the groups in order (reduce_row_blocks), so no result
     depends on the thread count; P holds one share per group, not per block
     (bounded memory for many rows).
-    scratch: (n_threads, 2 * TILE * TILE), a GEMM tile and a W tile per
-    thread; tscratch: (n_threads, 2 * TILE * k) doubles for ta and tb.
+    scratch: (n_threads, 2 * TILE * TILE + TILE * k), a GEMM tile, a W tile
+    and (float32) the tile's W^T A per thread; tscratch: (n_threads,
+    2 * TILE * k) doubles for ta and tb.  P is float64 for both dtypes: a
+    float32 tile's W^T A is added into it in double.
     P with no rows: the XB side (P, CS) is skipped.
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
@@ -388,6 +419,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef bint want_b = P.shape[0] > 0     # else only the XA side (pdist_backward)
     cdef floating *c
     cdef floating *w
+    cdef floating *wta
     cdef double *ta
     cdef double *tb
     cdef double rs
@@ -417,9 +449,20 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
                         <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
                 if want_b:
-                    gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn, &A[i0, 0],
-                             <int>k, <floating>(0.0 if bi == g * bpg else 1.0),
-                             &P[g * mB + j0, 0], <int>k)
+                    if floating is double:
+                        gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
+                                 &A[i0, 0], <int>k, <floating>(0.0 if bi == g * bpg else 1.0),
+                                 &P[g * mB + j0, 0], <int>k)
+                    else:
+                        wta = w + TILE * TILE
+                        gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
+                                 &A[i0, 0], <int>k, <floating>0.0, wta, <int>k)
+                        for i in range(tn):
+                            if bi == g * bpg:
+                                for q in range(k):
+                                    P[g * mB + j0 + i, q] = wta[i * k + q]
+                            else:
+                                fl_add_row_f(&P[g * mB + j0 + i, 0], wta + i * k, k)
                 if nex:
                     for i in range(tm * k):
                         WB[i0 + i // k, i % k] = WB[i0 + i // k, i % k] - <floating>ta[i]
@@ -427,7 +470,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     for i in range(tn * k):
                         if want_b:
                             P[g * mB + j0 + i // k, i % k] = (P[g * mB + j0 + i // k, i % k]
-                                                               - <floating>tb[i])
+                                                               - tb[i])
                         tb[i] = 0
 
 
@@ -472,7 +515,7 @@ def reduce_direct_blocks(const double[:, ::1] PB, double[:, ::1] GB, int n_threa
             GB[j, q] = s
 
 
-def reduce_row_blocks(const floating[:, ::1] P, const double[:, ::1] CS,
+def reduce_row_blocks(const double[:, ::1] P, const double[:, ::1] CS,
                       double[:, ::1] WtA, double[::1] cols, int n_threads):
     """WtA[j] = sum_b P[b * mB + j] and cols[j] = sum_b CS[b, j], over the row
     blocks b in order, in double."""
@@ -522,12 +565,12 @@ def condensed_to_square(const floating[::1] v, floating[:, ::1] M, int n_threads
     of its mirror above (blocked, so both sides stay in cache)."""
     cdef Py_ssize_t m = M.shape[0], i, j, r, c, base, t, bi, bj, nb
     nb = (m + 63) // 64
-    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+    for i in prange(m, nogil=True, schedule='dynamic', chunksize=16, num_threads=n_threads):
         base = m * i - (i * (i + 1)) // 2     # the run of row i starts at pair (i, i + 1)
         M[i, i] = 0
         for j in range(i + 1, m):
             M[i, j] = v[base + j - i - 1]
-    for t in prange(nb * nb, nogil=True, schedule='static', num_threads=n_threads):
+    for t in prange(nb * nb, nogil=True, schedule='dynamic', num_threads=n_threads):
         bi = t // nb
         bj = t % nb
         if bj > bi:
@@ -540,7 +583,7 @@ def condensed_to_square(const floating[::1] v, floating[:, ::1] M, int n_threads
 def square_to_condensed(const floating[:, ::1] M, floating[::1] v, int n_threads):
     """v := the strict upper triangle of M, row by row (scipy's order)."""
     cdef Py_ssize_t m = M.shape[0], i, j, base
-    for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
+    for i in prange(m, nogil=True, schedule='dynamic', chunksize=16, num_threads=n_threads):
         base = m * i - (i * (i + 1)) // 2
         for j in range(i + 1, m):
             v[base + j - i - 1] = M[i, j]

@@ -235,8 +235,8 @@ def _gemm_operands(OA, OB, dtype, nt):
 
 
 def _centre(X, dtype, sample=1024):
-    """A common point near the rows: the mean of at most ~`sample` of them,
-    evenly strided.  Any point serves (distances are translation invariant);
+    """A common point near the rows: the mean of fewer than 2 * `sample` of
+    them, evenly strided.  Any point serves (distances are translation invariant);
     it only has to be close to the data next to the data's offset, which a
     strided sample's mean is, without a pass over all of X.  Depends on the
     shape only (never on the thread count); non-finite means give 0."""
@@ -581,17 +581,18 @@ def _euclidean_backward(G, A, B, dtype, want_b=True):
         nt = _for_work(mA * mB * n)
         Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
         na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
-        # row blocks of 256, in at most 16 groups of consecutive blocks: the
-        # XB side keeps one share per group (memory bounded by 16 x the
-        # gradient of XB, whatever mA), summed in group order afterwards
+        # row blocks of 256, in at most 32 groups of consecutive blocks
+        # (work items for the threads): the XB side keeps one float64 share
+        # per group -- memory bounded by 32 x the gradient of XB, whatever mA
+        # -- summed in group order afterwards
         nblk = -(-mA // 256)
-        per_group = -(-nblk // 16)
+        per_group = -(-nblk // 32)
         ngroups = -(-nblk // per_group)
         WB = np.empty((mA, n), dtype)
-        P = np.empty((ngroups * mB if want_b else 0, n), dtype)
+        P = np.empty((ngroups * mB if want_b else 0, n))
         CS = np.zeros((ngroups, mB))
         rows = np.empty(mA)
-        scratch = np.empty((max(nt, 1), 2 * 256 * 256), dtype)
+        scratch = np.empty((max(nt, 1), 2 * 256 * 256 + 256 * n), dtype)
         tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
                            WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group)

@@ -14,7 +14,18 @@ row's arithmetic is fixed, so results do not depend on the thread count.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from fastlin._blas cimport gemm_atb
+from fastlin._blas cimport fl_gemm_ok, fl_gemm_wanted, gemm_atb
+
+fl_gemm_ok()     # the lazily cached CPU check, made once here, before any parallel region
+
+
+def _use_own_gemm(bint on):
+    """Testing hook, as fastlin._distance._use_own_gemm, for this module's
+    GEMM calls (the d > 32 backward).  Returns the previous setting."""
+    global fl_gemm_wanted
+    cdef bint old = fl_gemm_wanted
+    fl_gemm_wanted = on
+    return old
 
 cdef extern from "fl_mahal.h" nogil:
     void fl_maha_rows_d(const double *X, Py_ssize_t m, Py_ssize_t d, const double *mu,

@@ -192,16 +192,16 @@ def test_wide_rows_backward_matches_twin():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_backward_many_row_blocks_in_groups(dtype):
-    """4400 rows: 18 row blocks of 256, taken in 9 groups of 2 (the XB side
-    keeps one share per group): against the longdouble twin, and bitwise the
-    same for 1, 2 and 3 threads.  Measured: 5e-16 / 9e-16 of max |g| (float64),
-    2.5e-7 (float32); bounds as test_backward_matches_longdouble_twin."""
+    """8500 rows: 34 row blocks of 256, taken in 17 groups of 2 (the XB side
+    keeps one float64 share per group, at most 32 groups): against the
+    longdouble twin, and bitwise the same for 1, 2 and 3 threads.  Bounds as
+    test_backward_matches_longdouble_twin."""
     from fastlin import reference as ref
     rng = np.random.default_rng(23)
-    A = rng.standard_normal((4400, 20)).astype(dtype)
-    B = rng.standard_normal((300, 20)).astype(dtype)
-    B[:5] = A[100:105] + dtype(1e-3) * rng.standard_normal((5, 20)).astype(dtype)
-    G = rng.standard_normal((4400, 300)).astype(dtype)
+    A = rng.standard_normal((8500, 17)).astype(dtype)
+    B = rng.standard_normal((40, 17)).astype(dtype)
+    B[:5] = A[100:105] + dtype(1e-3) * rng.standard_normal((5, 17)).astype(dtype)
+    G = rng.standard_normal((8500, 40)).astype(dtype)
     res = {}
     for nt in (1, 2, 3):
         with fastlin.threads(nt):

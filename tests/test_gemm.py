@@ -74,20 +74,23 @@ def test_gemm_against_longdouble(backend, dtype, form, beta, shape):
         assert Cw[:, n:].tobytes() == before.tobytes()
 
 
-def test_gemm_result_does_not_depend_on_the_block_position(backend):
+@pytest.mark.parametrize("alpha,beta,k", [(-2.0, 0.0, 100), (0.3, 1.0, 300)])
+def test_gemm_result_does_not_depend_on_the_block_position(backend, alpha, beta, k):
     """The same rows give the same bits whether they start a product or sit
-    inside one (the kernels' tiles cut the operands anywhere)."""
+    inside one, in a full panel or an edge panel (the kernels' tiles cut the
+    operands anywhere), for any alpha and over several KC slices."""
     rng = np.random.default_rng(5)
-    A = rng.standard_normal((300, 100))
-    B = rng.standard_normal((200, 100))
-    full = np.zeros((300, 200))
-    _k._gemm(0, 1, 300, 200, 100, -2.0, A, B, 0.0, full)
-    part = np.zeros((300 - 37, 200 - 21))
-    _k._gemm(0, 1, 300 - 37, 200 - 21, 100, -2.0, A[37:].copy(), B[21:].copy(), 0.0, part)
+    A = rng.standard_normal((300, k))
+    B = rng.standard_normal((200, k))
+    C0 = rng.standard_normal((300, 200))
+    full = C0.copy()
+    _k._gemm(0, 1, 300, 200, k, alpha, A, B, beta, full)
+    part = C0[37:, 21:].copy()
+    _k._gemm(0, 1, 300 - 37, 200 - 21, k, alpha, A[37:].copy(), B[21:].copy(), beta, part)
     if backend == "own":    # fastlin's kernel: a fixed order per entry, by construction
         assert full[37:, 21:].tobytes() == part.tobytes()
     else:                   # BLAS promises no such thing; only closeness
-        np.testing.assert_allclose(full[37:, 21:], part, rtol=1e-13, atol=1e-12)
+        np.testing.assert_allclose(full[37:, 21:], part, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------ the distances on both backends
@@ -158,3 +161,53 @@ def test_fresh_outputs_are_prefaulted_and_exact():
     finally:
         th.PREFAULT_BYTES = old
     assert got_c.tobytes() == want_c.tobytes() and got_p.tobytes() == want_p.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [td.F64, td.F32], ids=["float64", "float32"])
+def test_packed_tiles_deep_rows_match_scipy_and_threads(backend, dtype):
+    """k > 256 (two slices of the packed panels) with tiles that start inside
+    the operands (ragged row blocks, several column tiles, pdist's 224-row
+    tiles off the diagonal): against scipy, and bitwise for 1, 2, 3 threads."""
+    rng = np.random.default_rng(31)
+    XA = rng.standard_normal((600, 600)).astype(dtype)
+    XB = rng.standard_normal((530, 600)).astype(dtype)
+    X = rng.standard_normal((500, 600)).astype(dtype)
+    rtol = 14 * np.finfo(np.float64).eps if dtype == td.F64 else 5 * np.finfo(np.float32).eps
+    runs = {}
+    for nt in (1, 2, 3):
+        with fastlin.threads(nt):
+            runs[nt] = (fastlin.cdist(XA, XB), fastlin.pdist(X))
+    for nt in (2, 3):
+        for a, b in zip(runs[1], runs[nt]):
+            assert a.tobytes() == b.tobytes(), nt
+    c, p = runs[1]
+    np.testing.assert_allclose(c, sd.cdist(XA.astype(np.float64), XB.astype(np.float64)),
+                               rtol=rtol)
+    np.testing.assert_allclose(p, sd.pdist(X.astype(np.float64)), rtol=rtol)
+
+
+def test_tile_kernels_accept_empty_operands():
+    """The kernels return at once on empty operands (the public functions never
+    call them so, but nothing in them divides by a zero tile count)."""
+    e = np.empty((0, 5))
+    X = np.ones((3, 5))
+    out = np.empty((0, 3))
+    _k.cdist_tiles(e, X, e, X, np.empty(0), np.ones(3), out, np.zeros((1, 65536)), 0.125,
+                   True, 1.0, 1, False)
+    out = np.empty((3, 0))
+    _k.cdist_tiles(X, e, X, e, np.ones(3), np.empty(0), out, np.zeros((1, 65536)), 0.125,
+                   True, 1.0, 1, False)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_squareform_large_both_ways_like_scipy(dtype):
+    """A matrix of 1500 points (24 blocks of 64, the last one partial), on the
+    parallel copy kernels both ways, against scipy."""
+    rng = np.random.default_rng(32)
+    v = rng.standard_normal(1500 * 1499 // 2).astype(dtype)
+    for nt in (1, 2):
+        with fastlin.threads(nt):
+            M = fastlin.squareform(v)
+            assert M.tobytes() == sd.squareform(v).tobytes()
+            back = fastlin.squareform(M)
+            assert back.tobytes() == v.tobytes()

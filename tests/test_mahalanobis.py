@@ -791,12 +791,26 @@ def test_float32_backward_matches_float64(rng, kind, squared):
         assert np.all(err <= tol), (what, float(np.max(err / tol)))
 
 
+@pytest.mark.parametrize("backend", ["own", "blas"])
 @pytest.mark.parametrize("kind", ["cov", "cholesky"])
 @pytest.mark.parametrize("d", [33, 64])
-def test_backward_large_d_gemm_path(kind, d):
+def test_backward_large_d_gemm_path(kind, d, backend):
     """Above d = 32 the backward writes the rows of w (and z) and forms the
     d x d gradient with blocked GEMMs: same gradients as the closed form, and
-    bitwise the same for 1 and 2 threads."""
+    bitwise the same for 1 and 2 threads, with fastlin's AVX-512 GEMM and
+    with scipy's BLAS (tests/test_gemm.py)."""
+    from fastlin import _mahalanobis as _mk
+    from fastlin._distance import own_gemm_enabled
+    if backend == "own" and not own_gemm_enabled():
+        pytest.skip("no AVX-512 here: the GEMMs always use BLAS")
+    old = _mk._use_own_gemm(backend == "own")
+    try:
+        _large_d_checks(kind, d)
+    finally:
+        _mk._use_own_gemm(old)
+
+
+def _large_d_checks(kind, d):
     rng = np.random.default_rng(d)
     n = 5000
     X = rng.standard_normal((n, d))

@@ -39,6 +39,7 @@
 #if !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 #define FL_HAVE_GEMM 1
 #include <immintrin.h>
+#include <pthread.h>
 #else
 #define FL_HAVE_GEMM 0
 #endif
@@ -60,6 +61,7 @@
 #ifndef FL_GEMM_NC
 #define FL_GEMM_NC 2048
 #endif
+_Static_assert(FL_GEMM_MC % FL_GEMM_MR == 0, "FL_GEMM_MC must be a whole number of panels");
 
 #if FL_HAVE_GEMM
 
@@ -77,33 +79,62 @@ static int fl_gemm_ok(void)
 }
 
 /*
- * Packing buffers: one pair per thread, kept for the thread's life (the
- * OpenMP pool's threads persist; a malloc per call would fault fresh pages
- * in every tile).  Grown on demand, 64-byte aligned.
+ * Packing buffers: one per thread, kept for the thread's life (the OpenMP
+ * pool's threads persist; a malloc per call would fault fresh pages in every
+ * tile), freed when the thread exits (a pthread key's destructor).  Grown on
+ * demand, 64-byte aligned.
  */
-static __thread void *fl_gemm_buf = NULL;
-static __thread size_t fl_gemm_cap = 0;
+typedef struct { void *p; size_t cap; } fl_gemm_buf_t;
+static pthread_key_t fl_gemm_key;
+static pthread_once_t fl_gemm_key_once = PTHREAD_ONCE_INIT;
+static int fl_gemm_key_ok = 0;
+
+static void fl_gemm_buf_free(void *v)
+{
+    fl_gemm_buf_t *b = (fl_gemm_buf_t *)v;
+    if (b) {
+        free(b->p);
+        free(b);
+    }
+}
+
+static void fl_gemm_make_key(void)
+{
+    fl_gemm_key_ok = pthread_key_create(&fl_gemm_key, fl_gemm_buf_free) == 0;
+}
 
 static void *fl_gemm_scratch(size_t bytes)
 {
-    if (bytes > fl_gemm_cap) {
+    fl_gemm_buf_t *b;
+    pthread_once(&fl_gemm_key_once, fl_gemm_make_key);
+    if (!fl_gemm_key_ok) return NULL;
+    b = (fl_gemm_buf_t *)pthread_getspecific(fl_gemm_key);
+    if (b == NULL) {
+        b = (fl_gemm_buf_t *)calloc(1, sizeof *b);
+        if (b == NULL) return NULL;
+        if (pthread_setspecific(fl_gemm_key, b) != 0) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (bytes > b->cap) {
         void *p = NULL;
-        free(fl_gemm_buf);
-        fl_gemm_buf = NULL;
-        fl_gemm_cap = 0;
+        free(b->p);
+        b->p = NULL;
+        b->cap = 0;
         if (posix_memalign(&p, 64, bytes) != 0)
             return NULL;
-        fl_gemm_buf = p;
-        fl_gemm_cap = bytes;
+        b->p = p;
+        b->cap = bytes;
     }
-    return fl_gemm_buf;
+    return b->p;
 }
 
 /*
  * The per-dtype pieces, written once as a macro over the element type T,
  * the vector type V, its lane count VL and the intrinsic names.
  */
-#define FL_GEMM_DEFINE(SUF, T, V, VL, LOAD, LOADU, STOREU, SET1, FMADD, MUL, SETZERO)      \
+#define FL_GEMM_DEFINE(SUF, T, V, VL, FMA1, LOADU, STOREU, SET1, FMADD, MUL, SETZERO)      \
                                                                                           \
 /* A panel: Ap[p * MR + r] = op(A)(i0 + r, p0 + p), rows past mr zero. */                 \
 static void fl_gemm_pack_a_##SUF(const T *A, size_t lda, int ta, ptrdiff_t i0,            \
@@ -211,13 +242,13 @@ static void fl_gemm_macro_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc, const T 
             T *cij = C + (size_t)ir * ldc + jr;                                           \
             if (mr == MR && nr == NR) {                                                   \
                 fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, cij, ldc, alpha, load_c); \
-            } else {                                                                      \
-                fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, edge, NR, alpha, 0);    \
+            } else {    /* the same roundings as the full panel's store */            \
+                fl_gemm_ukr_##SUF(kc, Ap + ir * kc, Bp + jr * kc, edge, NR, (T)1, 0);     \
                 for (i = 0; i < mr; i++)                                                  \
                     for (j = 0; j < nr; j++)                                              \
                         cij[(size_t)i * ldc + j] =                                        \
-                            load_c ? cij[(size_t)i * ldc + j] + edge[i * NR + j]          \
-                                   : edge[i * NR + j];                                    \
+                            load_c ? FMA1(edge[i * NR + j], alpha, cij[(size_t)i * ldc + j]) \
+                                   : edge[i * NR + j] * alpha;                            \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
@@ -317,9 +348,9 @@ static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alp
 #define FL_GEMM_PF(ap, bp) ((void)0)
 #endif
 
-FL_GEMM_DEFINE(d, double, __m512d, 8, _mm512_load_pd, _mm512_loadu_pd, _mm512_storeu_pd,
+FL_GEMM_DEFINE(d, double, __m512d, 8, __builtin_fma, _mm512_loadu_pd, _mm512_storeu_pd,
                _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_setzero_pd)
-FL_GEMM_DEFINE(f, float, __m512, 16, _mm512_load_ps, _mm512_loadu_ps, _mm512_storeu_ps,
+FL_GEMM_DEFINE(f, float, __m512, 16, __builtin_fmaf, _mm512_loadu_ps, _mm512_storeu_ps,
                _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_setzero_ps)
 
 #else /* no AVX-512 GEMM in this build: the callers use BLAS */
