@@ -18,6 +18,12 @@ shapes only, so results do not depend on the thread count.  The backward
 passes (cdist_bwd_tiles, cdist_bwd_direct) sweep the same tiles.
 """
 from cython cimport floating
+
+# the XB-side shares of the backward: the input dtype when each share is one
+# row block's product, float64 when a share sums several blocks
+ctypedef fused share_t:
+    float
+    double
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
@@ -384,7 +390,7 @@ cdef inline Py_ssize_t _bwd_row(floating *w, const floating *c, const floating *
 def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     const floating[:, ::1] A0, const floating[:, ::1] B0,
                     const double[::1] na, const double[::1] nb, const floating[:, ::1] G,
-                    floating[:, ::1] WB, double[:, ::1] P, double[:, ::1] CS,
+                    floating[:, ::1] WB, share_t[:, ::1] P, double[:, ::1] CS,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
                     double tau, int n_threads, Py_ssize_t blocks_per_group=1):
     """The Euclidean backward's sums in one sweep over the tiles, without
@@ -407,8 +413,10 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     (bounded memory for many rows).
     scratch: (n_threads, 2 * TILE * TILE + TILE * k), a GEMM tile, a W tile
     and (float32) the tile's W^T A per thread; tscratch: (n_threads,
-    2 * TILE * k) doubles for ta and tb.  P is float64 for both dtypes: a
-    float32 tile's W^T A is added into it in double.
+    2 * TILE * k) doubles for ta and tb.  P: the input dtype when every group
+    is one block (blocks_per_group 1), else float64, a float32 tile's W^T A
+    then added into it in double (a float32 sum over blocks would lose
+    digits).
     P with no rows: the XB side (P, CS) is skipped.
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
@@ -449,11 +457,11 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
                         <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
                 if want_b:
-                    if floating is double:
+                    if share_t is floating:
                         gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
                                  &A[i0, 0], <int>k, <floating>(0.0 if bi == g * bpg else 1.0),
                                  &P[g * mB + j0, 0], <int>k)
-                    else:
+                    elif floating is float and share_t is double:
                         wta = w + TILE * TILE
                         gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
                                  &A[i0, 0], <int>k, <floating>0.0, wta, <int>k)
@@ -469,8 +477,8 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                         ta[i] = 0
                     for i in range(tn * k):
                         if want_b:
-                            P[g * mB + j0 + i // k, i % k] = (P[g * mB + j0 + i // k, i % k]
-                                                               - tb[i])
+                            P[g * mB + j0 + i // k, i % k] = <share_t>(
+                                P[g * mB + j0 + i // k, i % k] - tb[i])
                         tb[i] = 0
 
 
@@ -515,7 +523,7 @@ def reduce_direct_blocks(const double[:, ::1] PB, double[:, ::1] GB, int n_threa
             GB[j, q] = s
 
 
-def reduce_row_blocks(const double[:, ::1] P, const double[:, ::1] CS,
+def reduce_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
                       double[:, ::1] WtA, double[::1] cols, int n_threads):
     """WtA[j] = sum_b P[b * mB + j] and cols[j] = sum_b CS[b, j], over the row
     blocks b in order, in double."""

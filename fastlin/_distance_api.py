@@ -582,14 +582,14 @@ def _euclidean_backward(G, A, B, dtype, want_b=True):
         Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
         na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
         # row blocks of 256, in at most 32 groups of consecutive blocks
-        # (work items for the threads): the XB side keeps one float64 share
-        # per group -- memory bounded by 32 x the gradient of XB, whatever mA
-        # -- summed in group order afterwards
+        # (work items for the threads): the XB side keeps one share per group
+        # (float64 when a group sums several blocks) -- memory bounded by 32 x
+        # the gradient of XB, whatever mA -- summed in double in group order
         nblk = -(-mA // 256)
         per_group = -(-nblk // 32)
         ngroups = -(-nblk // per_group)
         WB = np.empty((mA, n), dtype)
-        P = np.empty((ngroups * mB if want_b else 0, n))
+        P = np.empty((ngroups * mB if want_b else 0, n), dtype if per_group == 1 else np.float64)
         CS = np.zeros((ngroups, mB))
         rows = np.empty(mA)
         scratch = np.empty((max(nt, 1), 2 * 256 * 256 + 256 * n), dtype)
