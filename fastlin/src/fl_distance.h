@@ -158,14 +158,21 @@ FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, con
     }
 }
 
-FL_T512 static void fl_direct512_f(float *r, ptrdiff_t nb, const float *a, const float *bt,
+/* float32: every lane's arithmetic is its own (no shared sqrt path), so the
+   vectors may start where the output's cache lines do: a masked head up to
+   the first 64-byte boundary of dst, then whole lines -- written with
+   non-temporal stores when streaming -- and a masked tail, all straight into
+   dst (no row buffer, no copy pass). */
+FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, const float *bt,
                                    ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
-                                   double scale)
+                                   double scale, int stream)
 {
     const __m512d vsc = _mm512_set1_pd(scale);
-    for (ptrdiff_t j = 0; j < nb; j += 16) {
-        ptrdiff_t left = nb - j;
-        __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+    ptrdiff_t head = stream ? (ptrdiff_t)((-(uintptr_t)dst & 63) / sizeof(float)) : 0;
+    if (head > nb) head = nb;
+    for (ptrdiff_t j = 0; j < nb;) {
+        ptrdiff_t len = j == 0 && head ? head : (nb - j >= 16 ? 16 : nb - j);
+        __mmask16 m = len == 16 ? (__mmask16)0xffff : (__mmask16)((1u << len) - 1);
         __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
         for (ptrdiff_t q = 0; q < k; q++) {
             __m512d aq = _mm512_set1_pd((double)a[q]);
@@ -182,7 +189,11 @@ FL_T512 static void fl_direct512_f(float *r, ptrdiff_t nb, const float *a, const
         }
         __m512 v = FL_JOIN16(_mm512_mul_pd(acc0, vsc), _mm512_mul_pd(acc1, vsc));
         if (take_sqrt) v = _mm512_sqrt_ps(v);
-        _mm512_mask_storeu_ps(r + j, m, v);
+        if (stream && len == 16 && !((uintptr_t)(dst + j) & 63))
+            _mm512_stream_ps(dst + j, v);
+        else
+            _mm512_mask_storeu_ps(dst + j, m, v);
+        j += len;
     }
 }
 #endif
@@ -205,9 +216,21 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 #ifdef FL_HAVE_AVX512_TARGET
 #define FL_USE_512 fl_have_512()
 #define FL_512_CALL(x) (x)
+/* float64 goes through the row buffer (its vectors start at the row's first
+   entry: the square root's vector path is shared by 8 lanes), float32
+   straight into dst */
+#define FL_DIRECT512_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream)              \
+    do {                                                                                  \
+        fl_direct512_d(r, nb, a, bt, ldb, k, w, take_sqrt, scale);                        \
+        fl_store_row_d(c, r, nb, stream);                                                 \
+    } while (0)
+#define FL_DIRECT512_f(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream)              \
+    fl_direct512_f(c, nb, a, bt, ldb, k, w, take_sqrt, scale, stream)
 #else
 #define FL_USE_512 0
 #define FL_512_CALL(x) 0
+#define FL_DIRECT512_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
+#define FL_DIRECT512_f(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
 #endif
 
 #define FL_DIST_TPL(T, SFX)                                                               \
@@ -296,8 +319,7 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
     double acc[FL_DIRECT_TILE];                                                           \
     T r[FL_DIRECT_TILE];                                                                  \
     if (FL_USE_512) {                                                                     \
-        FL_512_CALL(fl_direct512_##SFX(r, nb, a, bt, ldb, k, w, take_sqrt, scale));       \
-        fl_store_row_##SFX(c, r, nb, stream);                                             \
+        FL_DIRECT512_##SFX(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream);         \
         return;                                                                           \
     }                                                                                     \
     for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
