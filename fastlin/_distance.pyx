@@ -66,6 +66,10 @@ cdef extern from "fl_distance.h" nogil:
                             const double *nbv, double tau, const float *a0,
                             const float *b0, Py_ssize_t k, double *ta, double *tb)
     void fl_add_row_f(double *acc, const float *w, Py_ssize_t n)
+    Py_ssize_t fl_bwd_given_row_d(double *w, double *c, const double *d, Py_ssize_t nb,
+                                  double na, const double *nbv, double tau)
+    Py_ssize_t fl_bwd_given_row_f(float *w, float *c, const float *d, Py_ssize_t nb,
+                                  double na, const double *nbv, double tau)
 
 # Tile width (columns), and the row count of pdist's and the backward's
 # tiles: a 256 x 256 float64 scratch tile (512 KiB) stays in L2 between the
@@ -361,17 +365,24 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
             fl_stream_fence()
 
 
-cdef inline Py_ssize_t _bwd_row(floating *w, const floating *c, const floating *g,
+cdef inline Py_ssize_t _bwd_row(floating *w, floating *c, const floating *g,
                                 Py_ssize_t tn, double na, const double *nb, double tau,
                                 const floating *a0, const floating *b0, Py_ssize_t k,
                                 double *ta, double *tb, double *cs,
-                                double *rs) noexcept nogil:
-    """One tile row of the backward: D (the forward's epilogue), W = G / D,
-    the exact-path entries taken out of W into ta / tb, the row's sum into
-    rs, its entries added to the column sums cs.  Returns the number of
+                                double *rs, const floating *d) noexcept nogil:
+    """One tile row of the backward: D (the forward's epilogue on the GEMM's
+    c, or the given distances d, c then made from them), W = G / D, the
+    exact-path entries taken out of W into ta / tb, the row's sum into rs,
+    its entries added to the column sums cs.  Returns the number of
     exact-path entries."""
     cdef Py_ssize_t nex
-    nex = _epilogue_row(w, c, tn, na, nb, a0, b0, k, NULL, NULL, tau, True, 1.0, False)
+    if d != NULL:
+        if floating is double:
+            nex = fl_bwd_given_row_d(w, c, d, tn, na, nb, tau)
+        else:
+            nex = fl_bwd_given_row_f(w, c, d, tn, na, nb, tau)
+    else:
+        nex = _epilogue_row(w, c, tn, na, nb, a0, b0, k, NULL, NULL, tau, True, 1.0, False)
     if floating is double:
         rs[0] = fl_grad_over_dist_row_d(g, w, tn)
         if nex:
@@ -392,7 +403,8 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     const double[::1] na, const double[::1] nb, const floating[:, ::1] G,
                     floating[:, ::1] WB, share_t[:, ::1] P, double[:, ::1] CS,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
-                    double tau, int n_threads, Py_ssize_t blocks_per_group=1):
+                    double tau, int n_threads, Py_ssize_t blocks_per_group=1,
+                    const floating[:, ::1] D=None):
     """The Euclidean backward's sums in one sweep over the tiles, without
     ever storing D or W = G / D whole.
 
@@ -417,12 +429,17 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     is one block (blocks_per_group 1), else float64, a float32 tile's W^T A
     then added into it in double (a float32 sum over blocks would lose
     digits).
-    P with no rows: the XB side (P, CS) is skipped.
+    P with no rows: the XB side (P, CS) is skipped.  D (mA x mB): the
+    forward's distances, given: no GEMM for them (two products instead of
+    three), the near pairs found from D and the norms.
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
     if floating is double and share_t is float:
         raise TypeError("P must be float64 for float64 operands")
+    cdef bint have_d = D is not None
+    if have_d and (D.shape[0] != A.shape[0] or D.shape[1] != B.shape[0]):
+        raise ValueError("D must be (mA, mB)")
     cdef Py_ssize_t bpg = blocks_per_group
     cdef Py_ssize_t ngroups = (ntm + bpg - 1) // bpg
     cdef Py_ssize_t g, bi, bj, i0, j0, tm, tn, i, q, nex
@@ -444,14 +461,16 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
             for bj in range(ntn):
                 j0 = bj * TILE
                 tn = min(TILE, mB - j0)
-                gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
-                         &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
+                if not have_d:
+                    gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
+                             &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
                 nex = 0
                 for i in range(tm):
                     rs = 0      # assigned in the loop body: thread-private (its address is taken)
                     nex = nex + _bwd_row(w + i * tn, c + i * tn, &G[i0 + i, j0], tn,
                                          na[i0 + i], &nb[j0], tau, &A0[i0 + i, 0], &B0[j0, 0],
-                                         k, ta + i * k, tb, &CS[g, j0], &rs)
+                                         k, ta + i * k, tb, &CS[g, j0], &rs,
+                                         &D[i0 + i, j0] if have_d else NULL)
                     if bj == 0:
                         rows[i0 + i] = rs
                     else:

@@ -478,7 +478,41 @@ def _grad_matrix(grad, shape, dtype):
     return g.astype(dtype, copy=False)
 
 
-def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
+def _given_dist(dist, A, B, dtype):
+    """dist (cdist_backward's / pdist_backward's) as a C-contiguous array of
+    the distances' dtype and shape, spot-checked: a wrong array (the other
+    metric, the squared values, swapped or transposed operands) would give a
+    wrong gradient without a sound.  Up to 64 entries at fixed positions are
+    compared with the distance of their rows; the tolerance (1e-3 relative
+    plus 1e-2 of the rows' norm scale) passes the inexact distances of a
+    GEMM-identity peer such as torch.cdist and rejects another array."""
+    D = as_array(dist, "dist")
+    shape = (A.shape[0], B.shape[0])
+    if D.shape != shape:
+        raise ValueError(f"dist must have the shape of the distances {shape}, got {D.shape}")
+    result_dtype((D, "dist"))
+    D = np.ascontiguousarray(D, dtype=dtype)
+    mA, mB = shape
+    if mA and mB and A.shape[1]:
+        t = np.arange(min(64, mA * mB))
+        i, j = (t * 7919) % mA, (t * 104729 + t // mA) % mB
+        a, b = A[i].astype(np.float64), B[j].astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            ref = np.sqrt(np.sum((a - b) ** 2, axis=1))
+            scale = np.sqrt(np.sum(a * a, axis=1) + np.sum(b * b, axis=1))
+            got = D[i, j].astype(np.float64)
+            bad = np.isfinite(ref) & ~(np.abs(got - ref) <= 1e-3 * ref + 1e-2 * scale)
+        if bad.any():
+            q = int(np.argmax(bad))
+            raise ValueError(
+                f"dist does not hold the distances of these points: entry ({i[q]}, {j[q]}) "
+                f"is {float(got[q]):.9g}, the distance is {float(ref[q]):.9g}; pass the "
+                "forward's result, "
+                "cdist(XA, XB, metric) (pdist(X, metric) for pdist_backward)")
+    return D
+
+
+def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
     r"""Backward pass of :func:`cdist`: gradients with respect to XA and XB.
 
     Parameters
@@ -487,6 +521,13 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
         Gradient of the loss with respect to ``D = cdist(XA, XB, metric)``.
     XA, XB, metric, VI
         As given to :func:`cdist` (``w`` is not supported here).
+    dist : array_like, shape (mA, mB), optional
+        The forward's result, ``cdist(XA, XB, metric, VI=VI)``, when it was
+        kept (as a custom autograd op keeps it): 'euclidean' and
+        'mahalanobis' then skip recomputing it (two GEMMs instead of three).
+        A sample of its entries is checked against the points (ValueError
+        if it does not hold their distances).  The other metrics do not need
+        it and only check its shape.
 
     Returns
     -------
@@ -526,12 +567,19 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None):
     B = np.ascontiguousarray(XB, dtype=dtype)
     if metric == "mahalanobis":
         L = _precision_factor(VI, n, XA, XB, dtype)
-        gYA, gYB = cdist_backward(G, A @ L, B @ L, "euclidean")
+        # the Mahalanobis distances are the Euclidean ones of the whitened rows
+        gYA, gYB = cdist_backward(G, A @ L, B @ L, "euclidean", dist=dist)
         return gYA @ L.T, gYB @ L.T
+    if metric == "euclidean":
+        D = None if dist is None else _given_dist(dist, A, B, dtype)
+        return _euclidean_backward(G, A, B, dtype, D=D)
+    if dist is not None:
+        D = as_array(dist, "dist")
+        if D.shape != G.shape:
+            raise ValueError(f"dist must have the shape of the distances {G.shape}, "
+                             f"got {D.shape}")
     if metric == "cosine":
         return _cosine_backward(G, A, B, dtype)
-    if metric == "euclidean":
-        return _euclidean_backward(G, A, B, dtype)
     # sqeuclidean: W = 2 G
     W = (2 * G).astype(dtype, copy=False)
     return _weighted_backward(W, W.sum(axis=1, dtype=np.float64), A, B, dtype)
@@ -562,7 +610,7 @@ def _weighted_backward(W, rows, A, B, dtype):
     return gA, gB
 
 
-def _euclidean_backward(G, A, B, dtype, want_b=True):
+def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
     """gA_i = sum_j W_ij (a_i - b_j), gB_j = sum_i W_ij (b_j - a_i) with
     W = G / D, from one sweep over GEMM tiles (cdist_bwd_tiles): D and W are
     never stored whole; the sums run on the centred rows of the forward, so a
@@ -595,7 +643,7 @@ def _euclidean_backward(G, A, B, dtype, want_b=True):
         scratch = np.empty((max(nt, 1), 2 * 256 * 256 + 256 * n), dtype)
         tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
-                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group)
+                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D)
         if want_b:
             WtA = np.empty((mB, n))
             cols = np.empty(mB)
@@ -645,7 +693,7 @@ def _cosine_backward(G, A, B, dtype):
     return gA, gB
 
 
-def pdist_backward(grad, X, metric="euclidean", *, VI=None):
+def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
     r"""Backward pass of :func:`pdist`: the gradient with respect to X.
 
     Parameters
@@ -654,6 +702,9 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None):
         Gradient of the loss with respect to the condensed distances.
     X, metric, VI
         As given to :func:`pdist`.
+    dist : array_like, shape (m * (m - 1) / 2,), optional
+        The forward's result, ``pdist(X, metric, VI=VI)``, as
+        :func:`cdist_backward`'s `dist` (checked the same way).
 
     Returns
     -------
@@ -674,12 +725,22 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None):
                          f"({m * (m - 1) // 2},), got {g.shape}")
     G = squareform(g.astype(dtype, copy=False), force="tomatrix", checks=False) if m > 1 \
         else np.zeros((m, m), dtype)
+    Dsq = None
+    if dist is not None:
+        d = as_array(dist, "dist")
+        if d.shape != g.shape:
+            raise ValueError(f"dist must have the shape of the condensed distances "
+                             f"{g.shape}, got {d.shape}")
+        result_dtype((d, "dist"))
+        Dsq = squareform(d.astype(dtype, copy=False), force="tomatrix", checks=False) \
+            if m > 1 else np.zeros((m, m), dtype)
     if metric == "euclidean":
         # G symmetric and XA = XB = X: the XB gradient equals the XA one, so
         # only gA is formed, sum(G * cdist(X, X)) counting each pair twice
         # is the halving of gA + gB = 2 gA
         A = np.ascontiguousarray(X, dtype=dtype)
-        return _euclidean_backward(G, A, A, dtype, want_b=False)
+        D = None if Dsq is None else _given_dist(Dsq, A, A, dtype)
+        return _euclidean_backward(G, A, A, dtype, want_b=False, D=D)
     # sum(G * cdist(X, X)) counts each pair twice: halve (exact in binary)
-    gA, gB = cdist_backward(G, X, X, metric, VI=VI)
+    gA, gB = cdist_backward(G, X, X, metric, VI=VI, dist=Dsq)
     return (gA + gB) * dtype.type(0.5)

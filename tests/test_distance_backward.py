@@ -213,3 +213,85 @@ def test_backward_many_row_blocks_in_groups(dtype):
     bound = 1e-14 if dtype == np.float64 else 4e-6
     for g, w in zip(res[1], want):
         assert np.abs(g.astype(np.float64) - w).max() <= bound * np.abs(w).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("metric,k", [("euclidean", 40), ("euclidean", 5), ("mahalanobis", 24),
+                                      ("sqeuclidean", 24), ("cosine", 24)])
+def test_backward_with_the_forwards_dist(dtype, metric, k):
+    """dist= (the forward's result) gives the gradient of recomputing it: the
+    same bits here (the backward's tiles recompute the forward's values), near
+    duplicates and an exact duplicate included; bitwise across threads."""
+    rng = np.random.default_rng(24)
+    A = rng.standard_normal((700, k)).astype(dtype)
+    B = rng.standard_normal((600, k)).astype(dtype)
+    B[3] = A[5]
+    B[4:8] = A[6:10] + dtype(1e-4) * rng.standard_normal((4, k)).astype(dtype)
+    G = rng.standard_normal((700, 600)).astype(dtype)
+    kw = {"VI": _vi(k, rng)} if metric == "mahalanobis" else {}
+    D = fastlin.cdist(A, B, metric, **kw)
+    want = fastlin.cdist_backward(G, A, B, metric, **kw)
+    runs = {}
+    for nt in (1, 2, 3):
+        with fastlin.threads(nt):
+            runs[nt] = fastlin.cdist_backward(G, A, B, metric, dist=D, **kw)
+    for nt in (2, 3):
+        for a, b in zip(runs[1], runs[nt]):
+            assert a.tobytes() == b.tobytes(), nt
+    for g, w in zip(runs[1], want):
+        assert g.dtype == dtype
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-12 * np.abs(w).max() if
+                                   dtype == np.float64 else 1e-5 * np.abs(w).max())
+
+
+def test_backward_dist_near_duplicates_match_twin():
+    """With dist given, the near pairs are found from it and the norms: their
+    terms still come from differences (the longdouble twin's bound)."""
+    from fastlin import reference as ref
+    rng = np.random.default_rng(25)
+    A = rng.standard_normal((300, 24)) + 1e6
+    B = rng.standard_normal((280, 24)) + 1e6
+    B[:10] = A[:10] + 1e-7 * rng.standard_normal((10, 24))
+    B[10] = A[10]
+    G = rng.standard_normal((300, 280))
+    got = fastlin.cdist_backward(G, A, B, dist=fastlin.cdist(A, B))
+    want = ref.cdist_backward(G, A, B, "euclidean")
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() <= 1e-14 * np.abs(w).max()
+
+
+def test_pdist_backward_with_the_forwards_dist():
+    rng = np.random.default_rng(26)
+    X = rng.standard_normal((400, 30))
+    X[7] = X[3]
+    g = rng.standard_normal(400 * 399 // 2)
+    for metric in ("euclidean", "sqeuclidean"):
+        d = fastlin.pdist(X, metric)
+        np.testing.assert_allclose(fastlin.pdist_backward(g, X, metric, dist=d),
+                                   fastlin.pdist_backward(g, X, metric), rtol=0,
+                                   atol=1e-12 * 400)
+
+
+def test_backward_dist_is_checked():
+    """A dist that does not hold these points' distances is refused, naming
+    an entry; an inexact one (float32 rounding, as a GEMM-identity peer's)
+    is accepted."""
+    rng = np.random.default_rng(27)
+    A = rng.standard_normal((50, 20))
+    B = rng.standard_normal((40, 20))
+    G = rng.standard_normal((50, 40))
+    D = fastlin.cdist(A, B)
+    for bad in (D ** 2, fastlin.cdist(A, B, "sqeuclidean"),
+                fastlin.cdist(A[::-1], B), D + 1.0):
+        with pytest.raises(ValueError, match="dist does not hold the distances"):
+            fastlin.cdist_backward(G, A, B, dist=bad)
+    with pytest.raises(ValueError, match=r"dist must have the shape of the distances \(50, 40\)"):
+        fastlin.cdist_backward(G, A, B, dist=D.T)
+    with pytest.raises(ValueError, match="dist must have the shape of the condensed"):
+        fastlin.pdist_backward(rng.standard_normal(50 * 49 // 2), A, dist=D)
+    with pytest.raises(TypeError):
+        fastlin.cdist_backward(G, A, B, dist=D.astype(complex))
+    got = fastlin.cdist_backward(G, A, B, dist=D.astype(np.float32))
+    want = fastlin.cdist_backward(G, A, B)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())

@@ -460,6 +460,27 @@ FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c, 
     }                                                                                     \
 }                                                                                         \
                                                                                           \
+/* The backward given the forward's distances d[0..nb) (cdist_backward's     \
+   dist=): w := d, and c := d^2 - s, the cross term the tile's GEMM would     \
+   have given, so that fl_bwd_exact_row's trust test (s + c >= tau s, the    \
+   same expression) picks the near pairs out of the given distances.         \
+   Returns how many entries fail that test. */                                \
+FL_CLONES ptrdiff_t fl_bwd_given_row_##SFX(T *FL_RESTRICT w, T *FL_RESTRICT c,            \
+                                           const T *FL_RESTRICT d, ptrdiff_t nb,          \
+                                           double na, const double *FL_RESTRICT nbv,      \
+                                           double tau)                                    \
+{                                                                                         \
+    int64_t nflag = 0;                                                                    \
+    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
+        double s = na + nbv[j], dj = (double)d[j];                                        \
+        c[j] = (T)(dj * dj - s);                                                          \
+        double d2 = s + (double)c[j];                                                     \
+        nflag += (int64_t)!(d2 >= tau * s);                                               \
+        w[j] = d[j];                                                                      \
+    }                                                                                     \
+    return (ptrdiff_t)nflag;                                                              \
+}                                                                                         \
+                                                                                          \
 /* sum of w[0..n) in double (rows with exact-path entries only: scalar) */     \
 FL_CLONES double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                                \
 {                                                                                         \
