@@ -244,7 +244,7 @@ class Op:
 
     @property
     def backward(self):
-        return self.name.endswith("_backward")
+        return "_backward" in self.name
 
 
 def _softmax_backward(c):
@@ -391,7 +391,7 @@ class DistWorkload:
         """The ops timed on this workload (backward: euclidean only)."""
         if self.metric != "euclidean":
             return (self.kind,)
-        return (self.kind, f"{self.kind}_backward")
+        return (self.kind, f"{self.kind}_backward", f"{self.kind}_backward_dist")
 
     @property
     def out_shape(self):
@@ -409,7 +409,7 @@ DIST_WORKLOADS = [
 QUICK_DIST_WORKLOADS = [DIST_WORKLOADS[0], DIST_WORKLOADS[-1]]
 # Left out of --quick unless named: torch's pdist backward on (8192, 64) takes
 # about 5 s a call in float64 on one thread.
-QUICK_SKIP_OPS = ("pdist_backward",)
+QUICK_SKIP_OPS = ("pdist_backward", "pdist_backward_dist")
 
 # scipy's cdist/pdist are C loops on one thread; sklearn and the matmul bound
 # use BLAS, which is capped at the thread count under test.
@@ -437,6 +437,15 @@ class DistCase:
     def g(self):
         rng = np.random.default_rng(self._seed + 1)
         return rng.standard_normal(self.workload.out_shape, dtype=self.dtype)
+
+    @cached_property
+    def dist(self):
+        """fastlin's forward result, made outside the timing: the *_backward_dist
+        rows hand it back as a custom autograd op would (torch's backward,
+        their peer, also uses its forward's saved result)."""
+        if self.xb is None:
+            return fastlin.pdist(self.xa, metric=self.metric)
+        return fastlin.cdist(self.xa, self.xb, metric=self.metric)
 
     def t(self, name):
         import torch
@@ -498,6 +507,15 @@ DIST_OPS = {op.name: op for op in [
        {"torch": _euclid_only(lambda c, m: c.torch_grad(m.torch.cdist, ("xa", "xb")))}),
     Op("pdist_backward",
        lambda c: lambda: fastlin.pdist_backward(c.g, c.xa, metric=c.metric),
+       {"torch": _euclid_only(lambda c, m: c.torch_grad(m.torch.pdist, ("xa",)))}),
+    # the same, given the forward's result (dist=), as torch's backward has it
+    Op("cdist_backward_dist",
+       lambda c: (lambda d: lambda: fastlin.cdist_backward(c.g, c.xa, c.xb, metric=c.metric,
+                                                          dist=d))(c.dist),
+       {"torch": _euclid_only(lambda c, m: c.torch_grad(m.torch.cdist, ("xa", "xb")))}),
+    Op("pdist_backward_dist",
+       lambda c: (lambda d: lambda: fastlin.pdist_backward(c.g, c.xa, metric=c.metric,
+                                                          dist=d))(c.dist),
        {"torch": _euclid_only(lambda c, m: c.torch_grad(m.torch.pdist, ("xa",)))}),
 ]}
 
@@ -672,7 +690,7 @@ class StatOp:
 
     @property
     def backward(self):
-        return self.name.endswith("_backward")
+        return "_backward" in self.name
 
 
 def _maha_chol(c, m):
