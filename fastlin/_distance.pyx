@@ -144,6 +144,25 @@ def _use_panels(Ap, Bp, Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t k, bint is_doub
     return True
 
 
+cdef inline void _tile_cross(bint packed, Py_ssize_t tm, Py_ssize_t tn, Py_ssize_t k,
+                             Py_ssize_t i0, Py_ssize_t j0, const floating *pa,
+                             const floating *pb, const floating *pAp, Py_ssize_t mpad,
+                             const floating *pBp, Py_ssize_t npad,
+                             floating *c) noexcept nogil:
+    """The tile's cross term, c (tm x tn) = -2 A[i0:] B[j0:]^T, into the
+    thread's scratch: from the prepacked panels (beta 0: fastlin's GEMM never
+    reads C then), or by BLAS with beta 1 on a scratch kept all zero (zeroed
+    at allocation, then each row again right after the epilogue read it,
+    while it is in L1), which spares OpenBLAS its beta = 0 memset of the whole
+    tile through L2; 0 + (-2 a.b) is the beta = 0 result, bit for bit."""
+    if packed:
+        gemm_prepacked(tm, tn, k, <floating>-2.0, pAp, mpad, i0, pBp, npad, j0,
+                       <floating>0.0, c, tn)
+    else:
+        gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
+                 pb + j0 * k, <int>k, <floating>1.0, c, <int>tn)
+
+
 cdef void _pack_operands(const floating *pa, Py_ssize_t mA, const floating *pb,
                          Py_ssize_t mB, Py_ssize_t k, floating *Ap, floating *Bp,
                          int n_threads) noexcept nogil:
@@ -269,18 +288,8 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 _direct_row(pc + (i0 + i) * mB + j0, tn, pa0 + (i0 + i) * k, pbt + j0, mB,
                             k, pw, take_sqrt, scale, stream)
         else:
-            # beta = 1 on a scratch kept all zero (zeroed at allocation, then
-            # each row again right after the epilogue read it, while it is
-            # in L1): OpenBLAS then skips its beta = 0 pass, a memset of the
-            # whole tile through L2.  0 + (-2 a.b) is the beta = 0 result,
-            # bit for bit.
             c = &scratch[threadid(), 0]
-            if packed:      # beta = 0: fastlin's GEMM never reads C then
-                gemm_prepacked(tm, tn, k, <floating>-2.0, pAp, mpad, i0, pBp, npad, j0,
-                               <floating>0.0, c, tn)
-            else:
-                gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                         pb + j0 * k, <int>k, <floating>1.0, c, <int>tn)
+            _tile_cross(packed, tm, tn, k, i0, j0, pa, pb, pAp, mpad, pBp, npad, c)
             for i in range(tm):
                 _epilogue_row(pc + (i0 + i) * mB + j0, c + i * tn, tn, na[i0 + i], &nb[j0],
                               pa0 + (i0 + i) * k, pb0 + j0 * k, k, pw, pL, tau, take_sqrt,
@@ -335,13 +344,8 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
         tn = min(T, m - j0)
         c = NULL
         if not direct:
-            c = &scratch[threadid(), 0]     # kept all zero: beta = 1 (see cdist_tiles)
-            if packed:
-                gemm_prepacked(tm, tn, k, <floating>-2.0, pAp, mpad, i0, pBp, npad, j0,
-                               <floating>0.0, c, tn)
-            else:
-                gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, pa + i0 * k, <int>k,
-                         pa + j0 * k, <int>k, <floating>1.0, c, <int>tn)
+            c = &scratch[threadid(), 0]
+            _tile_cross(packed, tm, tn, k, i0, j0, pa, pa, pAp, mpad, pBp, npad, c)
         for i in range(tm):
             # pairs (i0 + i, j0 + j) with j0 + j > i0 + i, j >= js
             js = 0

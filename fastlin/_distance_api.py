@@ -524,7 +524,9 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
     dist : array_like, shape (mA, mB), optional
         The forward's result, ``cdist(XA, XB, metric, VI=VI)``, when it was
         kept (as a custom autograd op keeps it): 'euclidean' and
-        'mahalanobis' then skip recomputing it (two GEMMs instead of three).
+        'mahalanobis' then skip recomputing it (two GEMMs instead of three;
+        rows of at most 16 columns take the direct path, which forms every
+        term from its difference and does not need it).
         A sample of its entries is checked against the points (ValueError
         if it does not hold their distances).  The other metrics do not need
         it and only check its shape.
@@ -732,8 +734,9 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
             raise ValueError(f"dist must have the shape of the condensed distances "
                              f"{g.shape}, got {d.shape}")
         result_dtype((d, "dist"))
-        Dsq = squareform(d.astype(dtype, copy=False), force="tomatrix", checks=False) \
-            if m > 1 else np.zeros((m, m), dtype)
+        if metric in ("euclidean", "mahalanobis"):     # the others do not use it
+            Dsq = squareform(d.astype(dtype, copy=False), force="tomatrix", checks=False) \
+                if m > 1 else np.zeros((m, m), dtype)
     if metric == "euclidean":
         # G symmetric and XA = XB = X: the XB gradient equals the XA one, so
         # only gA is formed, sum(G * cdist(X, X)) counting each pair twice

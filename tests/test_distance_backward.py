@@ -295,3 +295,33 @@ def test_backward_dist_is_checked():
     want = fastlin.cdist_backward(G, A, B)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max())
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
+def test_backward_uses_the_given_dist(metric):
+    """The gradient is sum_j g_ij / d_ij (a_i - b_j): with every given
+    distance scaled by 1 + 1e-5 (inside the spot check's tolerance) it scales
+    by 1 / (1 + 1e-5), so the given values, not recomputed ones, were used --
+    the near pairs' exact terms included.  (pdist_backward likewise.)  The
+    comparison allows 1e-10 of max |g| (the scaled distances are rounded
+    once more, and mahalanobis maps back through L^T), five orders below the
+    1e-5 the scaling moves the gradient by."""
+    rng = np.random.default_rng(28)
+    A = rng.standard_normal((300, 24))
+    B = rng.standard_normal((280, 24))
+    B[:4] = A[:4] + 1e-6 * rng.standard_normal((4, 24))
+    G = rng.standard_normal((300, 280))
+    kw = {"VI": _vi(24, rng)} if metric == "mahalanobis" else {}
+    s = 1 + 1e-5
+    D = fastlin.cdist(A, B, metric, **kw)
+    plain = fastlin.cdist_backward(G, A, B, metric, **kw)
+    scaled = fastlin.cdist_backward(G, A, B, metric, dist=D * s, **kw)
+    for p_, q_ in zip(plain, scaled):
+        assert not np.allclose(q_, p_, rtol=1e-7, atol=0)
+        np.testing.assert_allclose(q_ * s, p_, rtol=1e-10, atol=1e-10 * np.abs(p_).max())
+    g = rng.standard_normal(300 * 299 // 2)
+    d = fastlin.pdist(A, metric, **kw)
+    p_ = fastlin.pdist_backward(g, A, metric, **kw)
+    q_ = fastlin.pdist_backward(g, A, metric, dist=d * s, **kw)
+    assert not np.allclose(q_, p_, rtol=1e-7, atol=0)
+    np.testing.assert_allclose(q_ * s, p_, rtol=1e-10, atol=1e-10 * np.abs(p_).max())

@@ -136,46 +136,27 @@ static void *fl_gemm_scratch(size_t bytes)
  */
 #define FL_GEMM_DEFINE(SUF, T, V, VL, FMA1, LOADU, STOREU, SET1, FMADD, MUL, SETZERO)      \
                                                                                           \
-/* A panel: Ap[p * MR + r] = op(A)(i0 + r, p0 + p), rows past mr zero. */                 \
-static void fl_gemm_pack_a_##SUF(const T *A, size_t lda, int ta, ptrdiff_t i0,            \
-                                 ptrdiff_t mr, ptrdiff_t p0, ptrdiff_t kc, T *Ap)         \
+/* One panel of W (MR or NR) lines, kc deep: P[p * W + r] = line r0 + r of  */          \
+/* the operand at depth p0 + p, lines past w zero.  The lines run along X's  */          \
+/* rows when `along` (op(A) = A^T, op(B) = B: copies of row pieces), else    */          \
+/* down its columns (op(A) = A, op(B) = B^T: a transpose).                    */          \
+static void fl_gemm_pack_##SUF(const T *X, size_t ldx, int along, ptrdiff_t r0,           \
+                               ptrdiff_t w, ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W) \
 {                                                                                         \
     ptrdiff_t p, r;                                                                       \
-    if (ta) {                                                                             \
+    if (along) {                                                                          \
         for (p = 0; p < kc; p++) {                                                        \
-            const T *src = A + (size_t)(p0 + p) * lda + i0;                               \
-            for (r = 0; r < mr; r++) Ap[p * FL_GEMM_MR + r] = src[r];                     \
-            for (; r < FL_GEMM_MR; r++) Ap[p * FL_GEMM_MR + r] = 0;                       \
+            const T *src = X + (size_t)(p0 + p) * ldx + r0;                               \
+            for (r = 0; r < w; r++) P[p * W + r] = src[r];                                \
+            for (; r < W; r++) P[p * W + r] = 0;                                          \
         }                                                                                 \
     } else {                                                                              \
-        for (r = 0; r < mr; r++) {                                                        \
-            const T *src = A + (size_t)(i0 + r) * lda + p0;                               \
-            for (p = 0; p < kc; p++) Ap[p * FL_GEMM_MR + r] = src[p];                     \
+        for (r = 0; r < w; r++) {                                                         \
+            const T *src = X + (size_t)(r0 + r) * ldx + p0;                               \
+            for (p = 0; p < kc; p++) P[p * W + r] = src[p];                               \
         }                                                                                 \
-        for (; r < FL_GEMM_MR; r++)                                                       \
-            for (p = 0; p < kc; p++) Ap[p * FL_GEMM_MR + r] = 0;                          \
-    }                                                                                     \
-}                                                                                         \
-                                                                                          \
-/* B panel: Bp[p * NR + c] = op(B)(p0 + p, j0 + c), columns past nr zero. */              \
-static void fl_gemm_pack_b_##SUF(const T *B, size_t ldb, int tb, ptrdiff_t j0,            \
-                                 ptrdiff_t nr, ptrdiff_t p0, ptrdiff_t kc, T *Bp)         \
-{                                                                                         \
-    const ptrdiff_t NR = FL_GEMM_NV * VL;                                                          \
-    ptrdiff_t p, c;                                                                       \
-    if (!tb) {                                                                            \
-        for (p = 0; p < kc; p++) {                                                        \
-            const T *src = B + (size_t)(p0 + p) * ldb + j0;                               \
-            for (c = 0; c < nr; c++) Bp[p * NR + c] = src[c];                             \
-            for (; c < NR; c++) Bp[p * NR + c] = 0;                                       \
-        }                                                                                 \
-    } else {                                                                              \
-        for (c = 0; c < nr; c++) {                                                        \
-            const T *src = B + (size_t)(j0 + c) * ldb + p0;                               \
-            for (p = 0; p < kc; p++) Bp[p * NR + c] = src[p];                             \
-        }                                                                                 \
-        for (; c < NR; c++)                                                               \
-            for (p = 0; p < kc; p++) Bp[p * NR + c] = 0;                                  \
+        for (; r < W; r++)                                                                \
+            for (p = 0; p < kc; p++) P[p * W + r] = 0;                                    \
     }                                                                                     \
 }                                                                                         \
                                                                                           \
@@ -201,7 +182,6 @@ static void fl_gemm_ukr_##SUF(ptrdiff_t kc, const T *FL_GEMM_RESTRICT ap,       
     for (p = 0; p < kc; p++) {                                                            \
         _Pragma("GCC unroll 4")                                                           \
         for (v = 0; v < FL_GEMM_NV; v++) b[v] = LOADU(bp + v * VL);                        \
-        FL_GEMM_PF(ap, bp);                                                               \
         _Pragma("GCC unroll 16")                                                          \
         for (r = 0; r < FL_GEMM_MR; r++) {                                                \
             a = SET1(ap[r]);                                                              \
@@ -286,13 +266,13 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
             int load_c = pc > 0 || beta != 0;                                             \
             kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                               \
             for (jr = 0; jr < nc; jr += NR)                                               \
-                fl_gemm_pack_b_##SUF(B, ldb, tb, jc + jr, nc - jr < NR ? nc - jr : NR,    \
-                                     pc, kc, Bp + jr * kc);                               \
+                fl_gemm_pack_##SUF(B, ldb, !tb, jc + jr, nc - jr < NR ? nc - jr : NR,     \
+                                   pc, kc, Bp + jr * kc, NR);                             \
             for (ic = 0; ic < m; ic += FL_GEMM_MC) {                                      \
                 mc = m - ic < FL_GEMM_MC ? m - ic : FL_GEMM_MC;                           \
                 for (ir = 0; ir < mc; ir += MR)                                           \
-                    fl_gemm_pack_a_##SUF(A, lda, ta, ic + ir, mc - ir < MR ? mc - ir : MR,\
-                                         pc, kc, Ap + ir * kc);                           \
+                    fl_gemm_pack_##SUF(A, lda, ta, ic + ir, mc - ir < MR ? mc - ir : MR,  \
+                                       pc, kc, Ap + ir * kc, MR);                         \
                 fl_gemm_macro_##SUF(mc, nc, kc, Ap, Bp, C + (size_t)ic * ldc + jc, ldc,    \
                                     alpha, load_c);                                       \
             }                                                                             \
@@ -318,10 +298,8 @@ static void fl_gemm_pack_panels_##SUF(int is_b, const T *X, size_t ldx, int tx, 
         ptrdiff_t w = rows - q * W < W ? rows - q * W : W;                                \
         for (pc = 0; pc < k; pc += FL_GEMM_KC) {                                          \
             kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                               \
-            if (is_b)                                                                     \
-                fl_gemm_pack_b_##SUF(X, ldx, tx, q * W, w, pc, kc, P + pc * pad + q * W * kc); \
-            else                                                                          \
-                fl_gemm_pack_a_##SUF(X, ldx, tx, q * W, w, pc, kc, P + pc * pad + q * W * kc); \
+            fl_gemm_pack_##SUF(X, ldx, is_b ? !tx : tx, q * W, w, pc, kc,                 \
+                               P + pc * pad + q * W * kc, W);                             \
         }                                                                                 \
     }                                                                                     \
 }                                                                                         \
@@ -344,9 +322,6 @@ static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alp
 }
 
 #define FL_GEMM_RESTRICT __restrict__
-#ifndef FL_GEMM_PF
-#define FL_GEMM_PF(ap, bp) ((void)0)
-#endif
 
 FL_GEMM_DEFINE(d, double, __m512d, 8, __builtin_fma, _mm512_loadu_pd, _mm512_storeu_pd,
                _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_setzero_pd)
