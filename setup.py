@@ -29,7 +29,7 @@ import textwrap
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-EXTENSIONS = ["_openmp_helpers", "_softmax", "_normalize", "_distance", "_margin", "_mahalanobis"]
+EXTENSIONS = ["_openmp_helpers", "_memory", "_softmax", "_normalize", "_distance", "_margin", "_mahalanobis"]
 
 OPENMP_TEST = textwrap.dedent("""
     #include <omp.h>

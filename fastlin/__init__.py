@@ -16,6 +16,9 @@ Every public function follows one path::
 * Threads come from one policy (``_threads.py``).  Work is split into fixed
   items reduced in a fixed order, so results are bitwise identical for any
   thread count.  The GIL is released inside every kernel.
+* Large results (4 MiB and up) are carved from blocks that return to a
+  bounded cache when the array is freed (``_memory.pyx``): a loop that drops
+  each result pays no page faults for the next one.
 * ``fastlin.reference`` holds a slow, obviously correct NumPy twin of every
   op and every backward; the tests judge the kernels against it and scipy.
 """
@@ -23,6 +26,7 @@ from ._distance_api import (cdist, cdist_backward, pdist, pdist_backward,
                             squareform)
 from ._mahalanobis_api import mahalanobis, mahalanobis_backward
 from ._margin_api import max_margin_loss, max_margin_loss_backward
+from ._memory import get_memory_cache, set_memory_cache
 from ._normalize_api import normalize, normalize_backward
 from ._softmax_api import (log_softmax, log_softmax_backward, logsumexp,
                            logsumexp_backward, softmax, softmax_backward)
@@ -38,6 +42,7 @@ __all__ = [
     "max_margin_loss", "max_margin_loss_backward",
     "mahalanobis", "mahalanobis_backward",
     "get_num_threads", "set_num_threads", "threads", "show_config",
+    "set_memory_cache", "get_memory_cache",
     "__version__",
 ]
 
@@ -73,6 +78,7 @@ def show_config(file=None):
         f"  threads       : {get_num_threads()}",
         f"  simd dispatch : {'target_clones (x86-64-v4 / v3 / baseline)' if get('TARGET_CLONES') is True else 'baseline only'}",
         f"  tile GEMM     : {'fastlin AVX-512 kernel (src/fl_gemm.h)' if own_gemm_enabled() else 'scipy BLAS (no AVX-512 kernel on this CPU or build)'}",
+        f"  result cache  : {get_memory_cache()[0]} bytes (set_memory_cache)",
         f"  native build  : {get('NATIVE')}",
         f"  compiler      : {get('COMPILER')}",
         f"  cflags        : {get('CFLAGS')}",

@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import _distance as _k
+from . import _memory
 from ._common import STREAM_BYTES
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
@@ -197,7 +198,7 @@ def _aligned(n, dtype, align=64):
     """An empty 1-d array whose data starts on a 64-byte boundary (a panel
     row of the GEMM is one or two whole cache lines)."""
     itemsize = np.dtype(dtype).itemsize
-    buf = np.empty(n * itemsize + align, np.uint8)
+    buf = _memory.empty(n * itemsize + align, np.uint8)[0]
     off = -buf.ctypes.data % align
     return buf[off:off + n * itemsize].view(dtype)
 
@@ -638,8 +639,9 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         nblk = -(-mA // 256)
         per_group = -(-nblk // 32)
         ngroups = -(-nblk // per_group)
-        WB = np.empty((mA, n), dtype)
-        P = np.empty((ngroups * mB if want_b else 0, n), dtype if per_group == 1 else np.float64)
+        WB = _memory.empty((mA, n), dtype)[0]
+        P = _memory.empty((ngroups * mB if want_b else 0, n),
+                          dtype if per_group == 1 else np.float64)[0]
         CS = np.zeros((ngroups, mB))
         rows = np.empty(mA)
         scratch = np.empty((max(nt, 1), 2 * 256 * 256 + 256 * n), dtype)
@@ -647,14 +649,15 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
                            WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D)
         if want_b:
-            WtA = np.empty((mB, n))
+            WtA = _memory.empty((mB, n), np.float64)[0]
             cols = np.empty(mB)
             _k.reduce_row_blocks(P, CS, WtA, cols, _for_work(P.size))
-    gA = (rows.astype(dtype)[:, None] * Ac - WB).astype(dtype, copy=False)
+    # rows_i a_i - (W B)_i, into WB (its last use)
+    np.subtract(np.multiply(rows.astype(dtype)[:, None], Ac), WB, out=WB)
     if not want_b:
-        return gA
-    gB = (cols[:, None] * Bc - WtA).astype(dtype)
-    return gA, gB
+        return WB
+    np.subtract(np.multiply(cols[:, None], Bc), WtA, out=WtA)
+    return WB, WtA.astype(dtype, copy=False)
 
 
 def _euclidean_backward_direct(G, A, B, dtype, want_b):

@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from . import _margin as _k
+from . import _memory
 from ._threads import _for_work
 from ._validation import as_array, result_dtype
 
@@ -83,7 +84,7 @@ def max_margin_loss(pos, neg, margin=1.0, reduction="sum"):
     p, q, margin, dtype, shape, rows, n = _setup(pos, neg, margin, reduction)
     nt = _for_work(rows * n)
     if reduction == "none":
-        out = np.empty((rows, n), dtype)
+        out = _memory.empty((rows, n), dtype)[0]
         if rows and n:
             _k.margin_none(p, q, margin, out, nt)
         return out.reshape(shape)
@@ -136,7 +137,7 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
             gv = gv / (rows * n) if rows * n else gv
         g = np.full((1, 1), gv, dtype)
     gpos = np.empty(rows, dtype)
-    gneg = np.empty((rows, n), dtype)
+    gneg = _memory.empty((rows, n), dtype)[0]
     if rows and n:
         _k.margin_bwd(p, q, margin, g, gpos, gneg, _for_work(rows * n))
     else:

@@ -124,16 +124,19 @@ PREFAULT_BYTES = 1 << 22
 
 
 def empty_output(shape, dtype, n_threads):
-    """np.empty, its pages faulted in on `n_threads` threads when it is large.
+    """np.empty for a result, its pages faulted in on `n_threads` threads
+    when it is large and new (a large result reuses a freed one's memory when
+    it can: _memory.py).
 
     Only for outputs fastlin allocates itself: a caller's ``out=`` is usually
     a reused buffer whose pages are already there.
     """
     import numpy as np
 
+    from ._memory import empty
     from ._openmp_helpers import prefault
-    res = np.empty(shape, dtype)
-    if res.nbytes >= PREFAULT_BYTES:
+    res, fresh = empty(shape, dtype)
+    if fresh and res.nbytes >= PREFAULT_BYTES:
         prefault(res.reshape(-1).view(np.uint8), 4096, n_threads)
     return res
 
