@@ -1,6 +1,7 @@
 """The one path from validated arrays to a kernel call and back."""
 import numpy as np
 
+from . import _memory
 from ._threads import _for_work
 
 # Outputs at least this large are written with non-temporal stores
@@ -31,7 +32,7 @@ def run_same_shape(kernel, inputs, dtype, plan, out, *extra):
     if direct:
         res = out.reshape(plan.outer, plan.n, plan.inner)
     else:
-        res = np.empty((plan.outer, plan.n, plan.inner), dtype)
+        res = _memory.empty((plan.outer, plan.n, plan.inner), dtype)[0]
     kernel(*blocks, res, *extra, _for_work(plan.size))
     if direct:
         return out
