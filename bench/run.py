@@ -138,6 +138,10 @@ def parse_args(argv=None):
     p.add_argument("--target-time", type=float, default=None, metavar="S",
                    help=f"seconds of timed calls per measurement (default {NORMAL_TIMING[0]}; "
                         "reps are chosen from the warm-up call)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="turn fastlin's result-buffer cache off (fastlin.set_memory_cache(0)): "
+                        "every large result then comes fresh from the OS and pays its page "
+                        "faults, as for a caller that keeps every result")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
                    help="where to save the results (default bench/results.json); "
                         "'-' to skip")
@@ -747,6 +751,9 @@ def main(argv=None):
     else:
         timing = QUICK_TIMING if args.quick else NORMAL_TIMING
 
+    if args.no_cache:
+        import fastlin
+        fastlin.set_memory_cache(0)
     warn = H.openblas_env_warning()
     if warn:
         print(warn, file=sys.stderr)
