@@ -32,6 +32,8 @@ from fastlin._blas cimport (FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, fl_gemm_ok,
                             pack_panels)
 
 cdef extern from "fl_distance.h" nogil:
+    double fl_sqnorm_d(const double *x, Py_ssize_t k)
+    double fl_sqnorm_f(const float *x, Py_ssize_t k)
     Py_ssize_t fl_dist_row_d(double *dst, const double *c, Py_ssize_t nb, double na,
                              const double *nbv, const double *a0, const double *b0,
                              Py_ssize_t k, const double *w, const double *L, double tau,
@@ -214,14 +216,17 @@ def direct_k():
 
 
 def sqnorms(const floating[:, ::1] X, double[::1] out, int n_threads):
-    """out[i] = sum_k X[i, k]^2, accumulated in double."""
-    cdef Py_ssize_t m = X.shape[0], k = X.shape[1], i, j
-    cdef double s
+    """out[i] = sum_k X[i, k]^2, accumulated in double (fl_sqnorm: a fixed
+    order that depends on k only)."""
+    cdef Py_ssize_t m = X.shape[0], k = X.shape[1], i
+    if k == 0:
+        out[:] = 0
+        return
     for i in prange(m, nogil=True, schedule='static', num_threads=n_threads):
-        s = 0
-        for j in range(k):
-            s = s + <double>X[i, j] * <double>X[i, j]
-        out[i] = s
+        if floating is double:
+            out[i] = fl_sqnorm_d(&X[i, 0], k)
+        else:
+            out[i] = fl_sqnorm_f(&X[i, 0], k)
 
 
 def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
@@ -261,6 +266,8 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef Py_ssize_t ntm = (mA + TM - 1) // TM
     TM = ((mA + ntm - 1) // ntm + step - 1) // step * step     # <= the TM above
     ntm = (mA + TM - 1) // TM
+    if BT is None and scratch.shape[1] < min(TM, mA) * min(TILE, mB):
+        raise ValueError("scratch too small for the tiles")
     cdef Py_ssize_t t, i0, j0, tm, tn, i
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
@@ -276,6 +283,10 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef floating *pBp = &Bp[0] if packed else NULL
     if packed and not direct:
         _pack_operands(pa, mA, pb, mB, k, pAp, pBp, n_threads)
+    elif not direct:
+        # the BLAS path accumulates into a scratch that must start zero (and is
+        # zeroed again row by row as the epilogue reads it)
+        memset(&scratch[0, 0], 0, scratch.shape[0] * scratch.shape[1] * sizeof(floating))
     # dynamic: the last row block and column tile may be smaller; which thread
     # computes a tile changes nothing in it
     for t in prange(ntm * ntn, nogil=True, schedule='dynamic', num_threads=n_threads):
@@ -318,6 +329,8 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     cdef Py_ssize_t npad = (m + NR - 1) // NR * NR
     cdef Py_ssize_t T = 224 if packed else TILE
     cdef Py_ssize_t nt = (m + T - 1) // T
+    if AT is None and scratch.shape[1] < min(T, m) * min(T, m):
+        raise ValueError("scratch too small for the tiles")
     cdef Py_ssize_t t, bi, bj, i0, j0, tm, tn, i, js, base
     cdef floating *c
     cdef const floating *pa = &A[0, 0]
@@ -331,6 +344,8 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     cdef floating *pBp = &Bp[0] if packed else NULL
     if packed and not direct:
         _pack_operands(pa, m, pa, m, k, pAp, pBp, n_threads)
+    elif not direct:
+        memset(&scratch[0, 0], 0, scratch.shape[0] * scratch.shape[1] * sizeof(floating))
     # dynamic: half of the (bi, bj) pairs are below the diagonal and empty;
     # which thread computes a tile changes nothing in it.
     for t in prange(nt * nt, nogil=True, schedule='dynamic', num_threads=n_threads):

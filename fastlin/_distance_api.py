@@ -177,11 +177,13 @@ def _exact_marked(sq, dtype):
 _STREAM_BYTES = STREAM_BYTES     # read at call time (the tests lower it)
 
 
-def _scratch(nt, dtype, rows=256):
-    """One GEMM tile per thread: `rows` x 256 (the kernels' tile width),
-    zeroed: the forward kernels accumulate into it with beta = 1 and zero
-    each row again once read."""
-    return np.zeros((max(nt, 1), rows * 256), dtype)
+def _scratch(nt, dtype, rows, cols):
+    """One GEMM tile per thread: up to 1 MiB (4096 // itemsize rows x 256,
+    the kernels' tile width), no larger than a `rows` x `cols` output needs.
+    Left unset: fastlin's GEMM writes it with beta = 0, and the kernels zero
+    it first where BLAS accumulates into it."""
+    return np.empty((max(nt, 1), max(1, min(rows, 4096 // np.dtype(dtype).itemsize)
+                                     * min(cols, 256))), dtype)
 
 
 def _panels(rows_a, rows_b, k, dtype):
@@ -235,7 +237,7 @@ def _gemm_operands(OA, OB, dtype, nt):
     return A, B, na, nb
 
 
-def _centre(X, dtype, sample=1024):
+def _centre(X, dtype, sample=256):
     """A common point near the rows: the mean of fewer than 2 * `sample` of
     them, evenly strided.  Any point serves (distances are translation invariant);
     it only has to be close to the data next to the data's offset, which a
@@ -340,8 +342,8 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     else:
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
         na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
-        scratch = _scratch(nt, dtype, 4096 // dtype.itemsize)     # 1 MiB tiles
         Ap, Bp = _panels(mA, mB, n, dtype)
+        scratch = _scratch(nt, dtype, mA, mB)
         _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, scratch, TAU[dtype],
                        take_sqrt, scale, nt, stream, wv, None, OA.exact_factor(), Ap, Bp)
     if metric == "cosine":
@@ -408,7 +410,7 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
             Ap, Bp = _panels(m, m, n, dtype)
             _k.pdist_tiles(A, O.exact, _exact_marked(na, dtype), res,
-                           _scratch(nt, dtype), TAU[dtype], take_sqrt, scale, nt, stream,
+                           _scratch(nt, dtype, min(m, 256), m), TAU[dtype], take_sqrt, scale, nt, stream,
                            wv, None, O.exact_factor(), Ap, Bp)
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
