@@ -654,12 +654,20 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
             WtA = _memory.empty((mB, n), np.float64)[0]
             cols = np.empty(mB)
             _k.reduce_row_blocks(P, CS, WtA, cols, _for_work(P.size))
-    # rows_i a_i - (W B)_i, into WB (its last use)
-    np.subtract(np.multiply(rows.astype(dtype)[:, None], Ac), WB, out=WB)
+    # rows_i a_i - (W B)_i, into WB (its last use); the products go through
+    # a recycled buffer (_memory), not fresh pages
+    t = _memory.empty(Ac.shape, dtype)[0]
+    np.subtract(np.multiply(rows.astype(dtype)[:, None], Ac, out=t), WB, out=WB)
     if not want_b:
         return WB
-    np.subtract(np.multiply(cols[:, None], Bc), WtA, out=WtA)
-    return WB, WtA.astype(dtype, copy=False)
+    t = _memory.empty(Bc.shape, np.float64)[0]
+    np.subtract(np.multiply(cols[:, None], Bc, out=t), WtA, out=WtA)
+    del t
+    if dtype == np.float64:
+        return WB, WtA
+    gB = _memory.empty(WtA.shape, dtype)[0]
+    gB[...] = WtA
+    return WB, gB
 
 
 def _euclidean_backward_direct(G, A, B, dtype, want_b):
