@@ -19,7 +19,7 @@ cdef extern from "fl_gemm.h" nogil:
     int fl_gemm_f(int ta, int tb, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
                   const float *A, size_t lda, const float *B, size_t ldb, float beta,
                   float *C, size_t ldc)
-    int FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F
+    int FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, FL_GEMM_KC
     void fl_gemm_pack_panels_d(int is_b, const double *X, size_t ldx, int tx, Py_ssize_t rows,
                                Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1, double *P)
     void fl_gemm_pack_panels_f(int is_b, const float *X, size_t ldx, int tx, Py_ssize_t rows,

@@ -27,7 +27,7 @@ ctypedef fused share_t:
 from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
-from fastlin._blas cimport (FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, fl_gemm_ok,
+from fastlin._blas cimport (FL_GEMM_KC, FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, fl_gemm_ok,
                             fl_gemm_wanted, gemm_ab, gemm_abt, gemm_atb, gemm_prepacked,
                             pack_panels)
 
@@ -417,13 +417,36 @@ cdef inline Py_ssize_t _bwd_row(floating *w, floating *c, const floating *g,
     return nex
 
 
+def bwd_panels_len(Py_ssize_t m, Py_ssize_t k, bint is_double):
+    """Elements of one operand prepacked for the backward's products (the m
+    rows of A or B as op(B) of W @ B / W^T @ A: k columns in panels, m deep),
+    and of one thread's W panels (two tiles, W and W^T as op(A)); 0 where
+    fastlin's GEMM is not in use or its depth slice is not the tile."""
+    if not fl_gemm_ok() or FL_GEMM_KC != TILE:
+        return 0, 0
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if is_double else FL_GEMM_NR_F
+    cdef Py_ssize_t tpad = (TILE + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    return (k + NR - 1) // NR * NR * m, 2 * tpad * TILE
+
+
+cdef void _pack_nn(const floating *X, Py_ssize_t m, Py_ssize_t k, floating *P,
+                   int n_threads) noexcept nogil:
+    """X (m x k, row-major) as op(B) of a product whose depth runs over its
+    rows: k columns in panels, depth slices of FL_GEMM_KC rows."""
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t q, nq = (k + NR - 1) // NR
+    for q in prange(nq, schedule='static', num_threads=n_threads):
+        pack_panels(True, X, k, False, k, m, q, q + 1, P)
+
+
 def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     const floating[:, ::1] A0, const floating[:, ::1] B0,
                     const double[::1] na, const double[::1] nb, const floating[:, ::1] G,
                     floating[:, ::1] WB, share_t[:, ::1] P, double[:, ::1] CS,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
                     double tau, int n_threads, Py_ssize_t blocks_per_group=1,
-                    const floating[:, ::1] D=None):
+                    const floating[:, ::1] D=None, floating[::1] Aq=None,
+                    floating[::1] Bq=None, floating[:, ::1] wpan=None):
     """The Euclidean backward's sums in one sweep over the tiles, without
     ever storing D or W = G / D whole.
 
@@ -451,6 +474,10 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     P with no rows: the XB side (P, CS) is skipped.  D (mA x mB): the
     forward's distances, given: no GEMM for them (two products instead of
     three), the near pairs found from D and the norms.
+    Aq, Bq, wpan (bwd_panels_len elements; wpan one row per thread): A and B
+    are packed once here as the B operand of the two products, and each
+    tile's W (and W^T) into the thread's wpan, so the products pack only W
+    (the same sums in the same order as the per-call GEMM).
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
@@ -469,6 +496,24 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef double *ta
     cdef double *tb
     cdef double rs
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t kpad = (k + NR - 1) // NR * NR
+    cdef Py_ssize_t tpad = (TILE + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    cdef Py_ssize_t mpw, mpt
+    cdef floating *wp
+    cdef floating *wtp
+    cdef bint pq = False
+    if Aq is not None and Bq is not None and wpan is not None and k > 0:
+        la, lw = bwd_panels_len(mA, k, floating is double)
+        lb, _ = bwd_panels_len(mB, k, floating is double)
+        if la > 0:
+            if (Aq.shape[0] < la or Bq.shape[0] < lb or wpan.shape[0] < n_threads
+                    or wpan.shape[1] < lw):
+                raise ValueError("backward panel buffers are too small")
+            pq = True
+    if pq:
+        _pack_nn(&A[0, 0], mA, k, &Aq[0], n_threads)
+        _pack_nn(&B[0, 0], mB, k, &Bq[0], n_threads)
     for g in prange(ngroups, nogil=True, schedule='dynamic', num_threads=n_threads):
         for bi in range(g * bpg, min(ntm, (g + 1) * bpg)):
             i0 = bi * TILE
@@ -494,17 +539,42 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                         rows[i0 + i] = rs
                     else:
                         rows[i0 + i] = rows[i0 + i] + rs
-                gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0], <int>k,
-                        <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
+                if pq:
+                    # W (op(A), one depth slice: tn <= KC) against B's slice
+                    # j0 / KC, packed once
+                    wp = &wpan[threadid(), 0]
+                    wtp = wp + tpad * TILE
+                    mpw = (tm + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+                    mpt = (tn + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+                    pack_panels(False, w, tn, False, tm, tn, 0, mpw // FL_GEMM_MR, wp)
+                    gemm_prepacked(tm, k, tn, <floating>1.0, wp, mpw, 0,
+                                   &Bq[0] + j0 * kpad, kpad, 0,
+                                   <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], k)
+                    if want_b:
+                        pack_panels(False, w, tn, True, tn, tm, 0, mpt // FL_GEMM_MR, wtp)
+                else:
+                    gemm_ab(<int>tm, <int>k, <int>tn, <floating>1.0, w, <int>tn, &B[j0, 0],
+                            <int>k, <floating>(0.0 if bj == 0 else 1.0), &WB[i0, 0], <int>k)
                 if want_b:
                     if share_t is floating:
-                        gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
-                                 &A[i0, 0], <int>k, <floating>(0.0 if bi == g * bpg else 1.0),
-                                 &P[g * mB + j0, 0], <int>k)
+                        if pq:
+                            gemm_prepacked(tn, k, tm, <floating>1.0, wtp, mpt, 0,
+                                           &Aq[0] + i0 * kpad, kpad, 0,
+                                           <floating>(0.0 if bi == g * bpg else 1.0),
+                                           &P[g * mB + j0, 0], k)
+                        else:
+                            gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
+                                     &A[i0, 0], <int>k,
+                                     <floating>(0.0 if bi == g * bpg else 1.0),
+                                     &P[g * mB + j0, 0], <int>k)
                     elif floating is float and share_t is double:
                         wta = w + TILE * TILE
-                        gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
-                                 &A[i0, 0], <int>k, <floating>0.0, wta, <int>k)
+                        if pq:
+                            gemm_prepacked(tn, k, tm, <floating>1.0, wtp, mpt, 0,
+                                           &Aq[0] + i0 * kpad, kpad, 0, <floating>0.0, wta, k)
+                        else:
+                            gemm_atb(<int>tn, <int>k, <int>tm, <floating>1.0, w, <int>tn,
+                                     &A[i0, 0], <int>k, <floating>0.0, wta, <int>k)
                         for i in range(tn):
                             if bi == g * bpg:
                                 for q in range(k):

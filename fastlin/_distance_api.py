@@ -648,8 +648,16 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         rows = np.empty(mA)
         scratch = np.empty((max(nt, 1), 2 * 256 * 256 + 256 * n), dtype)
         tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
+        # A and B packed once for the two products (fastlin's GEMM only)
+        la, lw = _k.bwd_panels_len(mA, n, dtype == np.float64)
+        lb, _ = _k.bwd_panels_len(mB, n, dtype == np.float64)
+        Aq = Bq = wpan = None
+        if la:
+            Aq, Bq = _aligned(la, dtype), _aligned(lb, dtype)
+            wpan = np.empty((max(nt, 1), lw), dtype)
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
-                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D)
+                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D,
+                           Aq, Bq, wpan)
         if want_b:
             WtA = _memory.empty((mB, n), np.float64)[0]
             cols = np.empty(mB)
