@@ -666,6 +666,7 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
     # a recycled buffer (_memory), not fresh pages
     t = _memory.empty(Ac.shape, dtype)[0]
     np.subtract(np.multiply(rows.astype(dtype)[:, None], Ac, out=t), WB, out=WB)
+    del t
     if not want_b:
         return WB
     t = _memory.empty(Bc.shape, np.float64)[0]

@@ -14,10 +14,12 @@ The blocks kept are bounded: at most ``_MAX_KEPT`` of them and, together, at
 most the cache limit (``set_memory_cache``; 1 GiB by default, or the
 ``FASTLIN_MEMORY_CACHE`` environment variable, in bytes, read at import).
 A limit of 0 frees every kept block and turns the cache off.  A block is
-reused only for a request of at least 3/4 of its size (a small array does not
-pin a huge block).  Blocks in use belong to their arrays; only freed ones are
-kept.  Arrays made here do not own their data (``arr.base`` is the block),
-which is how the block learns that it is free again.
+reused only for a request of at least 3/4 of its size, less 2 MiB (a small
+array does not pin a huge block).  When a block must go, the oldest kept one
+goes first.  Blocks in use belong to their arrays; only freed ones are kept.
+Arrays made here do not own their data (their base chain ends at the block,
+through a uint8 array and a memoryview), which is how the block learns that
+it is free again; ``arr.resize()`` in place therefore refuses, as for a view.
 
 Only buffers of at least ``MIN_BYTES`` come from here; smaller ones are
 ``np.empty`` (glibc reuses freed memory of that size by itself).
@@ -52,8 +54,10 @@ cdef extern from *:
     void *fl_block_alloc(size_t align, size_t n) nogil
     void fl_block_free(void *p) nogil
 
-# Requests below this size are np.empty.
+# Requests below this size are np.empty, and above _MAX_REQUEST too (no
+# size arithmetic near the top of size_t).
 MIN_BYTES = 1 << 22
+_MAX_REQUEST = 1 << 52
 cdef enum:
     _MAX_KEPT = 8
     _ALIGN = 1 << 21       # a huge page: blocks can be backed by 2 MiB pages
@@ -68,13 +72,22 @@ cdef size_t _limit = 1 << 30
 # wrappers, release from __dealloc__), which serialises it.
 
 
-cdef void _evict(int i) noexcept:
+cdef void *_remove(int i) noexcept:
+    """Take entry i out of the kept list, keeping the others in age order
+    (oldest first); returns its block."""
     global _n_kept, _kept_bytes
-    fl_block_free(_kept_ptr[i])
+    cdef void *p = _kept_ptr[i]
+    cdef int j
     _kept_bytes -= _kept_size[i]
     _n_kept -= 1
-    _kept_ptr[i] = _kept_ptr[_n_kept]
-    _kept_size[i] = _kept_size[_n_kept]
+    for j in range(i, _n_kept):
+        _kept_ptr[j] = _kept_ptr[j + 1]
+        _kept_size[j] = _kept_size[j + 1]
+    return p
+
+
+cdef void _evict(int i) noexcept:
+    fl_block_free(_remove(i))
 
 
 cdef void _give_back(void *p, size_t size) noexcept:
@@ -102,14 +115,9 @@ cdef void *_take(size_t nbytes, size_t *size, bint *fresh) noexcept:
                 and (best < 0 or _kept_size[i] < _kept_size[best])):
             best = i
     if best >= 0:
-        p = _kept_ptr[best]
         size[0] = _kept_size[best]
-        _kept_bytes -= _kept_size[best]
-        _n_kept -= 1
-        _kept_ptr[best] = _kept_ptr[_n_kept]
-        _kept_size[best] = _kept_size[_n_kept]
         fresh[0] = False
-        return p
+        return _remove(best)
     size[0] = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
     p = fl_block_alloc(_ALIGN, size[0])
     fresh[0] = True
@@ -160,14 +168,15 @@ def empty(shape, dtype):
     for s in shape:
         count *= s
     nbytes = count * dtype.itemsize
-    if nbytes < MIN_BYTES or _limit == 0:
+    if nbytes < MIN_BYTES or _limit == 0 or nbytes > _MAX_REQUEST:
+        # (np.empty also gives its own errors for negative or absurd sizes)
         return np.empty(shape, dtype), True
     cdef size_t size = 0
     cdef bint fresh = True
+    cdef _Block b = _Block.__new__(_Block)     # first: nothing to leak if this fails
     cdef void *p = _take(nbytes, &size, &fresh)
     if p == NULL:
         raise MemoryError(f"fastlin: cannot allocate {nbytes} bytes")
-    cdef _Block b = _Block.__new__(_Block)
     b.ptr = p
     b.size = size
     b.nbytes = nbytes
@@ -202,13 +211,15 @@ def set_memory_cache(nbytes):
     global _limit
     import operator
     try:
+        if isinstance(nbytes, bool):
+            raise TypeError
         n = operator.index(nbytes)
     except TypeError:
         raise TypeError(f"nbytes must be an integer, got {type(nbytes).__name__}") from None
     if n < 0:
         raise ValueError(f"nbytes must be >= 0, got {n}")
     old = _limit
-    _limit = n
+    _limit = min(n, _MAX_REQUEST)       # beyond that: no limit in practice
     while _n_kept > 0 and _kept_bytes > _limit:
         _evict(0)
     return old

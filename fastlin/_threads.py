@@ -126,7 +126,7 @@ PREFAULT_BYTES = 1 << 22
 def empty_output(shape, dtype, n_threads):
     """np.empty for a result, its pages faulted in on `n_threads` threads
     when it is large and new (a large result reuses a freed one's memory when
-    it can: _memory.py).
+    it can: _memory.pyx).
 
     Only for outputs fastlin allocates itself: a caller's ``out=`` is usually
     a reused buffer whose pages are already there.

@@ -126,7 +126,8 @@ def test_results_are_ordinary_writable_arrays(cache):
     assert r[0, 0] == -1.0
 
 
-@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError)])
+@pytest.mark.parametrize("bad, exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError),
+                                      (True, TypeError)])
 def test_set_memory_cache_validation(bad, exc):
     with pytest.raises(exc, match="nbytes"):
         fastlin.set_memory_cache(bad)
@@ -135,3 +136,71 @@ def test_set_memory_cache_validation(bad, exc):
 def test_small_results_bypass_the_cache(cache):
     r, fresh = _memory.empty((10, 10), np.float64)
     assert fresh and r.base is None
+
+
+MiB = 1 << 20
+
+
+def test_oldest_block_goes_first(cache):
+    fastlin.set_memory_cache(100 * MiB)
+    arrays = [_memory.empty(s * MiB, np.uint8)[0] for s in (12, 14, 16, 18, 20)]
+    while arrays:                                 # freed in this order: 80 MiB kept
+        arrays.pop(0)
+    assert fastlin.get_memory_cache()[1:] == (80 * MiB, 5)
+    big = _memory.empty(30 * MiB, np.uint8)[0]
+    del big                                       # 110 > 100: the 12 MiB block goes
+    assert fastlin.get_memory_cache()[1:] == (98 * MiB, 5)
+
+
+def test_at_most_eight_blocks(cache):
+    arrays = [_memory.empty(5 * MiB, np.uint8)[0] for _ in range(9)]
+    del arrays
+    assert fastlin.get_memory_cache()[2] == 8
+
+
+@pytest.mark.parametrize("request_mib, reused", [(30, True), (21, True), (20, False)])
+def test_size_window_of_reuse(cache, request_mib, reused):
+    a = _memory.empty(30 * MiB, np.uint8)[0]
+    del a
+    b, fresh = _memory.empty(request_mib * MiB, np.uint8)
+    assert fresh is not reused and b.nbytes == request_mib * MiB
+
+
+def test_same_shape_ops_reuse_their_results(cache):
+    x = np.random.default_rng(60).standard_normal((1024, 1024))      # 8 MB
+    first = fastlin.softmax(x, axis=-1)
+    p = _ptr(first)
+    del first
+    second = fastlin.softmax(x, axis=-1)
+    assert _ptr(second) == p
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    np.testing.assert_allclose(second, e / e.sum(axis=-1, keepdims=True), rtol=1e-13)
+
+
+def test_results_do_not_own_their_memory(cache):
+    r = fastlin.cdist(_points(61, 1200), _points(62, 1100))
+    assert not r.flags.owndata
+    with pytest.raises(ValueError, match="does not own its data"):
+        r.resize((10, 10))
+    np.resize(r, (10, 10))                        # the copying resize still works
+
+
+def test_absurd_sizes_are_numpys_errors(cache):
+    before = fastlin.get_memory_cache()
+    with pytest.raises((ValueError, MemoryError)):
+        _memory.empty((2 ** 61 - 1,), np.float64)
+    assert fastlin.get_memory_cache() == before
+
+
+def test_limit_from_the_environment():
+    import subprocess
+    import sys
+    code = "import fastlin; print(fastlin.get_memory_cache()[0])"
+    env = dict(__import__("os").environ, FASTLIN_MEMORY_CACHE="12345")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "12345"
+    env["FASTLIN_MEMORY_CACHE"] = "lots"
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(1 << 30) and "FASTLIN_MEMORY_CACHE" in out.stderr
