@@ -462,7 +462,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                                             the group's first block)
       rows[i] += sum_j W_ij,  CS[g, j] += sum_i W_ij   (in double)
     and the exact terms (ta = sum t, tb = -sum t): WB[i] -= ta[i], P[g, j] -= tb[j].  The caller sums
-    P and CS over the groups in order (reduce_row_blocks), so no result
+    P and CS over the groups in order (grad_from_row_blocks), so no result
     depends on the thread count; P holds one share per group, not per block
     (bounded memory for many rows).
     scratch: (n_threads, 2 * TILE * TILE + TILE * k), a GEMM tile, a W tile
@@ -633,22 +633,31 @@ def reduce_direct_blocks(const double[:, ::1] PB, double[:, ::1] GB, int n_threa
             GB[j, q] = s
 
 
-def reduce_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
-                      double[:, ::1] WtA, double[::1] cols, int n_threads):
-    """WtA[j] = sum_b P[b * mB + j] and cols[j] = sum_b CS[b, j], over the row
-    blocks b in order, in double."""
-    cdef Py_ssize_t mB = WtA.shape[0], k = WtA.shape[1], nblk = CS.shape[0]
-    cdef Py_ssize_t j, q, b
-    cdef double s
+def grad_from_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
+                         const floating[:, ::1] Bc, floating[:, ::1] gB,
+                         double[:, ::1] acc, int n_threads):
+    """The XB gradient from the groups' shares, in one pass:
+    gB[j] = cols_j Bc[j] - sum_g P[g * mB + j], cols_j = sum_g CS[g, j], both
+    sums over the groups in order, in double (acc: one k-row per thread),
+    rounded once to gB's dtype."""
+    cdef Py_ssize_t mB = gB.shape[0], k = gB.shape[1], ng = CS.shape[0]
+    cdef Py_ssize_t j, q, g
+    cdef double c
+    cdef double *a
+    if mB == 0 or k == 0:
+        return
     for j in prange(mB, nogil=True, schedule='static', num_threads=n_threads):
+        a = &acc[threadid(), 0]
+        c = 0
+        for g in range(ng):
+            c = c + CS[g, j]
         for q in range(k):
-            WtA[j, q] = 0
-        s = 0
-        for b in range(nblk):
+            a[q] = P[j, q]
+        for g in range(1, ng):
             for q in range(k):
-                WtA[j, q] = WtA[j, q] + P[b * mB + j, q]
-            s = s + CS[b, j]
-        cols[j] = s
+                a[q] = a[q] + P[g * mB + j, q]
+        for q in range(k):
+            gB[j, q] = <floating>(c * Bc[j, q] - a[q])
 
 
 def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,

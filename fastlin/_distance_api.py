@@ -659,9 +659,10 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
                            WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D,
                            Aq, Bq, wpan)
         if want_b:
-            WtA = _memory.empty((mB, n), np.float64)[0]
-            cols = np.empty(mB)
-            _k.reduce_row_blocks(P, CS, WtA, cols, _for_work(P.size))
+            # colsum(W)_j b_j - (W^T A)_j from the groups' shares, one pass
+            gB = _memory.empty((mB, n), dtype)[0]
+            ntb = _for_work(P.size)
+            _k.grad_from_row_blocks(P, CS, Bc, gB, np.empty((max(ntb, 1), n)), ntb)
     # rows_i a_i - (W B)_i, into WB (its last use); the products go through
     # a recycled buffer (_memory), not fresh pages
     t = _memory.empty(Ac.shape, dtype)[0]
@@ -669,13 +670,6 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
     del t
     if not want_b:
         return WB
-    t = _memory.empty(Bc.shape, np.float64)[0]
-    np.subtract(np.multiply(cols[:, None], Bc, out=t), WtA, out=WtA)
-    del t
-    if dtype == np.float64:
-        return WB, WtA
-    gB = _memory.empty(WtA.shape, dtype)[0]
-    gB[...] = WtA
     return WB, gB
 
 
