@@ -10,7 +10,7 @@ keeps the blocks its own large results were made of once they are freed
 (the array's memory returns here instead of to the OS) and hands them out
 again: no fault, no zeroing, the pages already mapped.
 
-The blocks kept are bounded: at most ``_MAX_KEPT`` of them and, together, at
+The blocks kept are bounded: at most ``_MAX_KEPT`` (16) of them and, together, at
 most the cache limit (``set_memory_cache``; 1 GiB by default, or the
 ``FASTLIN_MEMORY_CACHE`` environment variable, in bytes, read at import).
 A limit of 0 frees every kept block and turns the cache off.  A block is
@@ -59,7 +59,7 @@ cdef extern from *:
 MIN_BYTES = 1 << 22
 _MAX_REQUEST = 1 << 52
 cdef enum:
-    _MAX_KEPT = 8
+    _MAX_KEPT = 16      # a backward pass alone frees six buffers per call
     _ALIGN = 1 << 21       # a huge page: blocks can be backed by 2 MiB pages
 
 cdef void *_kept_ptr[_MAX_KEPT]
@@ -206,7 +206,7 @@ def set_memory_cache(nbytes):
     then pays no page faults and no page zeroing (for a 33.5 MB result that
     cost as much as the kernel itself).  The default is 1 GiB, or the
     ``FASTLIN_MEMORY_CACHE`` environment variable (bytes) at import; at most
-    8 blocks are kept.
+    16 blocks are kept.
     """
     global _limit
     import operator

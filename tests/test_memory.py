@@ -152,10 +152,10 @@ def test_oldest_block_goes_first(cache):
     assert fastlin.get_memory_cache()[1:] == (98 * MiB, 5)
 
 
-def test_at_most_eight_blocks(cache):
-    arrays = [_memory.empty(5 * MiB, np.uint8)[0] for _ in range(9)]
+def test_at_most_sixteen_blocks(cache):
+    arrays = [_memory.empty(5 * MiB, np.uint8)[0] for _ in range(17)]
     del arrays
-    assert fastlin.get_memory_cache()[2] == 8
+    assert fastlin.get_memory_cache()[2] == 16
 
 
 @pytest.mark.parametrize("request_mib, reused", [(30, True), (21, True), (20, False)])
