@@ -429,6 +429,18 @@ def bwd_panels_len(Py_ssize_t m, Py_ssize_t k, bint is_double):
     return (k + NR - 1) // NR * NR * m, 2 * tpad * TILE
 
 
+def bwd_dist_panels_len(Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t k, bint is_double):
+    """Elements of A and of B prepacked for the backward's distance tiles
+    (D = -2 A B^T when dist is not given): A's row blocks of TILE rows each
+    as its own op(A) panels, B as op(B) = B^T panels; (0, 0) where fastlin's
+    GEMM is not in use."""
+    if not fl_gemm_ok():
+        return 0, 0
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if is_double else FL_GEMM_NR_F
+    cdef Py_ssize_t tpad = (TILE + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    return (mA + TILE - 1) // TILE * tpad * k, (mB + NR - 1) // NR * NR * k
+
+
 cdef void _pack_nn(const floating *X, Py_ssize_t m, Py_ssize_t k, floating *P,
                    int n_threads) noexcept nogil:
     """X (m x k, row-major) as op(B) of a product whose depth runs over its
@@ -446,7 +458,8 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
                     double tau, int n_threads, Py_ssize_t blocks_per_group=1,
                     const floating[:, ::1] D=None, floating[::1] Aq=None,
-                    floating[::1] Bq=None, floating[:, ::1] wpan=None):
+                    floating[::1] Bq=None, floating[:, ::1] wpan=None,
+                    floating[::1] Ad=None, floating[::1] Bd=None):
     """The Euclidean backward's sums in one sweep over the tiles, without
     ever storing D or W = G / D whole.
 
@@ -478,6 +491,8 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     are packed once here as the B operand of the two products, and each
     tile's W (and W^T) into the thread's wpan, so the products pack only W
     (the same sums in the same order as the per-call GEMM).
+    Ad, Bd (bwd_dist_panels_len): likewise for the distance tiles when D is
+    not given, A packed block by block (a block's rows start a panel).
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
@@ -514,6 +529,22 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     if pq:
         _pack_nn(&A[0, 0], mA, k, &Aq[0], n_threads)
         _pack_nn(&B[0, 0], mB, k, &Bq[0], n_threads)
+    cdef bint pd = False
+    cdef Py_ssize_t npb = (mB + NR - 1) // NR * NR, nqb = npb // NR, q2
+    if not have_d and Ad is not None and Bd is not None and k > 0:
+        lad, lbd = bwd_dist_panels_len(mA, mB, k, floating is double)
+        if lad > 0:
+            if Ad.shape[0] < lad or Bd.shape[0] < lbd:
+                raise ValueError("backward distance panel buffers are too small")
+            pd = True
+    if pd:
+        for q2 in prange(ntm + nqb, schedule='static', num_threads=n_threads, nogil=True):
+            if q2 < ntm:
+                pack_panels(False, &A[q2 * TILE, 0], k, False, min(TILE, mA - q2 * TILE), k,
+                            0, (min(TILE, mA - q2 * TILE) + FL_GEMM_MR - 1) // FL_GEMM_MR,
+                            &Ad[0] + q2 * tpad * k)
+            else:
+                pack_panels(True, &B[0, 0], k, True, mB, k, q2 - ntm, q2 - ntm + 1, &Bd[0])
     for g in prange(ngroups, nogil=True, schedule='dynamic', num_threads=n_threads):
         for bi in range(g * bpg, min(ntm, (g + 1) * bpg)):
             i0 = bi * TILE
@@ -525,7 +556,11 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
             for bj in range(ntn):
                 j0 = bj * TILE
                 tn = min(TILE, mB - j0)
-                if not have_d:
+                if pd:
+                    gemm_prepacked(tm, tn, k, <floating>-2.0, &Ad[0] + bi * tpad * k,
+                                   (tm + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR, 0,
+                                   &Bd[0], npb, j0, <floating>0.0, c, tn)
+                elif not have_d:
                     gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
                              &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
                 nex = 0

@@ -655,9 +655,14 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         if la:
             Aq, Bq = _aligned(la, dtype), _aligned(lb, dtype)
             wpan = np.empty((max(nt, 1), lw), dtype)
+        Ad = Bd = None
+        if D is None:      # the distance tiles' operands, packed once too
+            lad, lbd = _k.bwd_dist_panels_len(mA, mB, n, dtype == np.float64)
+            if lad:
+                Ad, Bd = _aligned(lad, dtype), _aligned(lbd, dtype)
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
                            WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D,
-                           Aq, Bq, wpan)
+                           Aq, Bq, wpan, Ad, Bd)
         if want_b:
             # colsum(W)_j b_j - (W^T A)_j from the groups' shares, one pass
             gB = _memory.empty((mB, n), dtype)[0]

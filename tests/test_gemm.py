@@ -211,3 +211,30 @@ def test_squareform_large_both_ways_like_scipy(dtype):
             assert M.tobytes() == sd.squareform(v).tobytes()
             back = fastlin.squareform(M)
             assert back.tobytes() == v.tobytes()
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(700, 530, 40), (2048, 600, 300), (257, 1000, 33)])
+def test_backward_prepacked_operands_change_no_bit(monkeypatch, dt, shape):
+    """cdist_backward packs its operands once (bwd_panels_len, bwd_dist_panels_len);
+    without those buffers every tile product packs its own: the same sums in the
+    same order, so the gradients must agree bit for bit (near pairs included)."""
+    from fastlin import _distance as K
+    if not K.own_gemm_enabled():
+        pytest.skip("fastlin's GEMM is not in use on this machine")
+    mA, mB, n = shape
+    rng = np.random.default_rng(mA + n)
+    A = (rng.standard_normal((mA, n)) + 5).astype(dt)
+    B = (rng.standard_normal((mB, n)) + 5).astype(dt)
+    B[:20] = A[:20] + dt(1e-3)
+    G = rng.standard_normal((mA, mB)).astype(dt)
+    D = fastlin.cdist(A, B)
+    packed = [fastlin.cdist_backward(G, A, B), fastlin.cdist_backward(G, A, B, dist=D)]
+    asked = []
+    monkeypatch.setattr(K, "bwd_panels_len", lambda *a: asked.append(1) or (0, 0))
+    monkeypatch.setattr(K, "bwd_dist_panels_len", lambda *a: asked.append(2) or (0, 0))
+    per_call = [fastlin.cdist_backward(G, A, B), fastlin.cdist_backward(G, A, B, dist=D)]
+    assert 1 in asked and 2 in asked          # the per-call path was taken
+    for (a1, b1), (a2, b2) in zip(packed, per_call):
+        np.testing.assert_array_equal(a1, a2)
+        np.testing.assert_array_equal(b1, b2)
