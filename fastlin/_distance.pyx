@@ -154,7 +154,7 @@ cdef inline void _tile_cross(bint packed, Py_ssize_t tm, Py_ssize_t tn, Py_ssize
     """The tile's cross term, c (tm x tn) = -2 A[i0:] B[j0:]^T, into the
     thread's scratch: from the prepacked panels (beta 0: fastlin's GEMM never
     reads C then), or by BLAS with beta 1 on a scratch kept all zero (zeroed
-    at allocation, then each row again right after the epilogue read it,
+    by the kernel before its tiles, then each row again right after the epilogue read it,
     while it is in L1), which spares OpenBLAS its beta = 0 memset of the whole
     tile through L2; 0 + (-2 a.b) is the beta = 0 result, bit for bit."""
     if packed:
@@ -239,7 +239,8 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     """out (mA, mB) = distances between rows of A and B (centred, for the
     GEMM) / A0 and B0 (original, for the exact path).  na, nb: squared norms
     of the GEMM rows, NaN for rows that must take the exact path.  scratch:
-    (n_threads, 4 * TILE * TILE), the GEMM's tile per thread.  stream: write out
+    (n_threads, >= min(TM, mA) * min(TILE, mB)), the GEMM's tile per thread
+    (checked; need not be zero: the BLAS path zeroes it).  stream: write out
     with non-temporal stores.  With BT (B0 transposed, k x mB) every entry is
     computed directly instead (few columns).  With Ap and Bp (packed_len
     elements each), A and B are packed once into fastlin's GEMM panels here
@@ -518,17 +519,21 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef floating *wp
     cdef floating *wtp
     cdef bint pq = False
-    if Aq is not None and Bq is not None and wpan is not None and k > 0:
+    # Aq serves only the XB side (W^T A): not needed without it
+    if (Bq is not None and wpan is not None and k > 0
+            and (Aq is not None or not want_b)):
         la, lw = bwd_panels_len(mA, k, floating is double)
         lb, _ = bwd_panels_len(mB, k, floating is double)
         if la > 0:
-            if (Aq.shape[0] < la or Bq.shape[0] < lb or wpan.shape[0] < n_threads
-                    or wpan.shape[1] < lw):
+            if ((want_b and Aq.shape[0] < la) or Bq.shape[0] < lb
+                    or wpan.shape[0] < n_threads or wpan.shape[1] < lw):
                 raise ValueError("backward panel buffers are too small")
             pq = True
     if pq:
-        _pack_nn(&A[0, 0], mA, k, &Aq[0], n_threads)
-        _pack_nn(&B[0, 0], mB, k, &Bq[0], n_threads)
+        with nogil:
+            if want_b:
+                _pack_nn(&A[0, 0], mA, k, &Aq[0], n_threads)
+            _pack_nn(&B[0, 0], mB, k, &Bq[0], n_threads)
     cdef bint pd = False
     cdef Py_ssize_t npb = (mB + NR - 1) // NR * NR, nqb = npb // NR, q2
     if not have_d and Ad is not None and Bd is not None and k > 0:
@@ -679,7 +684,7 @@ def grad_from_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
     cdef Py_ssize_t j, q, g
     cdef double c
     cdef double *a
-    if mB == 0 or k == 0:
+    if mB == 0 or k == 0 or ng == 0:
         return
     for j in prange(mB, nogil=True, schedule='static', num_threads=n_threads):
         a = &acc[threadid(), 0]

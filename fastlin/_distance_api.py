@@ -653,7 +653,8 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         lb, _ = _k.bwd_panels_len(mB, n, dtype == np.float64)
         Aq = Bq = wpan = None
         if la:
-            Aq, Bq = _aligned(la, dtype), _aligned(lb, dtype)
+            Aq = _aligned(la, dtype) if want_b else None     # only W^T A reads it
+            Bq = _aligned(lb, dtype)
             wpan = np.empty((max(nt, 1), lw), dtype)
         Ad = Bd = None
         if D is None:      # the distance tiles' operands, packed once too
