@@ -192,15 +192,19 @@ def test_absurd_sizes_are_numpys_errors(cache):
     assert fastlin.get_memory_cache() == before
 
 
-def test_limit_from_the_environment():
+def test_limit_from_the_environment(tmp_path):
+    import os
     import subprocess
     import sys
     code = "import fastlin; print(fastlin.get_memory_cache()[0])"
-    env = dict(__import__("os").environ, FASTLIN_MEMORY_CACHE="12345")
+    # the fastlin these tests import (installed or built in place), not a
+    # source tree that happens to be the working directory
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fastlin.__file__)))
+    env = dict(os.environ, FASTLIN_MEMORY_CACHE="12345", PYTHONPATH=home)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == "12345"
     env["FASTLIN_MEMORY_CACHE"] = "lots"
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == str(1 << 30) and "FASTLIN_MEMORY_CACHE" in out.stderr
