@@ -180,6 +180,19 @@ cdef void _pack_operands(const floating *pa, Py_ssize_t mA, const floating *pb,
             pack_panels(True, pb, k, True, mB, k, q - nqa, q - nqa + 1, Bp)
 
 
+cdef void _tiles_prologue(bint packed, const floating *pa, Py_ssize_t mA,
+                          const floating *pb, Py_ssize_t mB, Py_ssize_t k, floating *Ap,
+                          floating *Bp, floating *scratch, Py_ssize_t scratch_len,
+                          int n_threads) noexcept nogil:
+    """Before a sweep of GEMM tiles: pack both operands once (fastlin's GEMM),
+    or zero the scratch the BLAS path accumulates into (with beta = 1; the
+    epilogue zeroes each row again as it reads it)."""
+    if packed:
+        _pack_operands(pa, mA, pb, mB, k, Ap, Bp, n_threads)
+    else:
+        memset(scratch, 0, scratch_len * sizeof(floating))
+
+
 def _use_own_gemm(bint on):
     """Testing hook: False sends this module's tile products to scipy's BLAS
     (the path of machines without AVX-512).  Not thread-safe: call it
@@ -282,12 +295,10 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
     cdef floating *pAp = &Ap[0] if packed else NULL
     cdef floating *pBp = &Bp[0] if packed else NULL
-    if packed and not direct:
-        _pack_operands(pa, mA, pb, mB, k, pAp, pBp, n_threads)
-    elif not direct:
-        # the BLAS path accumulates into a scratch that must start zero (and is
-        # zeroed again row by row as the epilogue reads it)
-        memset(&scratch[0, 0], 0, scratch.shape[0] * scratch.shape[1] * sizeof(floating))
+    if not direct:
+        with nogil:
+            _tiles_prologue(packed, pa, mA, pb, mB, k, pAp, pBp, &scratch[0, 0],
+                            scratch.shape[0] * scratch.shape[1], n_threads)
     # dynamic: the last row block and column tile may be smaller; which thread
     # computes a tile changes nothing in it
     for t in prange(ntm * ntn, nogil=True, schedule='dynamic', num_threads=n_threads):
@@ -343,10 +354,10 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
     cdef floating *pAp = &Ap[0] if packed else NULL
     cdef floating *pBp = &Bp[0] if packed else NULL
-    if packed and not direct:
-        _pack_operands(pa, m, pa, m, k, pAp, pBp, n_threads)
-    elif not direct:
-        memset(&scratch[0, 0], 0, scratch.shape[0] * scratch.shape[1] * sizeof(floating))
+    if not direct:
+        with nogil:
+            _tiles_prologue(packed, pa, m, pa, m, k, pAp, pBp, &scratch[0, 0],
+                            scratch.shape[0] * scratch.shape[1], n_threads)
     # dynamic: half of the (bi, bj) pairs are below the diagonal and empty;
     # which thread computes a tile changes nothing in it.
     for t in prange(nt * nt, nogil=True, schedule='dynamic', num_threads=n_threads):

@@ -467,7 +467,7 @@ def squareform(X, force="no", checks=True):
             raise ValueError("distance matrix X must be symmetric")
     m = X.shape[0]
     if X.dtype in (np.float64, np.float32):
-        v = np.empty(m * (m - 1) // 2, X.dtype)
+        v = empty_output(m * (m - 1) // 2, X.dtype, _for_work(m * m))
         _k.square_to_condensed(np.ascontiguousarray(X), v, _for_work(m * m))
         return v
     return np.ascontiguousarray(X[np.triu_indices(m, 1)])

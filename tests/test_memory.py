@@ -98,7 +98,9 @@ def test_margin_backward_on_a_reused_block(cache):
     stale = fastlin.cdist(_points(21, 1200), _points(22, 1000))   # fill a block
     stale.fill(np.nan)
     del stale
+    assert fastlin.get_memory_cache()[2] == 1
     gp, gn = fastlin.max_margin_loss_backward(1.0, pos, neg)
+    assert fastlin.get_memory_cache()[2] == 0                  # gn took the NaN block
     rn = ((1.0 - pos[:, None] + neg) > 0).astype(np.float64)   # d sum(loss) / d neg
     np.testing.assert_array_equal(gn, rn)
     np.testing.assert_array_equal(gp, -rn.sum(axis=1))          # integer sums: exact
@@ -113,6 +115,7 @@ def test_concurrent_calls_get_distinct_blocks(cache):
     with ThreadPoolExecutor(3) as ex:
         for _ in range(3):
             results = list(ex.map(run, inputs))
+            assert len({_ptr(r) for r in results}) == len(results)   # six live blocks
             for (a, b), r in zip(inputs, results):
                 np.testing.assert_allclose(r, ssd.cdist(a, b), rtol=1e-13, atol=0)
             del results

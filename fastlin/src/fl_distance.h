@@ -489,6 +489,24 @@ FL_CLONES double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                      
     return s;                                                                             \
 }                                                                                         \
                                                                                           \
+/* sum_j x[j]^2 in double, the GEMM rows' squared norms: the vector layer's  */          \
+/* accumulator (as normalize's sum of squares), the tail zero padded.  The    */          \
+/* order depends on k only, never on the thread or the row's place.          */          \
+FL_CLONES double fl_sqnorm_##SFX(const T *FL_RESTRICT x, ptrdiff_t k)                     \
+{                                                                                         \
+    ACC acc = acc_zero_##SFX();                                                           \
+    ptrdiff_t j = 0;                                                                      \
+    for (; j + VL <= k; j += VL) {                                                        \
+        VT v = vld_##SFX(x + j);                                                          \
+        acc_addmul_##SFX(&acc, v, v);                                                     \
+    }                                                                                     \
+    if (j < k) {                                                                          \
+        VT v = vldpad_##SFX(x + j, k - j, 0);                                             \
+        acc_addmul_##SFX(&acc, v, v);                                                     \
+    }                                                                                     \
+    return acc_sum_##SFX(acc);                                                            \
+}                                                                                         \
+                                                                                          \
 /* acc[0..n) += w[0..n) in double: the column sums of one tile row. */                   \
 FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,          \
                                 ptrdiff_t n)                                              \
@@ -499,24 +517,5 @@ FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,
 FL_GDIV_TPL(double, d, fl_vd, FL_VL_d, acc_t_d)
 FL_GDIV_TPL(float, f, fl_vf, FL_VL_f, acc_t_f)
 
-/* sum_j x[j]^2 in double, for the GEMM rows' squared norms.  Sixteen
-   running sums, lane l taking j = l mod 16, then added in one fixed tree and
-   the tail last: one running sum waited on each add's latency (~1 ms for a
-   2048 x 512 operand), these vectorize, and the order depends on k only
-   (never on the thread or the row's place). */
-#define FL_SQNORM_DEFINE(SFX, T)                                                          \
-FL_CLONES double fl_sqnorm_##SFX(const T *FL_RESTRICT x, ptrdiff_t k)                     \
-{                                                                                         \
-    double s[16] = {0}, t = 0;                                                            \
-    ptrdiff_t j = 0;                                                                      \
-    for (; j + 16 <= k; j += 16)                                                          \
-        for (int l = 0; l < 16; l++) s[l] += (double)x[j + l] * (double)x[j + l];         \
-    for (; j < k; j++) t += (double)x[j] * (double)x[j];                                  \
-    for (int w = 8; w >= 1; w /= 2)                                                       \
-        for (int l = 0; l < w; l++) s[l] += s[l + w];                                     \
-    return s[0] + t;                                                                      \
-}
-FL_SQNORM_DEFINE(d, double)
-FL_SQNORM_DEFINE(f, float)
 
 #endif
