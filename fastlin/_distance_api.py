@@ -6,7 +6,7 @@ from . import _memory
 from ._common import STREAM_BYTES
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
-from ._validation import as_array, check_out, result_dtype
+from ._validation import as_array, check_out, regularise_hint, result_dtype
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
 
@@ -108,8 +108,8 @@ def _precision_factor(VI, n, XA, XB, dtype):
     try:
         L = np.linalg.cholesky(VI)
     except np.linalg.LinAlgError:
-        raise ValueError("VI is not positive definite (Cholesky failed); regularise it, "
-                         "e.g. VI + 1e-9 * trace(VI) / n * I") from None
+        raise ValueError("VI is not positive definite (Cholesky failed); "
+                         + regularise_hint("VI", n, dtype)) from None
     return L.astype(dtype)
 
 
@@ -572,8 +572,12 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
     B = np.ascontiguousarray(XB, dtype=dtype)
     if metric == "mahalanobis":
         L = _precision_factor(VI, n, XA, XB, dtype)
-        # the Mahalanobis distances are the Euclidean ones of the whitened rows
-        gYA, gYB = cdist_backward(G, A @ L, B @ L, "euclidean", dist=dist)
+        # the Mahalanobis distances are the Euclidean ones of the whitened
+        # rows; both sets are first moved to a common point near them (the
+        # gradient is translation invariant), so that a large common offset
+        # is not multiplied into X @ L and rounded there
+        c = _centre(A if A.shape[0] else B, dtype)
+        gYA, gYB = cdist_backward(G, (A - c) @ L, (B - c) @ L, "euclidean", dist=dist)
         return gYA @ L.T, gYB @ L.T
     if metric == "euclidean":
         D = None if dist is None else _given_dist(dist, A, B, dtype)

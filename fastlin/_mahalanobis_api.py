@@ -4,17 +4,13 @@ from scipy.linalg import lapack, solve_triangular
 
 from . import _mahalanobis as _k
 from ._threads import _for_work, blas_single_thread
-from ._validation import as_array, result_dtype
+from ._validation import as_array, regularise_hint as _regularise, result_dtype
 
 __all__ = ["mahalanobis", "mahalanobis_backward"]
 
 # Up to this dimension the backward accumulates its d x d sums in the pass;
 # above it writes the rows and uses one GEMM (measured crossover ~32).
 _FUSED_MAX_D = 32
-
-_REGULARISE = ("regularise it, e.g. {name} + 1e-9 * trace({name}) / d * I, or use a "
-               "shrinkage estimator such as sklearn.covariance.LedoitWolf")
-
 
 def _factor(M, name):
     """Lower Cholesky factor of a symmetric positive definite matrix, with the
@@ -34,10 +30,31 @@ def _factor(M, name):
         c, info = lapack.dpotrf(Md, lower=1, clean=1)
     if info > 0:
         raise ValueError(f"{name} is not positive definite (Cholesky failed at column "
-                         f"{info - 1}); " + _REGULARISE.format(name=name))
+                         f"{info - 1}); " + _regularise(name, Md.shape[0], M.dtype))
     if info < 0:  # pragma: no cover - argument error inside LAPACK
         raise ValueError(f"LAPACK potrf rejected {name} (info={info})")
+    if name == "cov" and c.shape[0]:
+        # A singular covariance often factors anyway: rounding leaves its
+        # zero pivots tiny and positive, and the solve then multiplies the
+        # distances by ~1e8 without a sound.  L_kk^2 / cov_kk is the share
+        # of feature k's variance the earlier features do not explain (1 -
+        # R^2, blind to the features' scales); below 4 d eps it is zero to
+        # working precision.  (A singular VI is not rejected here: it only
+        # makes some directions cost nothing.)
+        share = np.diag(c) ** 2 / np.diag(Md)
+        bad = np.flatnonzero(share <= 4 * c.shape[0] * eps_dtype(M))
+        if bad.size:
+            k = int(bad[0])
+            raise ValueError(
+                f"{name} is singular to working precision (at column {k} of its Cholesky "
+                f"factor, a share {share[k]:.3g} of that variable's variance is left "
+                f"unexplained by the earlier ones); " + _regularise(name, c.shape[0], M.dtype))
     return c
+
+
+def eps_dtype(M):
+    """The rounding unit M's entries were made with (float64 for integers)."""
+    return np.finfo(M.dtype if M.dtype.kind == "f" else np.float64).eps
 
 
 def _setup(X, mean, cov, VI, cholesky):
@@ -70,7 +87,7 @@ def _setup(X, mean, cov, VI, cholesky):
                              "is not zero)")
         if np.any(np.diag(Md) <= 0):
             raise ValueError("cholesky must have a positive diagonal (cov = L L^T must be "
-                             "positive definite); " + _REGULARISE.format(name="cov"))
+                             "positive definite); " + _regularise("cov", d, M.dtype))
         L = Md
     else:
         L = _factor(M, kind)
@@ -107,10 +124,13 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     ------
     ValueError
         For a matrix of the wrong shape, not symmetric, holding nan/inf, or
-        not positive definite (naming the column where Cholesky failed).  A
-        singular covariance must be regularised: add a small multiple of the
-        identity (``cov + 1e-9 * trace(cov) / d * I``) or use a shrinkage
-        estimator.
+        not positive definite (naming the column where Cholesky failed); also
+        for a covariance singular to working precision, which often factors
+        anyway (a column whose variance the earlier columns explain but for
+        a share below 4 d eps).  A singular covariance must be regularised:
+        add a small multiple of the identity (``cov + lam * trace(cov) / d *
+        I``; the message gives a lam, about 100 d eps of the dtype: 1e-12 in
+        float64 and 1e-4 in float32 for d = 16) or use a shrinkage estimator.
 
     Notes
     -----
