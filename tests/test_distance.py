@@ -656,12 +656,35 @@ def test_norm_overflow_float64():
     assert np.all(np.diag(fastlin.cdist(X, X)) == 0)
 
 
-def test_float32_large_distance_does_not_overflow():
-    X = np.zeros((2, 20), F32)
+@pytest.mark.parametrize("k", [1, 3, 16, 20, 40])
+def test_float32_large_distance_does_not_overflow(k):
+    """Distances whose squares leave float32's range (2e19^2 = 4e38 >
+    FLT_MAX): k <= 16 takes the direct path, above it the GEMM tiles; both
+    once rounded the square to float32 before the root (inf)."""
+    X = np.zeros((2, k), F32)
     X[:, 0] = [1.0e19, -1.0e19]
     assert np.isfinite(sd.pdist(X)[0])          # 2e19
-    got = fastlin.pdist(X)
-    assert np.isfinite(got[0]) and got[0] == np.float32(2e19)
+    for got in (fastlin.pdist(X)[0], fastlin.cdist(X[:1], X[1:])[0, 0],
+                fastlin.cdist(X[:1], X[1:], w=np.ones(k))[0, 0]):
+        assert np.isfinite(got) and got == np.float32(2e19)
+    # the square itself is beyond float32: inf, the correctly rounded value
+    assert fastlin.cdist(X[:1], X[1:], "sqeuclidean")[0, 0] == np.inf
+
+
+@pytest.mark.parametrize("k", [1, 3, 16, 20, 40])
+def test_float32_tiny_distance_does_not_underflow(k):
+    """A distance of ~1e-25 squares below float32's smallest normal (and
+    subnormal) number: the root comes from the double square, as scipy's.
+    Every entry of a row alike, whichever its neighbours (lane by lane)."""
+    a = np.full((1, k), 1e-18, F32)
+    B = np.repeat(a, 40, axis=0)
+    B[::3] += np.float32(1e-25)     # every third row 1e-25 off in each column
+    B[1::3] = 1.0                   # neighbours of ordinary size
+    want = sd.cdist(a, B)[0]
+    got = fastlin.cdist(a, B)[0]
+    assert got.dtype == F32
+    np.testing.assert_allclose(got, want.astype(F32), rtol=2 * eps(F32), atol=0)
+    assert np.all(got[::3] > 0)
 
 
 def test_cosine_norm_underflow():

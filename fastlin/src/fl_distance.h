@@ -19,6 +19,7 @@
 #ifndef FL_DISTANCE_H
 #define FL_DISTANCE_H
 #include "fl_common.h"
+#include <float.h>
 
 /* rows of at most this many columns skip GEMM (see fl_dist_direct_row) */
 #define FL_DIRECT_K 16
@@ -79,6 +80,30 @@ static int fl_have_512(void)
 #define FL_JOIN16(a, b) _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(a)), \
                                            _mm512_cvtpd_ps(b), 1)
 
+/* The square roots of 16 squared distances s0 (lanes 0-7) and s1 (8-15),
+   held in double, as float32: from the float32 rounding v of the squares
+   (vsqrtps, 4x cheaper than two vsqrtpd), except in the lanes whose square
+   is beyond float32's normal range while its root need not be (a distance
+   of 2e19 squares to inf in float32, one of 1e-25 to 0): those take the
+   root of the double, then round.  Lane by lane, so an entry's value never
+   depends on its neighbours; the double roots only when a lane needs one. */
+FL_T512 static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
+{
+    const __m512d lo = _mm512_set1_pd(FLT_MIN), hi = _mm512_set1_pd(FLT_MAX);
+    const __m512d zero = _mm512_setzero_pd();
+    __m512 r = _mm512_sqrt_ps(v);
+    __mmask8 o0 = (__mmask8)((_mm512_cmp_pd_mask(s0, zero, _CMP_GT_OQ)
+                              & _mm512_cmp_pd_mask(s0, lo, _CMP_LT_OQ))
+                             | _mm512_cmp_pd_mask(s0, hi, _CMP_GT_OQ));
+    __mmask8 o1 = (__mmask8)((_mm512_cmp_pd_mask(s1, zero, _CMP_GT_OQ)
+                              & _mm512_cmp_pd_mask(s1, lo, _CMP_LT_OQ))
+                             | _mm512_cmp_pd_mask(s1, hi, _CMP_GT_OQ));
+    if (o0 | o1)
+        r = _mm512_mask_blend_ps((__mmask16)(o0 | ((unsigned)o1 << 8)), r,
+                                 FL_JOIN16(_mm512_sqrt_pd(s0), _mm512_sqrt_pd(s1)));
+    return r;
+}
+
 /*
  * The epilogue's main pass in one sweep, AVX-512: r[j] = the distance of
  * entry j, or a value the exact path will overwrite (the return value
@@ -124,9 +149,10 @@ FL_T512 static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, doub
         unsigned bad = (unsigned)(m0 & ~_mm512_cmp_pd_mask(d0, _mm512_mul_pd(vtau, s0), _CMP_GE_OQ))
                      | ((unsigned)(m1 & ~_mm512_cmp_pd_mask(d1, _mm512_mul_pd(vtau, s1), _CMP_GE_OQ)) << 8);
         nflag += __builtin_popcount(bad);
-        __m512 v = FL_JOIN16(_mm512_mul_pd(_mm512_max_pd(d0, zero), vsc),
-                             _mm512_mul_pd(_mm512_max_pd(d1, zero), vsc));
-        if (take_sqrt) v = _mm512_sqrt_ps(v);
+        __m512d e0 = _mm512_mul_pd(_mm512_max_pd(d0, zero), vsc);
+        __m512d e1 = _mm512_mul_pd(_mm512_max_pd(d1, zero), vsc);
+        __m512 v = FL_JOIN16(e0, e1);
+        if (take_sqrt) v = fl_sqrt16_pd(v, e0, e1);
         _mm512_mask_storeu_ps(r + j, m, v);
     }
     return nflag;
@@ -187,8 +213,10 @@ FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, con
             acc0 = _mm512_fmadd_pd(wd0, d0, acc0);
             acc1 = _mm512_fmadd_pd(wd1, d1, acc1);
         }
-        __m512 v = FL_JOIN16(_mm512_mul_pd(acc0, vsc), _mm512_mul_pd(acc1, vsc));
-        if (take_sqrt) v = _mm512_sqrt_ps(v);
+        acc0 = _mm512_mul_pd(acc0, vsc);
+        acc1 = _mm512_mul_pd(acc1, vsc);
+        __m512 v = FL_JOIN16(acc0, acc1);
+        if (take_sqrt) v = fl_sqrt16_pd(v, acc0, acc1);
         if (stream && len == 16 && !((uintptr_t)(dst + j) & 63))
             _mm512_stream_ps(dst + j, v);
         else
@@ -232,6 +260,13 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 #define FL_DIRECT512_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
 #define FL_DIRECT512_f(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
 #endif
+
+/* A square (double) whose root a float32 result must take from the double
+   (see fl_sqrt16_pd); never for float64 results. */
+static inline int fl_sq_beyond(double e, size_t tsize)
+{
+    return tsize == sizeof(float) && ((e > 0.0 && e < FLT_MIN) || e > FLT_MAX);
+}
 
 #define FL_DIST_TPL(T, SFX)                                                               \
 /* sum_i w_i (a_i - b_i)^2 in double (w NULL: all ones): the difference is      \
@@ -290,8 +325,14 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c
             nflag += (int64_t)!(d2 >= tau * s);                                           \
             r[j] = (T)((d2 > 0.0 ? d2 : 0.0) * scale);                                    \
         }                                                                                 \
-        if (take_sqrt)                                                                    \
+        if (take_sqrt) {                                                                  \
             fl_sqrt_row_##SFX(r, nb);                                                     \
+            for (ptrdiff_t j = 0; j < nb; j++) {   /* as fl_sqrt16_pd */                 \
+                double d2 = na + nbv[j] + (double)c[j];                                   \
+                double e = (d2 > 0.0 ? d2 : 0.0) * scale;                                 \
+                if (fl_sq_beyond(e, sizeof(T))) r[j] = (T)sqrt(e);                        \
+            }                                                                             \
+        }                                                                                 \
     }                                                                                     \
     ptrdiff_t nexact = 0;                                                                 \
     if (nflag)                                                                            \
@@ -332,8 +373,11 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
         }                                                                                 \
     }                                                                                     \
     for (ptrdiff_t j = 0; j < nb; j++) r[j] = (T)(acc[j] * scale);                        \
-    if (take_sqrt)                                                                        \
+    if (take_sqrt) {                                                                      \
         fl_sqrt_row_##SFX(r, nb);                                                         \
+        for (ptrdiff_t j = 0; j < nb; j++)      /* as fl_sqrt16_pd */                    \
+            if (fl_sq_beyond(acc[j] * scale, sizeof(T))) r[j] = (T)sqrt(acc[j] * scale);  \
+    }                                                                                     \
     fl_store_row_##SFX(c, r, nb, stream);                                                 \
 }
 
