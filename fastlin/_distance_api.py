@@ -6,7 +6,8 @@ from . import _memory
 from ._common import STREAM_BYTES
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
-from ._validation import as_array, check_out, regularise_hint, result_dtype
+from ._validation import (as_array, check_out, real_array, regularise_hint, result_dtype,
+                          symmetric_part)
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
 
@@ -76,7 +77,7 @@ def _check_dist_out(out, shape, dtype):
 def _weights(w, n, dtype):
     if w is None:
         return None
-    w = np.asarray(w, dtype=np.float64)
+    w = real_array(w, "w")
     if w.ndim != 1 or w.shape[0] != n:
         raise ValueError(f"w must be a 1-d array of length {n} (the number of columns), "
                          f"got shape {w.shape}")
@@ -88,23 +89,29 @@ def _weights(w, n, dtype):
     return np.sqrt(w).astype(dtype)
 
 
+def _default_vi(X, n):
+    """scipy's VI when none is given: the inverse of the sample covariance of
+    the points (cdist: both sets stacked; pdist: X), symmetrised."""
+    X = np.asarray(X, dtype=np.float64)
+    if X.shape[0] <= n:
+        raise ValueError(
+            f"VI not given and the {X.shape[0]} points cannot estimate a {n}x{n} "
+            "covariance (need more points than dimensions); pass VI")
+    VI = np.linalg.inv(np.atleast_2d(np.cov(X.T)))
+    return (VI + VI.T) * 0.5
+
+
 def _precision_factor(VI, n, XA, XB, dtype):
     """L with VI = L L^T: Mahalanobis distances are Euclidean ones of X @ L."""
     if VI is None:
-        X = np.vstack([XA, XB]).astype(np.float64)
-        if X.shape[0] <= n:
-            raise ValueError(
-                f"VI not given and the {X.shape[0]} points cannot estimate a {n}x{n} "
-                "covariance (need more points than dimensions); pass VI")
-        VI = np.linalg.inv(np.atleast_2d(np.cov(X.T)))
-    VI = np.asarray(VI, dtype=np.float64)
+        VI = _default_vi(np.vstack([XA, XB]), n)
+    VI = real_array(VI, "VI")
     if VI.shape != (n, n):
         raise ValueError(f"VI must have shape ({n}, {n}) for {n}-dimensional points, "
                          f"got {VI.shape}")
     if not np.all(np.isfinite(VI)):
         raise ValueError("VI must be finite")
-    if not np.allclose(VI, VI.T, rtol=1e-10, atol=1e-12 * np.abs(VI).max(initial=0)):
-        raise ValueError("VI must be symmetric")
+    VI = symmetric_part(VI, "VI")
     try:
         L = np.linalg.cholesky(VI)
     except np.linalg.LinAlgError:
@@ -770,6 +777,10 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
         A = np.ascontiguousarray(X, dtype=dtype)
         D = None if Dsq is None else _given_dist(Dsq, A, A, dtype)
         return _euclidean_backward(G, A, A, dtype, want_b=False, D=D)
+    if metric == "mahalanobis" and VI is None:
+        # pdist's VI: from the rows of X once (cdist_backward(G, X, X) would
+        # estimate it from X stacked twice, a covariance 2(m-1)/(2m-1) of it)
+        VI = _default_vi(X, X.shape[1])
     # sum(G * cdist(X, X)) counts each pair twice: halve (exact in binary)
     gA, gB = cdist_backward(G, X, X, metric, VI=VI, dist=Dsq)
     return (gA + gB) * dtype.type(0.5)

@@ -4,7 +4,7 @@ from scipy.linalg import lapack, solve_triangular
 
 from . import _mahalanobis as _k
 from ._threads import _for_work, blas_single_thread
-from ._validation import as_array, regularise_hint as _regularise, result_dtype
+from ._validation import as_array, regularise_hint as _regularise, result_dtype, symmetric_part
 
 __all__ = ["mahalanobis", "mahalanobis_backward"]
 
@@ -15,14 +15,9 @@ _FUSED_MAX_D = 32
 def _factor(M, name):
     """Lower Cholesky factor of a symmetric positive definite matrix, with the
     failing column named (LAPACK potrf's info)."""
-    Md = np.asarray(M, dtype=np.float64)
-    scale = np.abs(Md).max(initial=0.0)
-    # symmetric up to the rounding of the dtype it came in (float32 covariances
-    # are symmetric only to ~1 ulp of float32), and 1e-10 for float64
-    eps = np.finfo(M.dtype).eps if M.dtype.kind == "f" else 0.0
-    if np.abs(Md - Md.T).max(initial=0.0) > max(1e-10, 64 * eps) * scale:
-        raise ValueError(f"{name} must be symmetric (|{name} - {name}.T| up to "
-                         f"{np.abs(Md - Md.T).max():.3g})")
+    # symmetric up to rounding (a float32 covariance is symmetric only to ~1
+    # ulp of float32; np.linalg.inv's VI to ~cond eps), then averaged
+    Md = symmetric_part(M, name)
     # one BLAS thread: a d x d factorization gains nothing from more, and
     # OpenBLAS's woken threads then spin for a while, stealing the cores
     # from the kernel that follows (half of its time, measured on 2 cores)

@@ -168,3 +168,36 @@ def regularise_hint(name, d, dtype):
     lam = 10.0 ** np.ceil(np.log10(100 * max(d, 1) * eps))
     return (f"regularise it, e.g. {name} + {lam:.0e} * trace({name}) / d * I, or use a "
             "shrinkage estimator such as sklearn.covariance.LedoitWolf")
+
+
+def real_array(x, name):
+    """x as a float64 array, refusing what is not real numbers (complex,
+    strings, objects) with a TypeError that names it -- np.asarray(x, float)
+    would drop an imaginary part with only a warning."""
+    a = as_array(x, name)
+    result_dtype((a, name))
+    return np.asarray(a, dtype=np.float64)
+
+
+# Largest asymmetry |M - M^T| accepted as rounding, relative to max |M|:
+# np.linalg.inv(cov) leaves ~cond(cov) eps (2e-10 at cond 1e8), which must
+# pass; a matrix that is not symmetric at all (a factor, a random matrix)
+# is off by O(1).
+SYMMETRY_RTOL = 1e-6
+
+
+def symmetric_part(M, name):
+    """(M + M^T) / 2 in float64, after checking that M is symmetric but for
+    rounding: within SYMMETRY_RTOL of its largest entry (or 64 eps of its
+    dtype, if coarser).  Averaging computes with the symmetric part, as a
+    quadratic form x^T M x does (scipy's), whichever triangle a factorization
+    then reads.  M must be finite and square."""
+    Md = np.asarray(M, dtype=np.float64)
+    eps = np.finfo(M.dtype).eps if M.dtype.kind == "f" else 0.0
+    scale = np.abs(Md).max(initial=0.0)
+    asym = np.abs(Md - Md.T).max(initial=0.0)
+    if asym > max(SYMMETRY_RTOL, 64 * eps) * scale:
+        raise ValueError(f"{name} must be symmetric: |{name} - {name}.T| reaches {asym:.3g}, "
+                         f"{asym / scale:.3g} of its largest entry (rounding up to "
+                         f"{max(SYMMETRY_RTOL, 64 * eps):.0e} of it is accepted and averaged out)")
+    return (Md + Md.T) * 0.5

@@ -1078,6 +1078,61 @@ def test_bad_vi():
             fastlin.pdist(X, "mahalanobis", VI=VI)
 
 
+@pytest.mark.parametrize("bad,msg", [
+    ([1 + 1j, 1.0, 1.0], "w must be real, got complex"),
+    (np.array([1 + 1j, 1.0, 1.0]), "w must be real, got complex"),
+    (["a", "b", "c"], "w must be a real numeric array")])
+def test_non_real_weights_raise_type_error(bad, msg):
+    """np.asarray(w, float) would drop an imaginary part with only a warning."""
+    with pytest.raises(TypeError, match=msg):
+        fastlin.cdist(X3, X3, w=bad)
+    with pytest.raises(TypeError, match=msg):
+        fastlin.pdist(X3, w=bad)
+
+
+def test_complex_vi_raises_type_error():
+    X = np.random.default_rng(29).standard_normal((10, 3))
+    with pytest.raises(TypeError, match="VI must be real, got complex"):
+        fastlin.cdist(X, X, "mahalanobis", VI=np.eye(3) + 0j)
+    with pytest.raises(TypeError, match="VI must be real, got complex"):
+        fastlin.cdist_backward(np.ones((10, 10)), X, X, "mahalanobis", VI=np.eye(3) + 0j)
+
+
+def test_vi_from_inv_of_an_ill_conditioned_cov_is_accepted():
+    """np.linalg.inv leaves VI asymmetric by ~cond(cov) eps (2.7e-11 here,
+    cond 6e6): rounding, averaged out -- scipy computes with it, and so must
+    fastlin, given (VI=) or estimated (no VI).  The two computations differ
+    by the conditioning (sqrt of VI's form against whitening by its factor):
+    1e-9 relative allowed, 2.4e-10 measured."""
+    rng = np.random.default_rng(14)
+    X = rng.standard_normal((60, 8))
+    X[:, 7] = X[:, 6] + 1e-3 * rng.standard_normal(60)
+    X[:, 5] = X[:, 4] + 1e-3 * rng.standard_normal(60)
+    VI = np.linalg.inv(np.cov(X.T))
+    assert np.abs(VI - VI.T).max() > 0
+    want = sd.pdist(X, "mahalanobis")
+    for got in (fastlin.pdist(X, "mahalanobis"), fastlin.pdist(X, "mahalanobis", VI=VI)):
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+    np.testing.assert_allclose(fastlin.cdist(X, X[:7], "mahalanobis", VI=VI),
+                               sd.cdist(X, X[:7], "mahalanobis", VI=VI), rtol=1e-9, atol=1e-12)
+
+
+def test_pdist_backward_estimates_vi_as_pdist():
+    """With no VI, pdist (like scipy's) inverts the covariance of X; the
+    backward must differentiate that metric (it once estimated it from X
+    stacked twice: 3.5% off) and accept the forward's result as dist=."""
+    X = np.random.default_rng(7).standard_normal((8, 3))
+    VI = np.linalg.inv(np.cov(X.T))
+    g = np.random.default_rng(8).standard_normal(28)
+    np.testing.assert_allclose(fastlin.pdist(X, "mahalanobis"), sd.pdist(X, "mahalanobis"),
+                               rtol=1e-13)
+    want = fastlin.pdist_backward(g, X, "mahalanobis", VI=VI)
+    np.testing.assert_allclose(fastlin.pdist_backward(g, X, "mahalanobis"), want, rtol=1e-12,
+                               atol=1e-14)
+    got = fastlin.pdist_backward(g, X, "mahalanobis", dist=fastlin.pdist(X, "mahalanobis"))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+
+
 def test_vi_cannot_be_estimated():
     with pytest.raises(ValueError, match=r"VI not given and the 2 points cannot estimate a "
                                          r"3x3 covariance .* pass VI"):

@@ -516,6 +516,20 @@ def test_singularity_check_ignores_the_scales_of_the_variables():
         assert abs(got - want) <= 1e-5 * want
 
 
+def test_vi_from_inv_is_accepted_and_averaged():
+    """np.linalg.inv(cov) is symmetric only to ~cond eps (here 1e-11
+    relative): accepted, and computed with its symmetric part, as scipy's
+    quadratic form does."""
+    rng = np.random.default_rng(14)
+    Y = rng.standard_normal((60, 8))
+    Y[:, 7] = Y[:, 6] + 1e-3 * rng.standard_normal(60)
+    VI = np.linalg.inv(np.cov(Y.T))
+    assert np.abs(VI - VI.T).max() > 0
+    mu = Y.mean(axis=0)
+    want = [ssd.mahalanobis(y, mu, VI) for y in Y[:10]]
+    np.testing.assert_allclose(fastlin.mahalanobis(Y[:10], mu, VI=VI), want, rtol=1e-9)
+
+
 def test_nearly_singular_vi_is_accepted():
     """A precision matrix with a (numerically) null direction is a valid
     quadratic form -- that direction costs nothing -- and matches scipy."""
