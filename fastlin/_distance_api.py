@@ -713,7 +713,14 @@ def _euclidean_backward_direct(G, A, B, dtype, want_b):
 
 def _cosine_backward(G, A, B, dtype):
     def unit(X):
-        nrm = np.sqrt(np.einsum("ij,ij->i", X, X, dtype=np.float64))
+        # |x| with the row scaled by its largest |entry| first, so that the
+        # squares neither underflow (1e-170) nor overflow (1e155), as the
+        # forward's normalize; rows with inf or nan keep the plain formula
+        X64 = np.asarray(X, dtype=np.float64)
+        big = np.max(np.abs(X64), axis=1, initial=0.0)
+        sc = np.where((big > 0) & np.isfinite(big), big, 1.0)
+        Xs = X64 / sc[:, None]
+        nrm = sc * np.sqrt(np.einsum("ij,ij->i", Xs, Xs))
         zero = nrm == 0
         safe = np.where(zero, 1.0, nrm)
         return (X / safe[:, None]).astype(dtype), safe.astype(dtype), zero

@@ -363,3 +363,20 @@ def test_mahalanobis_backward_keeps_digits_under_a_common_offset(dtype, offset):
     want = np.einsum("ij,ijk->ik", Gs / D, dv)
     got = fastlin.pdist_backward(g, A, "mahalanobis", VI=VI)
     assert float(np.max(np.abs(got - want)) / np.max(np.abs(want))) < tol
+
+
+@pytest.mark.parametrize("scale", [1e-170, 1e154])
+def test_cosine_backward_at_extreme_magnitudes(scale):
+    """Cosine distance is scale invariant, so its gradient is homogeneous of
+    degree -1: g(s A, s B) = g(A, B) / s.  The forward is right at 1e-170
+    and 1e154 (normalize scales before squaring); the backward squared the
+    raw rows and returned zeros (underflow) or lost the rows (overflow)."""
+    rng = np.random.default_rng(42)
+    A, B = rng.standard_normal((5, 4)), rng.standard_normal((3, 4))
+    G = rng.standard_normal((5, 3))
+    want = fastlin.cdist_backward(G, A, B, "cosine")
+    got = fastlin.cdist_backward(G, A * scale, B * scale, "cosine")
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g * scale, w, rtol=1e-14, atol=1e-15 * np.abs(w).max())
+    np.testing.assert_allclose(fastlin.cdist(A * scale, B * scale, "cosine"),
+                               fastlin.cdist(A, B, "cosine"), rtol=0, atol=1e-15)
