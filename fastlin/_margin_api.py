@@ -64,6 +64,13 @@ def max_margin_loss(pos, neg, margin=1.0, reduction="sum"):
 
     Notes
     -----
+    Each element is computed as ``(neg - pos) + margin`` in the inputs'
+    dtype (the margin rounded to it): the two scores are usually of a size,
+    so their difference loses nothing, and the margin is added to it.  The
+    textbook order ``margin - pos + neg`` (torch's) loses the margin against
+    large scores: pos = neg = 1e17 with margin 1 gives a loss of 0 there,
+    1 here.
+
     A nan score gives a nan loss (torch's multi_margin_loss returns 0.0 for a
     nan score; a silent 0 hides a diverged model).
 
@@ -113,7 +120,8 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
     gpos : ndarray
         The shape of `pos` as given: ``-sum_j grad[..., b, j] [v > 0]``.
     gneg : ndarray, shape (..., B, N)
-        ``grad[..., b, j] [v > 0]`` with ``v = margin - pos + neg``.
+        ``grad[..., b, j] [v > 0]`` with ``v = (neg - pos) + margin`` (the
+        forward's order).
 
     Notes
     -----

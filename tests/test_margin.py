@@ -571,3 +571,24 @@ def test_scores_with_the_positive_first(rng, reduction):
     scale = 1.0 if reduction == "sum" else 1.0 / (B * N)
     np.testing.assert_allclose(gscores, scale * np.concatenate(
         [-mask.sum(1, keepdims=True), mask], axis=1), rtol=4 * EPS64)
+
+
+@pytest.mark.parametrize("dt,big,margin", [(F64, 1e17, 1.0), (F32, 1e9, 1.0),
+                                           (F32, 1000.0, 0.01)])
+def test_margin_is_not_lost_against_large_scores(dt, big, margin):
+    """(neg - pos) + margin: equal large scores give exactly the margin,
+    and nearby ones their difference plus it, where margin - pos + neg
+    (NumPy's formula, torch's) rounds the margin away first.  Judged in
+    longdouble from the dtype's values (the margin rounded to the dtype)."""
+    pos = np.array([big, big, big], dt)
+    neg = np.array([[big, np.spacing(dt.type(big)) * 3 + dt.type(big), dt.type(big) - 0]], dt)
+    neg = np.repeat(neg, 3, axis=0)
+    m = dt.type(margin)
+    want = np.maximum(0, (neg.astype(np.longdouble) - pos[:, None].astype(np.longdouble))
+                      + np.longdouble(m))
+    got = fastlin.max_margin_loss(pos, neg, margin=margin, reduction="none")
+    np.testing.assert_allclose(got.astype(np.longdouble), want, rtol=eps(dt), atol=0)
+    assert float(fastlin.max_margin_loss(pos, neg, margin=margin)) > 0
+    gpos, gneg = fastlin.max_margin_loss_backward(1.0, pos, neg, margin=margin)
+    np.testing.assert_array_equal(gneg, np.ones_like(neg))
+    np.testing.assert_array_equal(gpos, -3 * np.ones_like(pos))
