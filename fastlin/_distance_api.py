@@ -444,6 +444,8 @@ def squareform(X, force="no", checks=True):
         The other form; the dtype of `X` is kept.
     """
     X = np.asarray(X)
+    if isinstance(force, str):
+        force = force.lower()       # as scipy
     if force not in ("no", "tomatrix", "tovector"):
         raise ValueError(f"force must be 'no', 'tomatrix' or 'tovector', got {force!r}")
     if force == "tomatrix" or (force == "no" and X.ndim == 1):

@@ -48,12 +48,15 @@ def is_weak_scalar(x):
 
 
 def as_array(x, name):
-    """np.asarray with a clear error for ragged or non-numeric input."""
-    if isinstance(x, np.ndarray):
+    """np.asarray with a clear error for ragged or non-numeric input.
+    Subclasses become plain ndarrays, as scipy's functions take them
+    (np.matrix would turn the `*` of a formula into a matrix product)."""
+    if type(x) is np.ndarray:
         return x
     try:
         return np.asarray(x)
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, RuntimeError) as e:
+        # RuntimeError: torch's "Can't call numpy() on Tensor that requires grad"
         raise TypeError(f"{name} must be array_like of real numbers: {e}") from None
 
 

@@ -1309,3 +1309,14 @@ def test_hypothesis_squareform_round_trip(v):
     M = fastlin.squareform(v)
     np.testing.assert_array_equal(M, sd.squareform(v))
     np.testing.assert_array_equal(fastlin.squareform(M), v)
+
+
+def test_squareform_force_is_case_insensitive_like_scipy():
+    v = np.arange(1.0, 4.0)
+    for force in ("ToMatrix", "TOMATRIX"):
+        np.testing.assert_array_equal(fastlin.squareform(v, force=force),
+                                      sd.squareform(v, force=force))
+    M = sd.squareform(v)
+    np.testing.assert_array_equal(fastlin.squareform(M, force="ToVector"), v)
+    with pytest.raises(ValueError, match="force must be"):
+        fastlin.squareform(v, force="matrix")

@@ -380,3 +380,24 @@ def test_cosine_backward_at_extreme_magnitudes(scale):
         np.testing.assert_allclose(g * scale, w, rtol=1e-14, atol=1e-15 * np.abs(w).max())
     np.testing.assert_allclose(fastlin.cdist(A * scale, B * scale, "cosine"),
                                fastlin.cdist(A, B, "cosine"), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_matrix_subclass_grad_is_taken_as_an_array(metric):
+    """np.matrix would make the `*` of G * C a matrix product: taken as the
+    plain array it holds, as scipy takes its inputs."""
+    rng = np.random.default_rng(43)
+    A, B = rng.standard_normal((5, 3)), rng.standard_normal((4, 3))
+    G = rng.standard_normal((5, 4))
+    kw = {"VI": _vi(3, rng)} if metric == "mahalanobis" else {}
+    want = fastlin.cdist_backward(G, A, B, metric, **kw)
+    got = fastlin.cdist_backward(np.matrix(G), np.matrix(A), np.matrix(B), metric, **kw)
+    for g, w in zip(got, want):
+        assert type(g) is np.ndarray
+        np.testing.assert_array_equal(g, w)
+
+
+def test_tensor_requiring_grad_raises_type_error():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match="XA must be array_like.*detach"):
+        fastlin.cdist(torch.ones(2, 3, requires_grad=True), np.ones((2, 3)))
