@@ -382,6 +382,7 @@ def test_cosine_backward_at_extreme_magnitudes(scale):
                                fastlin.cdist(A, B, "cosine"), rtol=0, atol=1e-15)
 
 
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix
 @pytest.mark.parametrize("metric", METRICS)
 def test_matrix_subclass_grad_is_taken_as_an_array(metric):
     """np.matrix would make the `*` of G * C a matrix product: taken as the
