@@ -76,7 +76,7 @@ def show_config(file=None):
         f"  scipy         : {scipy.__version__}",
         f"  openmp        : {'on' if openmp_enabled() else 'OFF (single-threaded build)'}",
         f"  threads       : {get_num_threads()}",
-        f"  simd dispatch : {'target_clones (x86-64-v4 / v3 / baseline)' if get('TARGET_CLONES') is True else 'baseline only'}",
+        f"  simd dispatch : {'target_clones (x86-64-v4 / v3 / baseline)' if get('TARGET_CLONES') is True else 'none: -march=native' if get('NATIVE') is True else 'baseline only'}",
         f"  tile GEMM     : {'fastlin AVX-512 kernel (src/fl_gemm.h)' if own_gemm_enabled() else 'scipy BLAS (no AVX-512 kernel on this CPU or build)'}",
         f"  result cache  : {get_memory_cache()[0]} bytes (set_memory_cache)",
         f"  native build  : {get('NATIVE')}",

@@ -25,7 +25,12 @@
 #include <string.h>
 #include <stddef.h>
 
-#if !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#if defined(FL_NATIVE)
+/* FASTLIN_NATIVE=1: built for this machine (-march=native), nothing to
+   dispatch; gcc 12 also fails (internal compiler error) on target_clones
+   under -march=native */
+#define FL_CLONES
+#elif !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
 #define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FL_CLONES
