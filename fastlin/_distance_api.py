@@ -598,14 +598,14 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
                              f"got {D.shape}")
     if metric == "cosine":
         return _cosine_backward(G, A, B, dtype)
-    # sqeuclidean: W = 2 G
-    W = (2 * G).astype(dtype, copy=False)
-    return _weighted_backward(W, W.sum(axis=1, dtype=np.float64), A, B, dtype)
+    # sqeuclidean: W = 2 G, the factor 2 applied to the sums (exact)
+    return _weighted_backward(G, A, B, dtype, 2)
 
 
-def _weighted_backward(W, rows, A, B, dtype):
-    """gA_i = sum_j W_ij (a_i - b_j) = rows_i a_i - (W B)_i and likewise gB,
-    with W given whole (sqeuclidean: 2 G)."""
+def _weighted_backward(W, A, B, dtype, factor=1):
+    """gA_i = f sum_j W_ij (a_i - b_j) = f (rows_i a_i - (W B)_i) and likewise
+    gB, with W given whole (sqeuclidean: W = G, f = 2: no scaled copy of G)."""
+    rows = W.sum(axis=1, dtype=np.float64)
     # on rows centred on a common point, so a large offset does not cancel
     # digits (skipped when the offset is small)
     centre = _centre(A, dtype) if A.size else np.zeros(A.shape[1], dtype)
@@ -625,6 +625,9 @@ def _weighted_backward(W, rows, A, B, dtype):
         WtA[...] = 0
     gA = rows.astype(dtype)[:, None] * A - WB
     gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - WtA
+    if factor != 1:
+        gA *= dtype.type(factor)
+        gB *= dtype.type(factor)
     return gA, gB
 
 
@@ -728,10 +731,22 @@ def _cosine_backward(G, A, B, dtype):
         return (X / safe[:, None]).astype(dtype), safe.astype(dtype), zero
     Ah, na, za = unit(A)
     Bh, nb, zb = unit(B)
-    C = Ah @ Bh.T                                   # cos, the unit-row dot products
-    GC = G * C
-    gA = -(G @ Bh - GC.sum(axis=1, dtype=np.float64).astype(dtype)[:, None] * Ah) / na[:, None]
-    gB = -(G.T @ Ah - GC.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * Bh) / nb[:, None]
+    # d_ij = 1 - a^_i . b^_j: gA_i = -(P_i - (a^_i . P_i) a^_i) / |a_i| with
+    # P = G B^ (and likewise gB from Q = G^T A^), the sum_j G_ij cos_ij of
+    # the projection being a^_i . P_i: two products, no (mA, mB) cosines
+    P = np.empty_like(Ah)
+    Q = np.empty_like(Bh)
+    if Ah.size and Bh.size:
+        with blas_single_thread():
+            _k.weighted_sums(np.ascontiguousarray(G), Ah, Bh, np.ascontiguousarray(Bh.T), P, Q,
+                             _for_work(G.size * A.shape[1]))
+    else:
+        P[...] = 0
+        Q[...] = 0
+    pa = np.einsum("ij,ij->i", Ah, P, dtype=np.float64).astype(dtype)
+    qb = np.einsum("ij,ij->i", Bh, Q, dtype=np.float64).astype(dtype)
+    gA = -(P - pa[:, None] * Ah) / na[:, None]
+    gB = -(Q - qb[:, None] * Bh) / nb[:, None]
     gA[za] = 0
     gB[zb] = 0
     return gA, gB
