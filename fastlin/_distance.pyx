@@ -702,11 +702,14 @@ def grad_from_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
         c = 0
         for g in range(ng):
             c = c + CS[g, j]
-        for q in range(k):
-            a[q] = P[j, q]
-        for g in range(1, ng):
-            for q in range(k):
-                a[q] = a[q] + P[g * mB + j, q]
+        memset(a, 0, k * sizeof(double))
+        # the shares in group order, each row added by a vector loop in C
+        # (the memoryview loop here took 13.6 of an 85 ms backward)
+        for g in range(ng):
+            if share_t is double:
+                fl_add_row_d(a, &P[g * mB + j, 0], k)
+            else:
+                fl_add_row_f(a, &P[g * mB + j, 0], k)
         for q in range(k):
             gB[j, q] = <floating>(c * Bc[j, q] - a[q])
 
