@@ -128,7 +128,8 @@ class _Operands:
            that the difference is taken before weighting; unit rows for
            cosine; the original rows for mahalanobis too, whose factor L
            (VI = L L^T) the exact path applies to the difference, so near
-           points keep their digits and an infinite coordinate gives inf.
+           points keep their digits; an infinite coordinate gives inf, or nan
+           where the factor's zeros multiply it (scipy: nan).
     gemm:  the GEMM operand, centred on `centre` (and weighted, or whitened
            by L), built lazily.
     zero:  rows of zero norm under cosine (nan distances, as scipy).
@@ -308,7 +309,8 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     ``1 - cos`` loses its digits); a zero row gives nan, as in scipy.
     'mahalanobis' whitens once (``VI = L L^T``) and reuses the Euclidean
     kernel; its exact path applies L to the difference of the original rows,
-    so near-duplicates are exact too and an infinite coordinate gives inf.
+    so near-duplicates are exact too; an infinite coordinate gives inf, or
+    nan where a zero of L multiplies it (scipy's quadratic form gives nan).
     """
     XA, XB, metric, dtype = _pair(XA, XB, metric)
     mA, mB, n = XA.shape[0], XB.shape[0], XA.shape[1]
