@@ -554,8 +554,10 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
         * euclidean: with ``W = grad / D`` (0 where ``D == 0``),
           ``gXA = rowsum(W) XA - W XB`` and ``gXB = colsum(W) XB - W^T XA``;
         * sqeuclidean: the same with ``W = 2 grad``;
-        * cosine: ``gXA_i = -(sum_j grad_ij (b^_j - c_ij a^_i)) / |a_i|`` with unit
-          rows ``a^, b^`` and ``c = 1 - D`` (and symmetrically for XB);
+        * cosine: ``gXA_i = -(P_i - (a^_i . P_i) a^_i) / |a_i|`` with unit rows
+          ``a^, b^`` and ``P = grad B^`` (``sum_j grad_ij cos_ij`` is
+          ``a^_i . P_i``: two products, no (mA, mB) array), symmetrically for
+          XB with ``grad^T A^``;
         * mahalanobis: the Euclidean gradient of the whitened rows ``X L``
           (``VI = L L^T``), mapped back by ``L^T``.
 
