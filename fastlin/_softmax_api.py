@@ -87,8 +87,9 @@ def _lse_setup(a, axis, b):
     a = as_array(a, "a")
     a0_shape = a.shape
     if b is not None:
+        weak = is_weak_scalar(b)       # a Python scalar b keeps a's dtype (NEP 50)
         b = as_array(b, "b")
-        dtype = result_dtype((a, "a"), (b, "b"))
+        dtype = result_dtype((a, "a")) if weak else result_dtype((a, "a"), (b, "b"))
         try:
             a, b = np.broadcast_arrays(a, b)
         except ValueError:

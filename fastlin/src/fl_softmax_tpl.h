@@ -120,13 +120,27 @@ static double FL(lse_direct)(const T *x, ptrdiff_t n, ptrdiff_t stride)
     return log(s);
 }
 
-/* m + log(c) + log1p(s / c), or the direct formula when that is not finite */
+/* m + log(c) + log1p(s / c), or the direct formula when that is not finite.
+   With mo (the backward): lse = *mo + *ro, the shift m and the rest in
+   double (0 and the direct value on the direct path), so that exp(x - lse)
+   can be formed as exp((x - m) - r): rounding lse itself to T would lose
+   r (at most log n) against a large m (|x| ~ 1e8 in float32). */
 FL_INLINE double FL(lse_finish)(double s, double c, T m, const T *x, ptrdiff_t n,
-                                ptrdiff_t stride)
+                                ptrdiff_t stride, T *mo, double *ro)
 {
     if (s != 0.0) s /= c;
-    double out = log1p(s) + log(c) + (double)m;
-    return isfinite(out) ? out : FL(lse_direct)(x, n, stride);
+    double r = log1p(s) + log(c);
+    double out = r + (double)m;
+    if (!isfinite(out)) {
+        out = FL(lse_direct)(x, n, stride);
+        m = 0;
+        r = out;
+    }
+    if (mo) {
+        *mo = m;
+        *ro = r;
+    }
+    return out;
 }
 
 /*
@@ -135,7 +149,7 @@ FL_INLINE double FL(lse_finish)(double s, double c, T m, const T *x, ptrdiff_t n
  * other exp(x - m).  log1p keeps the digits when one term dominates
  * (logsumexp([0, -40]) = 4.25e-18, not 0).
  */
-FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw)
+FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw, T *mo, double *ro)
 {
     T m = FL(rowmax)(x, n, pw);
     ACC acc = FL(acc_zero)(), cnt = FL(acc_zero)();
@@ -156,12 +170,12 @@ FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw)
         FL(acc_add)(&acc, FL(vsel)(live & ~top, e, zero));
         FL(acc_add)(&cnt, FL(vsel)(top, one, zero));
     }
-    return FL(lse_finish)(FL(acc_sum)(acc), FL(acc_sum)(cnt), m, x, n, 1);
+    return FL(lse_finish)(FL(acc_sum)(acc), FL(acc_sum)(cnt), m, x, n, 1, mo, ro);
 }
 
 /* The same per column of a tile; lse[j] for j < w. */
 FL_INLINE void FL(lse_cols)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w,
-                            double *FL_RESTRICT lse)
+                            double *FL_RESTRICT lse, T *mo, double *ro)
 {
     VT m[FL_TILE_MAX / VL];
     ACC s[FL_TILE_MAX / VL], c[FL_TILE_MAX / VL];
@@ -188,7 +202,9 @@ FL_INLINE void FL(lse_cols)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, p
         FL(acc_lanes)(c[k], cl);
         FL(vst)(ml, m[k]);
         for (ptrdiff_t j = 0; j < VL && k * VL + j < w; j++)
-            lse[k * VL + j] = FL(lse_finish)(sl[j], cl[j], ml[j], x + k * VL + j, n, ld);
+            lse[k * VL + j] = FL(lse_finish)(sl[j], cl[j], ml[j], x + k * VL + j, n, ld,
+                                             mo ? mo + k * VL + j : NULL,
+                                             ro ? ro + k * VL + j : NULL);
     }
 }
 
@@ -296,11 +312,11 @@ FL_CLONES void FL(fl_logsumexp_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT out,
                                     ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        out[0] = (T)FL(lse_row)(x, n, NULL);
+        out[0] = (T)FL(lse_row)(x, n, NULL, NULL, NULL);
         return;
     }
     double lse[FL_TILE_MAX];
-    FL(lse_cols)(x, n, ld, w, lse);
+    FL(lse_cols)(x, n, ld, w, lse, NULL, NULL);
     for (ptrdiff_t j = 0; j < w; j++) out[j] = (T)lse[j];
 }
 
@@ -312,7 +328,7 @@ FL_CLONES void FL(fl_logsumexp_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT out,
  * return_sign is 0 a negative sum gives nan.
  */
 FL_INLINE double FL(lse_w_row)(const T *FL_RESTRICT x, const T *FL_RESTRICT b, ptrdiff_t n,
-                               int return_sign, double *sgn)
+                               int return_sign, double *sgn, T *mo, double *ro)
 {
     const VT zero = FL(vsplat)(0), ninf = FL(vsplat)(-INFINITY);
     VT mv = ninf;
@@ -341,15 +357,22 @@ FL_INLINE double FL(lse_w_row)(const T *FL_RESTRICT x, const T *FL_RESTRICT b, p
     if (s != 0.0) s /= c;
     double sg = fl_sign(s + 1.0) * fl_sign(c);
     if (s < -1.0) s = -s - 2.0;
-    double out = log1p(s) + log(fabs(c)) + (double)m;
+    double r = log1p(s) + log(fabs(c));
+    double out = r + (double)m;
     if (!return_sign && sg < 0) out = NAN;
     if (!isfinite(out)) {
         double S = 0.0;
         for (ptrdiff_t k = 0; k < n; k++) S += (double)b[k] * exp((double)x[k]);
         sg = fl_sign(S);
         out = log(return_sign ? fabs(S) : S);
+        m = 0;      /* as lse_finish: the direct value is all of it */
+        r = out;
     }
     *sgn = sg;
+    if (mo) {
+        *mo = m;
+        *ro = r;
+    }
     return out;
 }
 
@@ -358,7 +381,7 @@ FL_CLONES void FL(fl_logsumexp_w_fwd)(const T *FL_RESTRICT x, const T *FL_RESTRI
                                       ptrdiff_t n, int return_sign)
 {
     double sg;
-    out[0] = (T)FL(lse_w_row)(x, b, n, return_sign, &sg);
+    out[0] = (T)FL(lse_w_row)(x, b, n, return_sign, &sg, NULL, NULL);
     sgn[0] = (T)sg;
 }
 
@@ -476,38 +499,45 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
                                     T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
-        double lse = FL(lse_row)(x, n, gx);
+        T mo;
+        double ro;
+        double lse = FL(lse_row)(x, n, gx, &mo, &ro);
         int dead = lse == -INFINITY;
-        T go = dead ? 0 : gout[0], l = dead ? 0 : (T)lse;
+        T go = dead ? 0 : gout[0], m = dead ? 0 : mo, l = dead ? 0 : (T)ro;
         ptrdiff_t i = 0;
         for (; i + VL <= n; i += VL) {
             FL_PREFETCH_BLOCK(x + n + i);
-            FL(vst)(gx + i, FL(vexp)(FL(vld)(x + i) - l) * go);
+            FL(vst)(gx + i, FL(vexp)((FL(vld)(x + i) - m) - l) * go);
         }
-        if (i < n) FL(vstpart)(gx + i, FL(vexp)(FL(vldpad)(x + i, n - i, 0) - l) * go, n - i);
+        if (i < n)
+            FL(vstpart)(gx + i, FL(vexp)((FL(vldpad)(x + i, n - i, 0) - m) - l) * go, n - i);
         return;
     }
-    double lse[FL_TILE_MAX];
-    VT go[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
+    double lse[FL_TILE_MAX], ro[FL_TILE_MAX];
+    T mo[FL_TILE_MAX];
+    VT go[FL_TILE_MAX / VL], ms[FL_TILE_MAX / VL], l[FL_TILE_MAX / VL];
     ptrdiff_t nv = (w + VL - 1) / VL;
     const ptrdiff_t pf = fl_pf_rows(w, sizeof(T));
-    FL(lse_cols)(x, n, ld, w, lse);
+    FL(lse_cols)(x, n, ld, w, lse, mo, ro);
     for (ptrdiff_t k = 0; k < nv; k++) {
-        T gl[VL], ll[VL];
+        T gl[VL], ml[VL], ll[VL];
         for (int j = 0; j < VL; j++) {
             ptrdiff_t c = k * VL + j;
             int dead = c >= w || lse[c] == -INFINITY;
             gl[j] = dead ? 0 : gout[c];
-            ll[j] = dead ? 0 : (T)lse[c];
+            ml[j] = dead ? 0 : mo[c];
+            ll[j] = dead ? 0 : (T)ro[c];
         }
         go[k] = FL(vld)(gl);
+        ms[k] = FL(vld)(ml);
         l[k] = FL(vld)(ll);
     }
     for (ptrdiff_t r = 0; r < n; r++) {
         for (ptrdiff_t k = 0; k < nv; k++) {
             __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
             __builtin_prefetch(gx + (r + pf) * ld + k * VL, 1, 3);
-            FL(tst)(gx + r * ld, k, w, FL(vexp)(FL(tld)(x + r * ld, k, w) - l[k]) * go[k]);
+            FL(tst)(gx + r * ld, k, w,
+                    FL(vexp)((FL(tld)(x + r * ld, k, w) - ms[k]) - l[k]) * go[k]);
         }
     }
 }
@@ -517,12 +547,13 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
 FL_CLONES void FL(fl_logsumexp_w_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTRICT x,
                                       const T *FL_RESTRICT b, T *FL_RESTRICT gx, ptrdiff_t n)
 {
-    double sg;
-    double lse = FL(lse_w_row)(x, b, n, 1, &sg);
+    double sg, ro;
+    T mo;
+    double lse = FL(lse_w_row)(x, b, n, 1, &sg, &mo, &ro);
     int dead = lse == -INFINITY;
-    T go = dead ? 0 : (T)((double)gout[0] * sg), l = dead ? 0 : (T)lse;
+    T go = dead ? 0 : (T)((double)gout[0] * sg), m = dead ? 0 : mo, l = dead ? 0 : (T)ro;
     for (ptrdiff_t i = 0; i < n; i++) {
-        T t = go * b[i] * FL_EXP(x[i] - l);
+        T t = go * b[i] * FL_EXP((x[i] - m) - l);
         gx[i] = b[i] != 0 ? t : 0;
     }
 }
