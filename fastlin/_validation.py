@@ -71,6 +71,8 @@ def normalize_axes(axis, ndim, name="axis"):
     out = []
     for ax in axes:
         try:
+            if isinstance(ax, (bool, np.bool_)):   # numpy refuses axis=True too
+                raise TypeError
             ax = operator.index(ax)
         except TypeError:
             raise TypeError(
@@ -149,7 +151,11 @@ def check_out(out, shape, dtype, name="out"):
 
 
 def check_eps(eps, name="eps"):
-    if not isinstance(eps, numbers.Real):
+    # a 0-d real array (np.array(1e-3), what a reduction returns) is a number;
+    # a bool is not one (eps=True is a mistake, not 1.0)
+    if isinstance(eps, np.ndarray) and eps.ndim == 0 and eps.dtype.kind in "iuf":
+        eps = eps[()]
+    if not isinstance(eps, numbers.Real) or isinstance(eps, (bool, np.bool_)):
         raise TypeError(f"{name} must be a real number, got {type(eps).__name__} {eps!r}")
     eps = float(eps)
     if not eps >= 0 or math.isinf(eps):

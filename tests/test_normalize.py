@@ -525,3 +525,23 @@ def test_backward_empty_and_zero_dim():
 
 def test_backward_zero_dim_input_gives_scalar():
     assert np.ndim(fastlin.normalize_backward(np.float64(2.0), np.float64(-3.0), axis=None)) == 0
+
+
+def test_eps_as_0d_array_and_bool_refused():
+    """eps=np.array(1e-3) (a 0-d array, what a reduction returns) is a number;
+    eps=True is a mistake, not 1.0."""
+    x = np.ones((2, 3))
+    np.testing.assert_array_equal(fastlin.normalize(x, eps=np.array(1e-3)),
+                                  fastlin.normalize(x, eps=1e-3))
+    for bad in (True, np.bool_(True), np.array([1e-3]), np.array(1j)):
+        with pytest.raises(TypeError, match="eps must be a real number"):
+            fastlin.normalize(x, eps=bad)
+
+
+def test_bool_axis_refused_like_numpy():
+    x = np.ones((2, 3))
+    with pytest.raises(TypeError):
+        np.sum(x, axis=True)
+    for fn in (fastlin.normalize, fastlin.softmax, fastlin.logsumexp):
+        with pytest.raises(TypeError, match="axis must be None, an int or a tuple of ints"):
+            fn(x, axis=True)
