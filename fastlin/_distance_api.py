@@ -77,7 +77,7 @@ def _check_dist_out(out, shape, dtype):
 def _weights(w, n, dtype):
     if w is None:
         return None
-    w = real_array(w, "w")
+    w = np.asarray(real_array(w, "w"), dtype=np.float64)
     if w.ndim != 1 or w.shape[0] != n:
         raise ValueError(f"w must be a 1-d array of length {n} (the number of columns), "
                          f"got shape {w.shape}")
@@ -105,7 +105,7 @@ def _precision_factor(VI, n, XA, XB, dtype):
     """L with VI = L L^T: Mahalanobis distances are Euclidean ones of X @ L."""
     if VI is None:
         VI = _default_vi(np.vstack([XA, XB]), n)
-    VI = real_array(VI, "VI")
+    VI = real_array(VI, "VI")       # its own dtype: symmetric_part's tolerance
     if VI.shape != (n, n):
         raise ValueError(f"VI must have shape ({n}, {n}) for {n}-dimensional points, "
                          f"got {VI.shape}")

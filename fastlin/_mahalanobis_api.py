@@ -125,8 +125,9 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
         anyway (a column whose variance the earlier columns explain but for
         a share below 4 d eps).  A singular covariance must be regularised:
         add a small multiple of the identity (``cov + lam * trace(cov) / d *
-        I``; the message gives a lam, about 100 d eps of the dtype: 1e-12 in
-        float64 and 1e-4 in float32 for d = 16) or use a shrinkage estimator.
+        I``; the message gives a lam, 100 d eps of the dtype rounded up to a
+        power of 10: 1e-12 in float64 and 1e-3 in float32 for d = 16) or use
+        a shrinkage estimator.
 
     Notes
     -----

@@ -55,8 +55,13 @@ def as_array(x, name):
         return x
     try:
         return np.asarray(x)
-    except (ValueError, TypeError, RuntimeError) as e:
-        # RuntimeError: torch's "Can't call numpy() on Tensor that requires grad"
+    except (ValueError, TypeError) as e:
+        raise TypeError(f"{name} must be array_like of real numbers: {e}") from None
+    except RuntimeError as e:
+        # torch's "Can't call numpy() on Tensor that requires grad"; any other
+        # RuntimeError is not about the argument's type
+        if "numpy()" not in str(e):
+            raise
         raise TypeError(f"{name} must be array_like of real numbers: {e}") from None
 
 
@@ -77,6 +82,8 @@ def normalize_axes(axis, ndim, name="axis"):
         except TypeError:
             raise TypeError(
                 f"{name} must be None, an int or a tuple of ints, got {axis!r}") from None
+        if ndim == 0 and ax in (0, -1):
+            continue        # a 0-d array's one "axis", as numpy's reductions allow
         if not -ndim <= ax < ndim:
             raise AxisError(ax, ndim, msg_prefix=name)
         out.append(ax % ndim)
@@ -180,12 +187,14 @@ def regularise_hint(name, d, dtype):
 
 
 def real_array(x, name):
-    """x as a float64 array, refusing what is not real numbers (complex,
-    strings, objects) with a TypeError that names it -- np.asarray(x, float)
-    would drop an imaginary part with only a warning."""
+    """x as an array of real numbers (bool, int or float of any width, its
+    own dtype kept), refusing complex, strings and objects with a TypeError
+    that names it -- np.asarray(x, float) would drop an imaginary part with
+    only a warning.  For parameters (w, VI), which the caller converts."""
     a = as_array(x, name)
-    result_dtype((a, name))
-    return np.asarray(a, dtype=np.float64)
+    if a.dtype.kind not in "biuf":
+        result_dtype((a, name))         # raises, naming the argument
+    return a
 
 
 # Largest asymmetry |M - M^T| accepted as rounding, relative to max |M|:

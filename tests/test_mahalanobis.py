@@ -516,18 +516,30 @@ def test_singularity_check_ignores_the_scales_of_the_variables():
         assert abs(got - want) <= 1e-5 * want
 
 
-def test_vi_from_inv_is_accepted_and_averaged():
-    """np.linalg.inv(cov) is symmetric only to ~cond eps (here 1e-11
-    relative): accepted, and computed with its symmetric part, as scipy's
-    quadratic form does."""
+def test_vi_symmetric_to_rounding_is_accepted_and_averaged():
+    """A precision matrix symmetric only to rounding -- np.linalg.inv(cov)
+    is off by ~cond eps, here 1e-8 relative by construction (above the 1e-10
+    once allowed) -- is accepted, and computed with its symmetric part, as
+    scipy's quadratic form does; 1e-4 relative is refused."""
     rng = np.random.default_rng(14)
-    Y = rng.standard_normal((60, 8))
-    Y[:, 7] = Y[:, 6] + 1e-3 * rng.standard_normal(60)
-    VI = np.linalg.inv(np.cov(Y.T))
-    assert np.abs(VI - VI.T).max() > 0
-    mu = Y.mean(axis=0)
-    want = [ssd.mahalanobis(y, mu, VI) for y in Y[:10]]
-    np.testing.assert_allclose(fastlin.mahalanobis(Y[:10], mu, VI=VI), want, rtol=1e-9)
+    M = rng.standard_normal((8, 8))
+    S = M @ M.T + 8 * np.eye(8)
+    E = rng.standard_normal((8, 8))
+    E = (E - E.T) * (1e-8 * np.abs(S).max() / np.abs(E - E.T).max())   # antisymmetric
+    VI = S + E
+    assert np.abs(VI - VI.T).max() > 1e-9 * np.abs(VI).max()
+    X, mu = rng.standard_normal((10, 8)), rng.standard_normal(8)
+    want = [ssd.mahalanobis(x, mu, VI) for x in X]
+    np.testing.assert_allclose(fastlin.mahalanobis(X, mu, VI=VI), want, rtol=1e-12)
+    np.testing.assert_allclose(fastlin.cdist(X, mu[None], "mahalanobis", VI=VI)[:, 0], want,
+                               rtol=1e-12)
+    with pytest.raises(ValueError, match="VI must be symmetric"):
+        fastlin.mahalanobis(X, mu, VI=S + E * 1e4)
+    # float32: rounding-level asymmetry of float32 (64 eps32) passes in both
+    V32 = VI.astype(np.float32)
+    V32[0, 1] *= 1 + 3e-6
+    fastlin.mahalanobis(X.astype(np.float32), mu.astype(np.float32), VI=V32)
+    fastlin.cdist(X.astype(np.float32), mu[None].astype(np.float32), "mahalanobis", VI=V32)
 
 
 def test_nearly_singular_vi_is_accepted():

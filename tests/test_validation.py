@@ -145,10 +145,20 @@ def test_numpy_integer_axes_are_accepted():
                                   fastlin.logsumexp(X, axis=(0, 1)))
 
 
-def test_zero_dim_input_has_no_axis_minus_one():
-    # normalize's default axis=-1 does not exist for a 0-d array
+def test_zero_dim_input_takes_axis_0_and_minus_1():
+    """A 0-d array's one axis, as numpy's reductions (and so scipy) allow:
+    scipy.special.softmax(5.0, axis=0) is 1.0; torch's F.normalize of a 0-d
+    tensor is its sign.  Any other axis is out of bounds."""
+    import scipy.special as sp
+    for ax in (0, -1):
+        assert fastlin.softmax(5.0, axis=ax) == sp.softmax(5.0, axis=ax) == 1.0
+        assert fastlin.log_softmax(np.array(3.0), axis=ax) == sp.log_softmax(3.0, axis=ax)
+        assert fastlin.logsumexp(np.array(3.0), axis=ax) == sp.logsumexp(3.0, axis=ax)
+    assert fastlin.normalize(3.0) == 1.0 and fastlin.normalize(-2.0, axis=0) == -1.0
     with pytest.raises(AxisError):
-        fastlin.normalize(3.0)
+        fastlin.softmax(5.0, axis=1)
+    with pytest.raises(AxisError):
+        fastlin.normalize(3.0, axis=-2)
 
 
 # ---------------------------------------------------------------------- out
