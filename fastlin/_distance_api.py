@@ -97,7 +97,11 @@ def _default_vi(X, n):
         raise ValueError(
             f"VI not given and the {X.shape[0]} points cannot estimate a {n}x{n} "
             "covariance (need more points than dimensions); pass VI")
-    VI = np.linalg.inv(np.atleast_2d(np.cov(X.T)))
+    try:
+        VI = np.linalg.inv(np.atleast_2d(np.cov(X.T)))
+    except np.linalg.LinAlgError:
+        raise ValueError(f"VI not given and the covariance of the {X.shape[0]} points is "
+                         "singular (they lie in a lower-dimensional subspace); pass VI") from None
     return (VI + VI.T) * 0.5
 
 
@@ -806,6 +810,8 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
         D = None if Dsq is None else _given_dist(Dsq, A, A, dtype)
         return _euclidean_backward(G, A, A, dtype, want_b=False, D=D)
     if metric == "mahalanobis" and VI is None:
+        if m < 2:       # no pairs (pdist gives []): nothing to estimate VI from
+            return np.zeros(X.shape, dtype)
         # pdist's VI: from the rows of X once (cdist_backward(G, X, X) would
         # estimate it from X stacked twice, a covariance 2(m-1)/(2m-1) of it)
         VI = _default_vi(X, X.shape[1])

@@ -1320,3 +1320,18 @@ def test_squareform_force_is_case_insensitive_like_scipy():
     np.testing.assert_array_equal(fastlin.squareform(M, force="ToVector"), v)
     with pytest.raises(ValueError, match="force must be"):
         fastlin.squareform(v, force="matrix")
+
+
+def test_mahalanobis_without_vi_edge_cases():
+    """No pairs: pdist_backward has nothing to estimate VI from and returns
+    the zero gradient, as pdist returns [].  Points in a subspace: a clear
+    ValueError, not numpy's LinAlgError (scipy's)."""
+    for shape in ((1, 1), (1, 3), (0, 2)):
+        X = np.ones(shape)
+        assert fastlin.pdist(X, "mahalanobis").shape == (0,)
+        g = fastlin.pdist_backward(np.zeros(0), X, "mahalanobis")
+        assert g.shape == shape and not np.any(g)
+    with pytest.raises(ValueError, match="covariance of the 5 points is singular.*pass VI"):
+        fastlin.cdist(np.ones((3, 2)), np.ones((2, 2)), "mahalanobis")
+    with pytest.raises(ValueError, match="singular.*pass VI"):
+        fastlin.pdist(np.ones((4, 2)), "mahalanobis")
