@@ -119,9 +119,25 @@ def _precision_factor(VI, n, XA, XB, dtype):
     try:
         L = np.linalg.cholesky(VI)
     except np.linalg.LinAlgError:
-        raise ValueError("VI is not positive definite (Cholesky failed); "
-                         + regularise_hint("VI", n, dtype)) from None
+        L = _semidefinite_factor(VI, n, dtype)
     return L.astype(dtype)
+
+
+def _semidefinite_factor(VI, n, dtype):
+    """A lower triangular L with VI = L L^T for a positive *semi*definite VI
+    that Cholesky refuses (a zero eigenvalue: a direction that costs nothing,
+    as scipy's quadratic form allows): from VI's eigenvectors scaled by the
+    roots of its eigenvalues, B = Q sqrt(lam) (B B^T = VI), made triangular
+    by a QR of B^T (B B^T = R^T R, L = R^T).  An eigenvalue below -n eps of
+    the largest makes VI indefinite: refused (scipy returns nan there)."""
+    lam, Q = np.linalg.eigh(VI)
+    top = max(float(np.abs(lam).max(initial=0.0)), np.finfo(np.float64).tiny)
+    if lam.min(initial=0.0) < -n * np.finfo(np.float64).eps * top:
+        raise ValueError(f"VI is not positive semidefinite (an eigenvalue is "
+                         f"{lam.min():.3g}, the largest {top:.3g}); "
+                         + regularise_hint("VI", n, dtype))
+    B = Q * np.sqrt(np.clip(lam, 0.0, None))
+    return np.linalg.qr(B.T, mode="r").T
 
 
 class _Operands:
@@ -289,8 +305,10 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     w : array_like, shape (n,), optional
         Non-negative per-feature weights (as scipy: ``sum w (a - b)^2``).
     VI : array_like, shape (n, n), optional
-        For 'mahalanobis': the inverse covariance (symmetric positive
-        definite); by default estimated from the stacked points, as scipy.
+        For 'mahalanobis': the inverse covariance (symmetric, up to rounding,
+        and positive semidefinite: a singular VI leaves some directions
+        free, as scipy allows; an indefinite one is refused); by default
+        estimated from the stacked points, as scipy.
 
     Returns
     -------
