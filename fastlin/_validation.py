@@ -148,6 +148,9 @@ def check_out(out, shape, dtype, name="out"):
     """Validate a user-supplied output array."""
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if isinstance(out, np.matrix):      # always 2-d: the kernels' views of it fail
+        raise TypeError(f"{name} must be a numpy.ndarray, got numpy.matrix (pass "
+                        f"np.asarray({name}), a view of the same memory)")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {out.shape}")
     if out.dtype != dtype:

@@ -285,3 +285,15 @@ def test_failed_call_leaves_out_untouched():
     with pytest.raises(AxisError):
         fastlin.softmax(X, axis=3, out=out)
     np.testing.assert_array_equal(out, 7.0)
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")   # np.matrix
+def test_out_matrix_refused_clearly():
+    """np.matrix is always 2-d: the kernels' (outer, n, inner) view of it
+    failed with a Cython buffer error; a plain view of it works."""
+    x = np.random.default_rng(46).standard_normal((2, 3))
+    m = np.matrix(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="out must be a numpy.ndarray, got numpy.matrix"):
+        fastlin.softmax(x, axis=1, out=m)
+    fastlin.softmax(x, axis=1, out=np.asarray(m))
+    np.testing.assert_array_equal(np.asarray(m), fastlin.softmax(x, axis=1))
