@@ -195,7 +195,9 @@ def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squ
     delta = np.ascontiguousarray(X, dtype=dtype).reshape(n, d) - np.asarray(mean, dtype)
     g = np.asarray(g, dtype=dtype).reshape(n)
     if kind == "VI":
-        P = np.asarray(VI, dtype=dtype)
+        # VI's symmetric part, as the forward (symmetric_part) computes with:
+        # the gradient of delta^T VI delta is (VI + VI^T) delta
+        P = symmetric_part(as_array(VI, "VI"), "VI").astype(dtype)
         W = delta @ P                               # rows: VI delta_i
         d2 = np.einsum("ij,ij->i", delta, W, dtype=np.float64)
     else:
@@ -210,7 +212,7 @@ def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squ
             a = np.where(dist > 0, g / (2 * dist), 0.0)
     a = a.astype(dtype)
     gX = (2 * a)[:, None] * W
-    gmean = -gX.sum(axis=0)
+    gmean = -gX.sum(axis=0, dtype=np.float64)     # in double, as the fused path
     if kind == "VI":
         gM = (delta * a[:, None]).T @ delta
     elif kind == "cov":
