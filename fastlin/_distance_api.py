@@ -91,7 +91,9 @@ def _weights(w, n, dtype):
 
 def _default_vi(X, n):
     """scipy's VI when none is given: the inverse of the sample covariance of
-    the points (cdist: both sets stacked; pdist: X), symmetrised."""
+    the points (cdist: both sets stacked; pdist: X), symmetrised here --
+    np.linalg.inv leaves ~cond eps of asymmetry, which symmetric_part would
+    refuse past 1e-6 for a VI the caller never passed."""
     X = np.asarray(X, dtype=np.float64)
     if X.shape[0] <= n:
         raise ValueError(
@@ -744,17 +746,15 @@ def _euclidean_backward_direct(G, A, B, dtype, want_b):
 
 def _cosine_backward(G, A, B, dtype):
     def unit(X):
-        # |x| with the row scaled by its largest |entry| first, so that the
-        # squares neither underflow (1e-170) nor overflow (1e155), as the
-        # forward's normalize; rows with inf or nan keep the plain formula
+        # the unit rows from fastlin's normalize, as the forward takes them (no
+        # overflow or underflow in the norm: 1e-170 and 1e155 rows), and |x|
+        # as x . x^ (of the size of |x|, never its square)
         X64 = np.asarray(X, dtype=np.float64)
-        big = np.max(np.abs(X64), axis=1, initial=0.0)
-        sc = np.where((big > 0) & np.isfinite(big), big, 1.0)
-        Xs = X64 / sc[:, None]
-        nrm = sc * np.sqrt(np.einsum("ij,ij->i", Xs, Xs))
+        U = normalize(X64, axis=1, eps=0.0)
+        nrm = np.einsum("ij,ij->i", X64, U)
         zero = nrm == 0
         safe = np.where(zero, 1.0, nrm)
-        return (X / safe[:, None]).astype(dtype), safe.astype(dtype), zero
+        return U.astype(dtype), safe.astype(dtype), zero
     Ah, na, za = unit(A)
     Bh, nb, zb = unit(B)
     # d_ij = 1 - a^_i . b^_j: gA_i = -(P_i - (a^_i . P_i) a^_i) / |a_i| with

@@ -5,7 +5,8 @@ from scipy.linalg import lapack, solve_triangular
 from . import _mahalanobis as _k
 from . import _memory
 from ._threads import _for_work, blas_single_thread
-from ._validation import as_array, regularise_hint as _regularise, result_dtype, symmetric_part
+from ._validation import (as_array, dtype_eps, regularise_hint as _regularise, result_dtype,
+                          symmetric_part)
 
 __all__ = ["mahalanobis", "mahalanobis_backward"]
 
@@ -38,7 +39,7 @@ def _factor(M, name):
         # working precision.  (A singular VI is not rejected here: it only
         # makes some directions cost nothing.)
         share = np.diag(c) ** 2 / np.diag(Md)
-        bad = np.flatnonzero(share <= 4 * c.shape[0] * eps_dtype(M))
+        bad = np.flatnonzero(share <= 4 * c.shape[0] * dtype_eps(M.dtype))
         if bad.size:
             k = int(bad[0])
             raise ValueError(
@@ -46,11 +47,6 @@ def _factor(M, name):
                 f"factor, a share {share[k]:.3g} of that variable's variance is left "
                 f"unexplained by the earlier ones); " + _regularise(name, c.shape[0], M.dtype))
     return c
-
-
-def eps_dtype(M):
-    """The rounding unit M's entries were made with (float64 for integers)."""
-    return np.finfo(M.dtype if M.dtype.kind == "f" else np.float64).eps
 
 
 def _setup(X, mean, cov, VI, cholesky):

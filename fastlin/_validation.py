@@ -179,12 +179,16 @@ def check_same_shape(a, b, name_a, name_b):
             f"{name_a} and {name_b} must have the same shape, got {a.shape} and {b.shape}")
 
 
+def dtype_eps(dtype):
+    """The rounding unit of values made in `dtype` (float64 for integers)."""
+    return float(np.finfo(dtype if np.dtype(dtype).kind == "f" else np.float64).eps)
+
+
 def regularise_hint(name, d, dtype):
     """How to fix a matrix that is not (numerically) positive definite: a
     ridge well above the rounding of `dtype` at dimension d (1e-9 would be
     lost in a float32 matrix), rounded up to a power of 10."""
-    eps = np.finfo(dtype if np.dtype(dtype).kind == "f" else np.float64).eps
-    lam = 10.0 ** np.ceil(np.log10(100 * max(d, 1) * eps))
+    lam = 10.0 ** np.ceil(np.log10(100 * max(d, 1) * dtype_eps(dtype)))
     return (f"regularise it, e.g. {name} + {lam:.0e} * trace({name}) / d * I, or use a "
             "shrinkage estimator such as sklearn.covariance.LedoitWolf")
 

@@ -561,5 +561,4 @@ FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,
 FL_GDIV_TPL(double, d, fl_vd, FL_VL_d, acc_t_d)
 FL_GDIV_TPL(float, f, fl_vf, FL_VL_f, acc_t_f)
 
-
 #endif
