@@ -852,7 +852,7 @@ def main(argv=None):
               + ("; * = single-threaded column timed at "f"{args.threads[0]} thread(s), "
                  "reused" if any(r["reused"] for r in stat_rows) else ""))
         print("  best/fl = the fastest of einsum/rowdot/chol/torch on the row / fastlin, "
-              "and which; read = X.sum() (max-margin: neg.sum()), one thread: reading the "
+              "and which; read = X.max() (max-margin: neg.max()), one thread: reading the "
               "input once; fl/read = fastlin / read, lower is better; scipy computes in "
               "float64 whatever the input dtype")
     if maha_rows:
