@@ -6,8 +6,8 @@ from . import _memory
 from ._common import STREAM_BYTES
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
-from ._validation import (as_array, check_out, real_array, regularise_hint, result_dtype,
-                          symmetric_part)
+from ._validation import (as_array, check_out, dtype_eps, real_array, regularise_hint,
+                          result_dtype, symmetric_part)
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
 
@@ -134,10 +134,12 @@ def _semidefinite_factor(VI, n, dtype):
     the largest makes VI indefinite: refused (scipy returns nan there)."""
     lam, Q = np.linalg.eigh(VI)
     top = max(float(np.abs(lam).max(initial=0.0)), np.finfo(np.float64).tiny)
-    if lam.min(initial=0.0) < -n * np.finfo(np.float64).eps * top:
+    # the rounding of the dtype computed in: a float32 VI's entries carry
+    # float32 rounding, which moves a zero eigenvalue by ~n eps32 top
+    if lam.min(initial=0.0) < -n * dtype_eps(dtype) * top:
         raise ValueError(f"VI is not positive semidefinite (an eigenvalue is "
                          f"{lam.min():.3g}, the largest {top:.3g}); "
-                         + regularise_hint("VI", n, dtype))
+                         + regularise_hint("VI", n, dtype, VI))
     B = Q * np.sqrt(np.clip(lam, 0.0, None))
     return np.linalg.qr(B.T, mode="r").T
 
@@ -249,7 +251,9 @@ def _gemm_operands(OA, OB, dtype, nt):
         _k.sqnorms(OA.exact, na, nt)
         cc = float(np.dot(c.astype(np.float64), c.astype(np.float64)))
         finite = na[np.isfinite(na)]
-        if finite.size and cc <= 0.25 * float(finite.mean()):
+        # the mean as a sum of shares: squared norms near 1e308 would
+        # overflow a plain sum (and warn)
+        if finite.size and cc <= 0.25 * float((finite / finite.size).sum()):
             A = OA.exact
             if OB is None:
                 return A, A, na, na

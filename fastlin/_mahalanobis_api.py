@@ -4,6 +4,7 @@ from scipy.linalg import lapack, solve_triangular
 
 from . import _mahalanobis as _k
 from . import _memory
+from ._distance_api import _semidefinite_factor
 from ._threads import _for_work, blas_single_thread
 from ._validation import (as_array, dtype_eps, regularise_hint as _regularise, result_dtype,
                           symmetric_part)
@@ -16,7 +17,8 @@ _FUSED_MAX_D = 32
 
 def _factor(M, name):
     """Lower Cholesky factor of a symmetric positive definite matrix, with the
-    failing column named (LAPACK potrf's info)."""
+    failing column named (LAPACK potrf's info); for VI, a lower triangular
+    L with VI = L L^T also when VI is only positive semidefinite."""
     # symmetric up to rounding (a float32 covariance is symmetric only to ~1
     # ulp of float32; np.linalg.inv's VI to ~cond eps), then averaged
     Md = symmetric_part(M, name)
@@ -25,9 +27,14 @@ def _factor(M, name):
     # from the kernel that follows (half of its time, measured on 2 cores)
     with blas_single_thread():
         c, info = lapack.dpotrf(Md, lower=1, clean=1)
+    if info > 0 and name == "VI":
+        # a singular positive semidefinite VI is a valid quadratic form (a
+        # direction that costs nothing; scipy computes it): a triangular
+        # factor from its eigenvectors, as cdist's; indefinite is refused
+        return _semidefinite_factor(Md, Md.shape[0], M.dtype)
     if info > 0:
         raise ValueError(f"{name} is not positive definite (Cholesky failed at column "
-                         f"{info - 1}); " + _regularise(name, Md.shape[0], M.dtype))
+                         f"{info - 1}); " + _regularise(name, Md.shape[0], M.dtype, Md))
     if info < 0:  # pragma: no cover - argument error inside LAPACK
         raise ValueError(f"LAPACK potrf rejected {name} (info={info})")
     if name == "cov" and c.shape[0]:
@@ -79,7 +86,7 @@ def _setup(X, mean, cov, VI, cholesky):
                              "is not zero)")
         if np.any(np.diag(Md) <= 0):
             raise ValueError("cholesky must have a positive diagonal (cov = L L^T must be "
-                             "positive definite); " + _regularise("cov", d, M.dtype))
+                             "positive definite); " + _regularise("cov", d, M.dtype, Md @ Md.T))
         L = Md
     else:
         L = _factor(M, kind)
@@ -101,6 +108,9 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     VI : array_like, shape (d, d), optional
         The precision matrix, scipy's convention: ``mahalanobis(u, mean,
         VI=VI)`` equals ``scipy.spatial.distance.mahalanobis(u, mean, VI)``.
+        Positive semidefinite: a singular VI (rank deficient, as a
+        pseudo-inverse is) is accepted as scipy accepts it, its null
+        directions costing nothing; an indefinite one is refused.
     cholesky : array_like, shape (d, d), optional
         A lower Cholesky factor L of the covariance (``cov = L L^T``).
     squared : bool, optional
@@ -116,7 +126,8 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     ------
     ValueError
         For a matrix of the wrong shape, not symmetric, holding nan/inf, or
-        not positive definite (naming the column where Cholesky failed); also
+        not positive definite (naming the column where Cholesky failed; VI:
+        not positive semidefinite, naming its most negative eigenvalue); also
         for a covariance singular to working precision, which often factors
         anyway (a column whose variance the earlier columns explain but for
         a share below 4 d eps).  A singular covariance must be regularised:

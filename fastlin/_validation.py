@@ -184,11 +184,25 @@ def dtype_eps(dtype):
     return float(np.finfo(dtype if np.dtype(dtype).kind == "f" else np.float64).eps)
 
 
-def regularise_hint(name, d, dtype):
+def regularise_hint(name, d, dtype, M=None):
     """How to fix a matrix that is not (numerically) positive definite: a
     ridge well above the rounding of `dtype` at dimension d (1e-9 would be
-    lost in a float32 matrix), rounded up to a power of 10."""
+    lost in a float32 matrix), rounded up to a power of 10.  Given the
+    matrix M, the ridge also lifts its smallest eigenvalue above zero (twice
+    over); where that would take a ridge of the size of M's mean eigenvalue
+    or more, no ridge is proposed: M is far from positive definite, not
+    something to regularise (an eigenvalue of -1 against 3 is not fixed by
+    1e-13 I)."""
     lam = 10.0 ** np.ceil(np.log10(100 * max(d, 1) * dtype_eps(dtype)))
+    if M is not None and M.size:
+        Md = np.asarray(M, dtype=np.float64)
+        low = float(np.linalg.eigvalsh(Md).min())
+        mean = float(np.trace(Md)) / Md.shape[0]
+        if mean > 0 and low < 0:
+            lam = max(lam, 10.0 ** np.ceil(np.log10(-2 * low / mean)))
+        if mean <= 0 or lam >= 1:
+            return (f"it is far from it (smallest eigenvalue {low:.3g}, mean eigenvalue "
+                    f"{mean:.3g}): no small ridge fixes that; check how {name} was made")
     return (f"regularise it, e.g. {name} + {lam:.0e} * trace({name}) / d * I, or use a "
             "shrinkage estimator such as sklearn.covariance.LedoitWolf")
 

@@ -464,26 +464,100 @@ def test_not_symmetric(kind):
     _raises(ValueError, f"{kind} must be symmetric", kind, M)
 
 
-@pytest.mark.parametrize("kind", ["cov", "VI"])
 @pytest.mark.parametrize("k", [0, 2, 4])
-def test_not_positive_definite_names_the_column(kind, k):
+def test_not_positive_definite_names_the_column(k):
     diag = np.arange(1.0, 6.0)
     diag[k] = -1.0
-    _raises(ValueError, rf"{kind} is not positive definite \(Cholesky failed at column {k}\)"
-            r".*regularise", kind, np.diag(diag), X=np.zeros((2, 5)), mean=np.zeros(5))
+    _raises(ValueError, rf"cov is not positive definite \(Cholesky failed at column {k}\)",
+            "cov", np.diag(diag), X=np.zeros((2, 5)), mean=np.zeros(5))
+    # VI need only be semidefinite: refused as indefinite, with its eigenvalue
+    _raises(ValueError, r"VI is not positive semidefinite \(an eigenvalue is -1, the "
+            r"largest [45]\)", "VI", np.diag(diag), X=np.zeros((2, 5)), mean=np.zeros(5))
 
 
 @pytest.mark.parametrize("kind", ["cov", "VI"])
-def test_singular_and_indefinite_non_diagonal(kind):
-    # rank one: the second pivot is 0
-    _raises(ValueError, r"not positive definite \(Cholesky failed at column 1\)", kind,
+def test_far_from_definite_gets_no_ridge(kind):
+    """An eigenvalue of -1 against a mean of 1 is not rounding: no small
+    ridge is proposed (1e-13 I would not fix it), the message says so."""
+    _raises(ValueError, r"far from it \(smallest eigenvalue -1, mean eigenvalue 1\): no "
+            r"small ridge fixes that; check how " + kind, kind,
+            np.array([[1.0, 2.0], [2.0, 1.0]]), X=np.zeros((1, 2)), mean=np.zeros(2))
+
+
+@pytest.mark.parametrize("kind", ["cov", "VI"])
+@pytest.mark.parametrize("low", [-1e-9, -3e-5])
+def test_ridge_hint_lifts_the_smallest_eigenvalue(kind, low):
+    """Slightly indefinite (rounding in how it was made): the proposed ridge
+    is above the shortfall, and the matrix it gives is accepted."""
+    rng = np.random.default_rng(3)
+    Q = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    M = (Q * np.array([2.0, 1.0, 0.5, low])) @ Q.T
+    M = (M + M.T) / 2
+    with pytest.raises(ValueError, match=r"regularise it, e.g. " + kind + r" \+ ") as info:
+        fastlin.mahalanobis(np.ones(4), np.zeros(4), **{kind: M})
+    lam = float(str(info.value).split(kind + " + ")[1].split(" ")[0])
+    ridged = M + lam * np.trace(M) / 4 * np.eye(4)
+    assert np.isfinite(fastlin.mahalanobis(np.ones(4), np.zeros(4), **{kind: ridged}))
+
+
+def test_singular_and_indefinite_non_diagonal():
+    # cov rank one: the second pivot is 0
+    _raises(ValueError, r"not positive definite \(Cholesky failed at column 1\)", "cov",
             np.ones((2, 2)), X=np.zeros((1, 2)), mean=np.zeros(2))
     # indefinite: eigenvalues 3, -1
-    _raises(ValueError, r"Cholesky failed at column 1", kind,
+    _raises(ValueError, r"Cholesky failed at column 1", "cov",
             np.array([[1.0, 2.0], [2.0, 1.0]]), X=np.zeros((1, 2)), mean=np.zeros(2))
+    _raises(ValueError, r"VI is not positive semidefinite \(an eigenvalue is -1, the "
+            r"largest 3\)", "VI", np.array([[1.0, 2.0], [2.0, 1.0]]), X=np.zeros((1, 2)),
+            mean=np.zeros(2))
     # zero diagonal entry in the middle
-    _raises(ValueError, r"Cholesky failed at column 1", kind,
-            np.diag([1.0, 0.0, 1.0]))
+    _raises(ValueError, r"Cholesky failed at column 1", "cov", np.diag([1.0, 0.0, 1.0]))
+
+
+SEMIDEFINITE_VI = [np.diag([1.0, 1.0, 0.0]), np.diag([2.0, 0.0, 0.5]),
+                   np.outer([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]), np.zeros((3, 3)),
+                   np.ones((3, 3))]
+
+
+@pytest.mark.parametrize("VI", SEMIDEFINITE_VI,
+                         ids=["diag110", "diag205", "rank1", "zero", "ones"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_semidefinite_vi_like_scipy(VI, dtype):
+    """A singular positive semidefinite VI (a pseudo-inverse, a projection)
+    is a valid quadratic form, which scipy's mahalanobis computes; so does
+    fastlin (Cholesky refuses it: the factor comes from VI's eigenvectors,
+    as cdist's).  Against scipy within 1e-12 (float64) / 1e-6 (float32) of
+    the largest distance; the backward against finite differences (X, mean)
+    and the formula sum_i a_i delta_i delta_i^T (VI: perturbing a singular
+    VI can leave the semidefinite cone, so no finite differences there)."""
+    rng = np.random.default_rng(46)
+    X, mu = rng.standard_normal((7, 3)), rng.standard_normal(3)
+    want = np.array([ssd.mahalanobis(x, mu, VI) for x in X])
+    scale = max(1.0, np.abs(want).max())
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    got = fastlin.mahalanobis(X.astype(dtype), mu.astype(dtype), VI=VI.astype(dtype))
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got, want, rtol=0, atol=tol * scale)
+    np.testing.assert_allclose(fastlin.mahalanobis(X, mu, VI=VI, squared=True), want ** 2,
+                               rtol=0, atol=1e-12 * scale ** 2)
+    if dtype == np.float32:
+        return
+    g = rng.standard_normal(7)
+    for squared in (False, True):
+        gX, gmean, gVI = fastlin.mahalanobis_backward(g, X, mu, VI=VI, squared=squared)
+        if not squared and not np.all(want > 0):
+            assert not np.any(gX) and not np.any(gmean) and not np.any(gVI)
+            continue
+
+        def loss(x, m):
+            return float(np.sum(g * call("VI", VI, x, m, squared)))
+
+        assert_fd(gX, fd_grad(lambda x: loss(x, mu), X), "gX")
+        assert_fd(gmean, fd_grad(lambda m: loss(X, m), mu), "gmean")
+        delta = X - mu
+        a = g if squared else g / (2 * want)
+        np.testing.assert_allclose(gVI, (delta * a[:, None]).T @ delta, rtol=1e-12,
+                                   atol=1e-12 * np.abs(gVI).max())
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -925,3 +999,21 @@ def test_vi_backward_gmean_sums_in_double():
     want = -(2 * a[:, None] * W).sum(axis=0)
     assert gm.dtype == np.float32
     assert float(np.max(np.abs(gm - want)) / np.max(np.abs(want))) < 8 * np.finfo(np.float32).eps
+
+
+def test_float32_semidefinite_vi_rounding_is_not_indefinite():
+    """A rank-4 VI of dimension 6 stored in float32: its zero eigenvalues
+    come out at ~-2e-9 (float32 rounding of the entries), below float64's
+    -n eps of the largest but far inside float32's; it is semidefinite to
+    the precision it is given in and is accepted, by mahalanobis and cdist,
+    with distances as scipy's on the same float32 matrix."""
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    VI = ((Q * np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])) @ Q.T).astype(np.float32)
+    VI = (VI + VI.T) / 2
+    assert np.linalg.eigvalsh(VI.astype(np.float64)).min() < -6 * EPS64 * 3
+    X = rng.standard_normal((5, 6)).astype(np.float32)
+    want = [ssd.mahalanobis(x, X[0], VI) for x in X]
+    np.testing.assert_allclose(fastlin.mahalanobis(X, X[0], VI=VI), want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(fastlin.cdist(X, X[:1], "mahalanobis", VI=VI)[:, 0], want,
+                               rtol=0, atol=1e-5)
