@@ -12,6 +12,7 @@ Results never depend on the count: work is split into fixed items (rows or
 column tiles) and each item is reduced by one thread in a fixed order.
 """
 import contextlib
+import contextvars
 import operator
 import threading
 
@@ -24,6 +25,13 @@ SMALL_WORK = 1 << 15
 
 _lock = threading.Lock()
 _num_threads = None  # None: OpenMP's default
+
+# The count of the innermost `threads(n)` block of the calling thread (or
+# asyncio task): a tuple (n,), n None for OpenMP's default; None outside any
+# block.  Per context, not a global saved and restored: blocks of several
+# Python threads overlap without nesting, and a global would give each
+# thread the other's count and leave the last one set after both exited.
+_block = contextvars.ContextVar("fastlin_threads_block", default=None)
 
 
 def _check_count(n):
@@ -43,13 +51,15 @@ def get_num_threads():
     Returns
     -------
     int
-        The value set with :func:`set_num_threads`, else OpenMP's default
-        (which honours ``OMP_NUM_THREADS``); 1 if fastlin was built without
-        OpenMP.
+        The count of the calling thread's innermost :func:`threads` block,
+        else the value set with :func:`set_num_threads`, else OpenMP's
+        default (which honours ``OMP_NUM_THREADS``); 1 if fastlin was built
+        without OpenMP.
     """
     if not openmp_enabled():
         return 1
-    n = _num_threads
+    block = _block.get()
+    n = _num_threads if block is None else block[0]
     return omp_max_threads() if n is None else n
 
 
@@ -75,30 +85,56 @@ def set_num_threads(n):
 def threads(n):
     """Context manager: run fastlin's kernels with `n` threads inside the block.
 
+    Parameters
+    ----------
+    n : int or None
+        A positive thread count, or None for OpenMP's default.
+
+    Notes
+    -----
+    The block's count applies to the fastlin calls of the Python thread (or
+    asyncio task) that entered it, and takes precedence over
+    :func:`set_num_threads` there; blocks in several threads at once each
+    keep their own count and leave nothing behind.  Threads started inside
+    the block do not inherit it (:func:`set_num_threads` is process-wide).
+
     Examples
     --------
     >>> import fastlin
     >>> with fastlin.threads(1):
     ...     y = fastlin.softmax([1.0, 2.0, 3.0])
     """
-    global _num_threads
     n = None if n is None else _check_count(n)
-    with _lock:
-        previous = _num_threads
-        _num_threads = n
+    token = _block.set((n,))
     try:
         yield
     finally:
-        with _lock:
-            _num_threads = previous
+        _block.reset(token)
 
 
 _blas_controller = None
+_blas_lock = threading.Lock()
+_blas_depth = 0         # fastlin regions inside blas_single_thread, all threads
+_blas_limiter = None    # threadpoolctl's limiter of the outermost one
+
+
+def _blas_take_control():
+    """threadpoolctl lets only one Python thread (its "controlling thread")
+    change a pthreads OpenBLAS, silently ignoring the others; whichever
+    thread opens or closes fastlin's region must be able to."""
+    try:
+        from threadpoolctl import OpenBLASController
+    except ImportError:  # pragma: no cover - older threadpoolctl
+        return
+    clear = getattr(OpenBLASController, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
 
 
 @contextlib.contextmanager
 def blas_single_thread():
-    """Limit BLAS to one thread inside fastlin's own OpenMP regions.
+    """Limit BLAS to one thread while a fastlin kernel may call it from its
+    OpenMP threads.
 
     A kernel that calls BLAS from several OpenMP threads would otherwise
     oversubscribe the cores (measured 60-70x slower here), and a BLAS whose
@@ -106,17 +142,38 @@ def blas_single_thread():
     thread-count invariance.  threadpoolctl finds whichever BLAS scipy
     loaded; the controller is built once (scanning the loaded libraries is
     the slow part).
+
+    The limit is process-wide (OpenBLAS has one pool), so regions entered
+    from several Python threads at once share it: the first in sets it, the
+    last out restores what was there before, under a lock.  Each saving and
+    restoring on its own would let one thread lift the limit under another's
+    kernel, and leave BLAS at one thread for good after overlapping calls.
     """
-    global _blas_controller
+    global _blas_controller, _blas_depth, _blas_limiter
+    with _blas_lock:
+        try:
+            if _blas_controller is None:
+                from threadpoolctl import ThreadpoolController
+                _blas_controller = ThreadpoolController()
+        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+            _blas_controller = False
+        if _blas_controller is not False:
+            if _blas_depth == 0:
+                _blas_take_control()
+                _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
+                _blas_take_control()
+            _blas_depth += 1
     try:
-        if _blas_controller is None:
-            from threadpoolctl import ThreadpoolController
-            _blas_controller = ThreadpoolController()
-    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
         yield
-        return
-    with _blas_controller.limit(limits=1, user_api="blas"):
-        yield
+    finally:
+        if _blas_controller is not False:
+            with _blas_lock:
+                _blas_depth -= 1
+                if _blas_depth == 0:
+                    _blas_take_control()
+                    _blas_limiter.restore_original_limits()
+                    _blas_limiter = None
+                    _blas_take_control()
 
 
 # Outputs at least this large are pre-faulted in parallel (see empty_output).

@@ -342,6 +342,99 @@ def test_threads_context_restores_previous_setting():
     assert fastlin.get_num_threads() == expect(2)
 
 
+def test_threads_blocks_in_overlapping_python_threads():
+    """Blocks entered from two Python threads overlap without nesting (A
+    enters, B enters, A exits, B exits): each thread keeps its own count,
+    and nothing is left set afterwards.  (A global saved and restored gave
+    A the count 3 of B's block and left 1 set for good.)"""
+    default = fastlin.get_num_threads()
+    expect = (lambda n: n) if openmp_enabled() else (lambda n: 1)
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with fastlin.threads(1):
+            a_in.set()
+            b_in.wait(10)
+            seen["a"] = fastlin.get_num_threads()
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with fastlin.threads(3):
+            b_in.set()
+            a_out.wait(10)
+            seen["b"] = fastlin.get_num_threads()
+
+    ts = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert seen == {"a": 1, "b": expect(3)}
+    assert fastlin.get_num_threads() == default
+    # a block's count does not reach threads started inside it
+    with fastlin.threads(1):
+        out = []
+        t = threading.Thread(target=lambda: out.append(fastlin.get_num_threads()))
+        t.start()
+        t.join(30)
+    assert out == [default]
+
+
+def _blas_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    counts = sorted({d["num_threads"] for d in threadpoolctl.threadpool_info()
+                     if d["user_api"] == "blas"})
+    if not counts:
+        pytest.skip("no BLAS found by threadpoolctl")
+    return counts
+
+
+def test_blas_limit_is_shared_by_overlapping_regions(rng):
+    """fastlin limits BLAS to one thread while its kernels may call it (one
+    process-wide pool): regions of several Python threads overlapping
+    without nesting keep the limit until the last one exits, then restore
+    what was there.  (Each region saving and restoring on its own lifted
+    the limit under B's kernel when A exited, then left BLAS at 1 thread for
+    the rest of the process.)"""
+    from fastlin._threads import blas_single_thread
+    before = _blas_threads()
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with blas_single_thread():
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with blas_single_thread():
+            b_in.set()
+            a_out.wait(10)
+            seen["b after a exited"] = _blas_threads()
+
+    ts = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    assert seen == {"b after a exited": [1]}
+    assert _blas_threads() == before
+    # the public API from a pool of threads: BLAS is left as it was, and the
+    # results are those of serial calls
+    XA, XB = rng.standard_normal((600, 40)), rng.standard_normal((500, 40))
+    want = fastlin.cdist(XA, XB)
+    from concurrent.futures import ThreadPoolExecutor
+    for _ in range(5):
+        with ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(lambda i: fastlin.cdist(XA, XB), range(8)))
+        assert all(np.array_equal(g, want) for g in got)
+        assert _blas_threads() == before
+
+
 def test_threads_results_inside_context(rng):
     x = rng.standard_normal((300, 300))
     with fastlin.threads(1):
