@@ -38,11 +38,13 @@ cdef extern from "fl_mahal.h" nogil:
     Py_ssize_t fl_maha_prep_size_f(Py_ssize_t d)
     void fl_maha_bwd_rows_d(const double *X, Py_ssize_t m, Py_ssize_t d, const double *mu,
                             const double *L, const double *g, int squared, int chol,
-                            double *gX, double *gm, double *zs, double *ws, double *acc,
+                            double *gX, double *gm, double *gmv, double *gsc,
+                            double *zs, double *ws, double *acc,
                             double *wout, double *zout)
     void fl_maha_bwd_rows_f(const float *X, Py_ssize_t m, Py_ssize_t d, const float *mu,
                             const float *L, const float *g, int squared, int chol,
-                            float *gX, double *gm, float *zs, float *ws, float *acc,
+                            float *gX, double *gm, double *gmv, double *gsc,
+                            float *zs, float *ws, float *acc,
                             float *wout, float *zout)
     Py_ssize_t fl_maha_scratch_d(Py_ssize_t d)
     Py_ssize_t fl_maha_scratch_f(Py_ssize_t d)
@@ -85,14 +87,18 @@ def maha(const floating[:, ::1] X, const floating[::1] mu, const floating[:, ::1
 
 def maha_bwd(const floating[:, ::1] X, const floating[::1] mu, const floating[:, ::1] L,
              const floating[::1] g, bint squared, bint chol, floating[:, ::1] gX,
-             double[:, :, ::1] gm, floating[:, ::1] zs, floating[:, ::1] ws,
+             double[:, :, ::1] gm, double[:, ::1] gmv, double[:, ::1] gsc,
+             floating[:, ::1] zs, floating[:, ::1] ws,
              floating[:, ::1] acc, Py_ssize_t bs, int n_threads,
              floating[:, :, ::1] parts=None, floating[:, ::1] wscr=None,
              floating[:, ::1] zscr=None):
     """Backward for cov / cholesky, per block of bs rows (bs depends on n and
     d only, never on the thread count); zs: (n_threads, 17 d), ws:
     (n_threads, 16 d), acc:
-    (n_threads, 16 d d) scratch.
+    (n_threads, 16 d d), gsc: (n_threads, 16 d) (double) scratch; gmv
+    (blocks, d): each block's sum of its rows of gX, in double (gmean = minus
+    their sum in block order).  The small-d partials in gm hold the lower
+    triangle only (k <= j).
 
     Small d (parts None): the d x d sum is accumulated in the pass, one
     partial per block in gm (blocks, d, d).  Large d: the block's rows of w
@@ -117,11 +123,13 @@ def maha_bwd(const floating[:, ::1] X, const floating[::1] mu, const floating[:,
         pz = &zscr[tid, 0] if (rows_out and chol) else NULL
         if floating is double:
             fl_maha_bwd_rows_d(&X[i0, 0], m, d, &mu[0], &L[0, 0], &g[i0], squared, chol,
-                               &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
+                               &gX[i0, 0], pgm, &gmv[b, 0], &gsc[tid, 0], &zs[tid, 0],
+                               &ws[tid, 0], &acc[tid, 0],
                                pw, pz)
         else:
             fl_maha_bwd_rows_f(&X[i0, 0], m, d, &mu[0], &L[0, 0], &g[i0], squared, chol,
-                               &gX[i0, 0], pgm, &zs[tid, 0], &ws[tid, 0], &acc[tid, 0],
+                               &gX[i0, 0], pgm, &gmv[b, 0], &gsc[tid, 0], &zs[tid, 0],
+                               &ws[tid, 0], &acc[tid, 0],
                                pw, pz)
         if rows_out:
             pr = pz if chol else pw

@@ -248,6 +248,7 @@ def _backward_factor(g, X, mean, kind, L, dtype, d, n, lead, squared):
     # block's rows of w (z) go to per-thread scratch and one GEMM per block
     # forms its partial sum_i a_i w_i r_i^T = (gX_b^T @ R_b) / 2 (gX_i = 2 a_i w_i)
     gm = np.zeros((nblocks, d, d) if fused else (1, 1, 1))
+    gmv = np.zeros((nblocks, d))     # per block: sum of its rows of gX, in double
     parts = None if fused else np.zeros((nblocks, d, d), dtype)
     if n and d:
         nt = _for_work(n * d * d)
@@ -256,16 +257,22 @@ def _backward_factor(g, X, mean, kind, L, dtype, d, n, lead, squared):
         zscr = None if fused or kind != "cholesky" else np.empty((k, bs * d), dtype)
         with blas_single_thread():
             _k.maha_bwd(Xr, np.ascontiguousarray(mean, dtype=dtype), L, gr, bool(squared),
-                        kind == "cholesky", gX, gm, np.empty((k, 17 * d), dtype),
+                        kind == "cholesky", gX, gm, gmv, np.empty((k, 16 * d)),
+                        np.empty((k, 17 * d), dtype),
                         np.empty((k, 16 * d), dtype),
                         np.empty((k, 16 * d * d if fused else 1), dtype), bs, nt, parts,
                         wscr, zscr)
     # block partials, added in block order
-    G = gm.sum(axis=0) if fused else parts.sum(axis=0, dtype=np.float64) / 2
+    if fused:
+        G = gm.sum(axis=0)             # the lower triangle (the kernel's k <= j)
+        if kind == "cov":
+            G = G + np.tril(G, -1).T   # w w^T is symmetric: mirrored
+    else:
+        G = parts.sum(axis=0, dtype=np.float64) / 2
     if kind == "cov":
         gM = -G
         gM = (gM + gM.T) / 2    # symmetric to the last bit
     else:
         gM = np.tril(-2 * G)
-    gmean = -gX.sum(axis=0, dtype=np.float64)
+    gmean = -gmv.sum(axis=0)
     return gX.reshape(lead + (d,)), gmean.astype(dtype), gM.astype(dtype)
