@@ -15,7 +15,7 @@ __all__ = ["mahalanobis", "mahalanobis_backward"]
 # above it writes the rows and uses one GEMM (measured crossover ~32).
 _FUSED_MAX_D = 32
 
-def _factor(M, name):
+def _factor(M, name, dtype=None):
     """Lower Cholesky factor of a symmetric positive definite matrix, with the
     failing column named (LAPACK potrf's info); for VI, a lower triangular
     L with VI = L L^T also when VI is only positive semidefinite."""
@@ -31,7 +31,7 @@ def _factor(M, name):
         # a singular positive semidefinite VI is a valid quadratic form (a
         # direction that costs nothing; scipy computes it): a triangular
         # factor from its eigenvectors, as cdist's; indefinite is refused
-        return _semidefinite_factor(Md, Md.shape[0], M.dtype)
+        return _semidefinite_factor(Md, Md.shape[0], M.dtype if dtype is None else dtype, M.dtype)
     if info > 0:
         raise ValueError(f"{name} is not positive definite (Cholesky failed at column "
                          f"{info - 1}); " + _regularise(name, Md.shape[0], M.dtype, Md))
@@ -84,12 +84,20 @@ def _setup(X, mean, cov, VI, cholesky):
         if np.any(np.triu(Md, 1) != 0):
             raise ValueError("cholesky must be lower triangular (its strict upper part "
                              "is not zero)")
-        if np.any(np.diag(Md) <= 0):
-            raise ValueError("cholesky must have a positive diagonal (cov = L L^T must be "
-                             "positive definite); " + _regularise("cov", d, M.dtype, Md @ Md.T))
+        diag = np.diag(Md)
+        if np.any(diag == 0):
+            k = int(np.flatnonzero(diag == 0)[0])
+            raise ValueError(f"cholesky must have a positive diagonal: L[{k}, {k}] is 0, so "
+                             "cov = L L^T is singular; " + _regularise("cov", d, M.dtype))
+        if np.any(diag < 0):
+            k = int(np.flatnonzero(diag < 0)[0])
+            raise ValueError(f"cholesky must have a positive diagonal: L[{k}, {k}] is "
+                             f"{diag[k]:.3g}; negating the columns with a negative diagonal "
+                             "entry (L * np.sign(np.diag(L))) gives the Cholesky factor of "
+                             "the same cov = L L^T")
         L = Md
     else:
-        L = _factor(M, kind)
+        L = _factor(M, kind, dtype)
     return X, mean, kind, np.ascontiguousarray(L, dtype=dtype), dtype, d
 
 

@@ -14,6 +14,7 @@ column tiles) and each item is reduced by one thread in a fixed order.
 import contextlib
 import contextvars
 import operator
+import os
 import threading
 
 from ._openmp_helpers import omp_max_threads, openmp_enabled
@@ -73,8 +74,10 @@ def set_num_threads(n):
 
     Notes
     -----
-    The setting is process-wide.  Results are bitwise identical for every
-    thread count.  Without OpenMP the setting is accepted and has no effect.
+    The setting is process-wide; inside a :func:`threads` block, the block's
+    count takes precedence for that thread.  Results are bitwise identical for
+    every thread count.  Without OpenMP the setting is accepted and has no
+    effect.
     """
     global _num_threads
     with _lock:
@@ -94,9 +97,16 @@ def threads(n):
     -----
     The block's count applies to the fastlin calls of the Python thread (or
     asyncio task) that entered it, and takes precedence over
-    :func:`set_num_threads` there; blocks in several threads at once each
-    keep their own count and leave nothing behind.  Threads started inside
-    the block do not inherit it (:func:`set_num_threads` is process-wide).
+    :func:`set_num_threads` there (a ``set_num_threads`` made inside the
+    block shows after it); blocks in several threads at once each keep their
+    own count and leave nothing behind.  It lives in a
+    :class:`contextvars.ContextVar`: threads started inside the block with
+    :class:`threading.Thread` or a thread pool do not inherit it, asyncio
+    tasks and ``asyncio.to_thread`` (which copy the context) do.
+    :func:`set_num_threads` is process-wide.  As with
+    :func:`decimal.localcontext`, a block held open across a generator's
+    ``yield`` is seen by the code that runs the generator, and stays set in
+    the context that entered it if another thread finishes the generator.
 
     Examples
     --------
@@ -105,17 +115,40 @@ def threads(n):
     ...     y = fastlin.softmax([1.0, 2.0, 3.0])
     """
     n = None if n is None else _check_count(n)
+    previous = _block.get()
     token = _block.set((n,))
     try:
         yield
     finally:
-        _block.reset(token)
+        try:
+            _block.reset(token)
+        except ValueError:
+            # exited in another context than it was entered in (a generator
+            # holding the block, closed from another thread; an async
+            # generator finalised by asyncio): put back what was there
+            _block.set(previous)
 
 
-_blas_controller = None
 _blas_lock = threading.Lock()
-_blas_depth = 0         # fastlin regions inside blas_single_thread, all threads
-_blas_limiter = None    # threadpoolctl's limiter of the outermost one
+_blas_libs = None       # (shared, local) BLAS controllers, found once
+_blas_depth = 0         # open regions with a shared limit, all threads together
+_blas_saved = None      # the shared libraries' counts before the first region
+
+
+def _find_blas():
+    """The BLAS libraries threadpoolctl finds, split by the reach of their
+    thread setting: a pthreads OpenBLAS (or BLIS, FlexiBLAS) has one pool for
+    the process ("shared"); MKL (threadpoolctl sets it with
+    MKL_Set_Num_Threads_Local) and an OpenMP-threaded OpenBLAS
+    (omp_set_num_threads) take a count per calling thread ("local")."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # pragma: no cover - threadpoolctl is a dependency
+        return [], []
+    libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
+    local = [lc for lc in libs
+             if lc.internal_api == "mkl" or getattr(lc, "threading_layer", None) == "openmp"]
+    return [lc for lc in libs if lc not in local], local
 
 
 def _blas_take_control():
@@ -131,6 +164,12 @@ def _blas_take_control():
         clear(force=True)
 
 
+def _set_counts(libs, counts):
+    for lc, n in zip(libs, counts):
+        if n is not None:
+            lc.set_num_threads(n)
+
+
 @contextlib.contextmanager
 def blas_single_thread():
     """Limit BLAS to one thread while a fastlin kernel may call it from its
@@ -140,40 +179,64 @@ def blas_single_thread():
     oversubscribe the cores (measured 60-70x slower here), and a BLAS whose
     result depended on its own thread count would break the bitwise
     thread-count invariance.  threadpoolctl finds whichever BLAS scipy
-    loaded; the controller is built once (scanning the loaded libraries is
-    the slow part).
+    loaded, once (scanning the loaded libraries is the slow part).
 
-    The limit is process-wide (OpenBLAS has one pool), so regions entered
-    from several Python threads at once share it: the first in sets it, the
-    last out restores what was there before, under a lock.  Each saving and
-    restoring on its own would let one thread lift the limit under another's
-    kernel, and leave BLAS at one thread for good after overlapping calls.
+    A BLAS with one pool for the process (pthreads OpenBLAS, as scipy's
+    wheels ship) is limited for all threads at once, so regions entered from
+    several Python threads share the limit: the first in sets it, the last
+    out restores what was there before, under a lock -- each saving and
+    restoring on its own would lift the limit under another thread's kernel,
+    and leave BLAS at one thread for good after overlapping calls.  A BLAS
+    whose count is per thread (MKL, an OpenMP-threaded OpenBLAS) is limited
+    and restored in the calling thread, region by region.
     """
-    global _blas_controller, _blas_depth, _blas_limiter
+    global _blas_libs, _blas_depth, _blas_saved
     with _blas_lock:
-        try:
-            if _blas_controller is None:
-                from threadpoolctl import ThreadpoolController
-                _blas_controller = ThreadpoolController()
-        except ImportError:  # pragma: no cover - threadpoolctl is a dependency
-            _blas_controller = False
-        if _blas_controller is not False:
+        if _blas_libs is None:
+            _blas_libs = _find_blas()
+        shared, local = _blas_libs
+        if shared:
             if _blas_depth == 0:
                 _blas_take_control()
-                _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
+                _blas_saved = [lc.get_num_threads() for lc in shared]
+                _set_counts(shared, [1] * len(shared))
                 _blas_take_control()
             _blas_depth += 1
+    mine = [lc.get_num_threads() for lc in local]
+    _set_counts(local, [1] * len(local))
     try:
         yield
     finally:
-        if _blas_controller is not False:
+        _set_counts(local, mine)
+        if shared:
             with _blas_lock:
                 _blas_depth -= 1
                 if _blas_depth == 0:
                     _blas_take_control()
-                    _blas_limiter.restore_original_limits()
-                    _blas_limiter = None
+                    _set_counts(shared, _blas_saved)
+                    _blas_saved = None
                     _blas_take_control()
+
+
+def _after_fork_in_child():
+    """A fork while another thread was inside a region (or held the lock):
+    the child has only the forking thread, so no region is open there; put
+    the shared libraries back and start with a fresh lock."""
+    global _blas_lock, _blas_depth, _blas_saved
+    _blas_lock = threading.Lock()
+    if _blas_depth and _blas_saved is not None and _blas_libs is not None:
+        try:
+            _blas_take_control()
+            _set_counts(_blas_libs[0], _blas_saved)
+            _blas_take_control()
+        except Exception:  # pragma: no cover - best effort in a fresh child
+            pass
+    _blas_depth = 0
+    _blas_saved = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # Outputs at least this large are pre-faulted in parallel (see empty_output).

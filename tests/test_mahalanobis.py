@@ -652,7 +652,21 @@ def test_cholesky_must_have_positive_diagonal(v):
     L = np.eye(3)
     L[1, 0] = 0.5
     L[1, 1] = v
-    _raises(ValueError, "cholesky must have a positive diagonal", "cholesky", L)
+    _raises(ValueError, r"cholesky must have a positive diagonal: L\[1, 1\] is", "cholesky", L)
+    if v == 0:
+        # a zero: cov = L L^T is singular, a ridge is the fix
+        _raises(ValueError, r"L\[1, 1\] is 0, so cov = L L\^T is singular; regularise it",
+                "cholesky", L)
+    else:
+        # a negative entry: L L^T may be a fine covariance; the fix is the
+        # sign of that column, not a ridge (the message said "regularise")
+        _raises(ValueError, r"negating the columns with a negative diagonal entry", "cholesky", L)
+        if v > -1e-100:
+            return          # L L^T is singular to rounding: no cov to compare with
+        Lf = L * np.sign(np.diag(L))
+        X, mu = np.ones((2, 3)), np.zeros(3)
+        np.testing.assert_allclose(fastlin.mahalanobis(X, mu, cholesky=Lf),
+                                   fastlin.mahalanobis(X, mu, cov=L @ L.T), rtol=1e-12)
 
 
 @pytest.mark.parametrize("which", ["X", "mean", "matrix"])
@@ -999,6 +1013,21 @@ def test_vi_backward_gmean_sums_in_double():
     want = -(2 * a[:, None] * W).sum(axis=0)
     assert gm.dtype == np.float32
     assert float(np.max(np.abs(gm - want)) / np.max(np.abs(want))) < 8 * np.finfo(np.float32).eps
+
+
+def test_semidefinite_tolerance_is_the_coarser_of_the_two_dtypes():
+    """The float32 rank-deficient VI of the test below with float64 points:
+    float32's rounding in VI still sets the tolerance (cdist used the
+    working dtype's, float64, and refused it; mahalanobis accepted it)."""
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.standard_normal((6, 6)))[0]
+    VI = ((Q * np.array([3.0, 2.0, 1.0, 0.5, 0.0, 0.0])) @ Q.T).astype(np.float32)
+    VI = (VI + VI.T) / 2
+    X = rng.standard_normal((5, 6))
+    want = [ssd.mahalanobis(x, X[0], VI.astype(np.float64)) for x in X]
+    np.testing.assert_allclose(fastlin.mahalanobis(X, X[0], VI=VI), want, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fastlin.cdist(X, X[:1], "mahalanobis", VI=VI)[:, 0], want,
+                               rtol=0, atol=1e-6)
 
 
 def test_float32_semidefinite_vi_rounding_is_not_indefinite():
