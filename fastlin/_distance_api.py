@@ -542,20 +542,35 @@ def _given_dist(dist, A, B, dtype):
     if mA and mB and A.shape[1]:
         t = np.arange(min(64, mA * mB))
         i, j = (t * 7919) % mA, (t * 104729 + t // mA) % mB
-        a, b = A[i].astype(np.float64), B[j].astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            ref = np.sqrt(np.sum((a - b) ** 2, axis=1))
-            scale = np.sqrt(np.sum(a * a, axis=1) + np.sum(b * b, axis=1))
-            got = D[i, j].astype(np.float64)
-            bad = np.isfinite(ref) & ~(np.abs(got - ref) <= 1e-3 * ref + 1e-2 * scale)
-        if bad.any():
-            q = int(np.argmax(bad))
-            raise ValueError(
-                f"dist does not hold the distances of these points: entry ({i[q]}, {j[q]}) "
-                f"is {float(got[q]):.9g}, the distance is {float(ref[q]):.9g}; pass the "
-                "forward's result, "
-                "cdist(XA, XB, metric) (pdist(X, metric) for pdist_backward)")
+        _spot_check(D[i, j], A[i], B[j], i, j)
     return D
+
+
+def _spot_check(got, a, b, i, j):
+    """The sampled entries `got` of a given dist against the distances of
+    their rows a, b (entry (i, j)): see _given_dist."""
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ref = np.sqrt(np.sum((a - b) ** 2, axis=1))
+        scale = np.sqrt(np.sum(a * a, axis=1) + np.sum(b * b, axis=1))
+        got = np.asarray(got, dtype=np.float64)
+        bad = np.isfinite(ref) & ~(np.abs(got - ref) <= 1e-3 * ref + 1e-2 * scale)
+    if bad.any():
+        q = int(np.argmax(bad))
+        raise ValueError(
+            f"dist does not hold the distances of these points: entry ({i[q]}, {j[q]}) "
+            f"is {float(got[q]):.9g}, the distance is {float(ref[q]):.9g}; pass the "
+            "forward's result, "
+            "cdist(XA, XB, metric) (pdist(X, metric) for pdist_backward)")
+
+
+# pdist_backward uses a given dist only from this many columns on: it must
+# first be expanded to the square (m, m) matrix the tiles read, which costs
+# more than recomputing the distances with the GEMM at few columns -- at
+# (8192, 64) the given dist made the call 20% slower (810 against 670 ms,
+# float64, one thread) -- and the recomputed distances are the forward's to
+# the bit (same sums, same epilogue), so the gradient is the same either way.
+_PDIST_DIST_MIN_COLS = 256
 
 
 def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
@@ -797,7 +812,10 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
         As given to :func:`pdist`.
     dist : array_like, shape (m * (m - 1) / 2,), optional
         The forward's result, ``pdist(X, metric, VI=VI)``, as
-        :func:`cdist_backward`'s `dist` (checked the same way).
+        :func:`cdist_backward`'s `dist` (checked the same way).  'euclidean'
+        with fewer than 256 columns checks it and recomputes the distances
+        instead (bitwise the forward's): expanding it to the square matrix
+        the kernel reads costs more than the GEMM there.
 
     Returns
     -------
@@ -825,7 +843,15 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
             raise ValueError(f"dist must have the shape of the condensed distances "
                              f"{g.shape}, got {d.shape}")
         result_dtype((d, "dist"))
-        if metric in ("euclidean", "mahalanobis"):     # the others do not use it
+        if metric == "euclidean" and m > 1 and X.shape[1] and \
+                X.shape[1] < _PDIST_DIST_MIN_COLS:
+            # spot-checked as the square would be, then recomputed instead
+            t = np.arange(min(64, d.size))
+            i = (t * 7919) % (m - 1)
+            j = i + 1 + (t * 104729) % (m - 1 - i)
+            Xa = np.asarray(X)
+            _spot_check(d[m * i - i * (i + 1) // 2 + (j - i - 1)], Xa[i], Xa[j], i, j)
+        elif metric in ("euclidean", "mahalanobis"):     # the others do not use it
             Dsq = squareform(d.astype(dtype, copy=False), force="tomatrix", checks=False) \
                 if m > 1 else np.zeros((m, m), dtype)
     if metric == "euclidean":
