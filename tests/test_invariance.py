@@ -342,6 +342,38 @@ def test_threads_context_restores_previous_setting():
     assert fastlin.get_num_threads() == expect(2)
 
 
+def _overlap(block_a, block_b, probe):
+    """Threads A and B inside the context managers block_a() and block_b(),
+    overlapping without nesting: A enters, B enters, A exits, B exits.
+    Returns what probe() gave each thread inside its block (A's after B
+    entered, B's after A exited) and after it."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with block_a():
+            a_in.set()
+            b_in.wait(10)
+            seen["a inside"] = probe()
+        seen["a after"] = probe()
+        a_out.set()
+
+    def b():
+        a_in.wait(10)
+        with block_b():
+            b_in.set()
+            a_out.wait(10)
+            seen["b inside"] = probe()
+        seen["b after"] = probe()
+
+    ts = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    return seen
+
+
 def test_threads_blocks_in_overlapping_python_threads():
     """Blocks entered from two Python threads overlap without nesting (A
     enters, B enters, A exits, B exits): each thread keeps its own count,
@@ -349,29 +381,10 @@ def test_threads_blocks_in_overlapping_python_threads():
     A the count 3 of B's block and left 1 set for good.)"""
     default = fastlin.get_num_threads()
     expect = (lambda n: n) if openmp_enabled() else (lambda n: 1)
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    seen = {}
-
-    def a():
-        with fastlin.threads(1):
-            a_in.set()
-            b_in.wait(10)
-            seen["a"] = fastlin.get_num_threads()
-        a_out.set()
-
-    def b():
-        a_in.wait(10)
-        with fastlin.threads(3):
-            b_in.set()
-            a_out.wait(10)
-            seen["b"] = fastlin.get_num_threads()
-
-    ts = [threading.Thread(target=a), threading.Thread(target=b)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(30)
-    assert seen == {"a": 1, "b": expect(3)}
+    seen = _overlap(lambda: fastlin.threads(1), lambda: fastlin.threads(3),
+                    fastlin.get_num_threads)
+    assert seen == {"a inside": 1, "b inside": expect(3), "a after": default,
+                    "b after": default}
     assert fastlin.get_num_threads() == default
     # a block's count does not reach threads started inside it
     with fastlin.threads(1):
@@ -434,30 +447,8 @@ def test_blas_limit_per_thread_library(monkeypatch):
     from fastlin import _threads
     fake = _FakeBlas(4)
     monkeypatch.setattr(_threads, "_blas_libs", ([], [fake]))
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    seen = {}
-
-    def a():
-        with _threads.blas_single_thread():
-            seen["a inside"] = fake.get_num_threads()
-            a_in.set()
-            b_in.wait(10)
-        seen["a after"] = fake.get_num_threads()
-        a_out.set()
-
-    def b():
-        a_in.wait(10)
-        with _threads.blas_single_thread():
-            seen["b inside"] = fake.get_num_threads()
-            b_in.set()
-            a_out.wait(10)
-        seen["b after"] = fake.get_num_threads()
-
-    ts = [threading.Thread(target=a), threading.Thread(target=b)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(30)
+    seen = _overlap(_threads.blas_single_thread, _threads.blas_single_thread,
+                    fake.get_num_threads)
     assert seen == {"a inside": 1, "b inside": 1, "a after": 4, "b after": 4}
 
 
@@ -481,28 +472,8 @@ def test_blas_limit_is_shared_by_overlapping_regions(rng):
     before = _blas_threads()
     if before == [1]:
         pytest.skip("BLAS runs on one thread here: a leftover limit could not show")
-    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
-    seen = {}
-
-    def a():
-        with blas_single_thread():
-            a_in.set()
-            b_in.wait(10)
-        a_out.set()
-
-    def b():
-        a_in.wait(10)
-        with blas_single_thread():
-            b_in.set()
-            a_out.wait(10)
-            seen["b after a exited"] = _blas_threads()
-
-    ts = [threading.Thread(target=a), threading.Thread(target=b)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(30)
-    assert seen == {"b after a exited": [1]}
+    seen = _overlap(blas_single_thread, blas_single_thread, _blas_threads)
+    assert seen == {"a inside": [1], "b inside": [1], "a after": [1], "b after": before}
     assert _blas_threads() == before
     # the public API from a pool of threads: BLAS is left as it was, and the
     # results are those of serial calls

@@ -40,6 +40,7 @@
 #define FL_HAVE_GEMM 1
 #include <immintrin.h>
 #include <pthread.h>
+#include "fl_transpose.h"
 #else
 #define FL_HAVE_GEMM 0
 #endif
@@ -154,81 +155,32 @@ typedef float fl_gemm_v16f __attribute__((vector_size(64)));
 typedef long long fl_gemm_v8l __attribute__((vector_size(64)));
 typedef int fl_gemm_v16i __attribute__((vector_size(64)));
 
-__attribute__((target("avx512f")))
-static void fl_gemm_trpack_d(const double *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,
-                             ptrdiff_t p0, ptrdiff_t kc, double *P, ptrdiff_t W)
-{
-    const fl_gemm_v8l x1 = {0, 8, 2, 10, 4, 12, 6, 14}, y1 = {1, 9, 3, 11, 5, 13, 7, 15};
-    const fl_gemm_v8l x2 = {0, 1, 8, 9, 4, 5, 12, 13}, y2 = {2, 3, 10, 11, 6, 7, 14, 15};
-    const fl_gemm_v8l x4 = {0, 1, 2, 3, 8, 9, 10, 11}, y4 = {4, 5, 6, 7, 12, 13, 14, 15};
-    for (ptrdiff_t g = 0; g < W; g += 8) {
-        ptrdiff_t lanes = W - g < 8 ? W - g : 8;
-        __mmask8 sm = (__mmask8)((1u << lanes) - 1);
-        for (ptrdiff_t p = 0; p < kc; p += 8) {
-            ptrdiff_t left = kc - p < 8 ? kc - p : 8;
-            __mmask8 lm = (__mmask8)((1u << left) - 1);
-            fl_gemm_v8d v[8];
-            for (int i = 0; i < 8; i++)
-                v[i] = g + i < w
-                    ? (fl_gemm_v8d)_mm512_maskz_loadu_pd(lm, X + (size_t)(r0 + g + i) * ldx + p0 + p)
-                    : (fl_gemm_v8d)_mm512_setzero_pd();
-#define FL_TR_STAGE(st, mx, my) \
-            for (int i = 0; i < 8; i++) \
-                if (!(i & (st))) { \
-                    fl_gemm_v8d a = v[i], b = v[i + (st)]; \
-                    v[i] = __builtin_shuffle(a, b, mx); \
-                    v[i + (st)] = __builtin_shuffle(a, b, my); \
-                }
-            FL_TR_STAGE(1, x1, y1)
-            FL_TR_STAGE(2, x2, y2)
-            FL_TR_STAGE(4, x4, y4)
-#undef FL_TR_STAGE
-            for (ptrdiff_t q = 0; q < left; q++)
-                _mm512_mask_storeu_pd(P + (p + q) * W + g, sm, (__m512d)v[q]);
-        }
-    }
+#define FL_GEMM_TRPACK(SUF, T, VT, IT, VL, MT, LOADZ, STOREM, ZERO, TRANSPOSE)             \
+__attribute__((target("avx512f")))                                                        \
+static void fl_gemm_trpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
+                                 ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
+{                                                                                         \
+    for (ptrdiff_t g = 0; g < W; g += VL) {                                               \
+        ptrdiff_t lanes = W - g < VL ? W - g : VL;                                        \
+        MT sm = (MT)((1u << lanes) - 1);                                                  \
+        for (ptrdiff_t p = 0; p < kc; p += VL) {                                          \
+            ptrdiff_t left = kc - p < VL ? kc - p : VL;                                   \
+            MT lm = (MT)((1u << left) - 1);                                               \
+            VT v[VL];                                                                     \
+            for (int i = 0; i < VL; i++)                                                  \
+                v[i] = g + i < w ? (VT)LOADZ(lm, X + (size_t)(r0 + g + i) * ldx + p0 + p) \
+                                 : (VT)ZERO();                                            \
+            TRANSPOSE(VT, IT, v);                                                         \
+            for (ptrdiff_t q = 0; q < left; q++)                                          \
+                STOREM(P + (p + q) * W + g, sm, v[q]);                                    \
+        }                                                                                 \
+    }                                                                                     \
 }
 
-__attribute__((target("avx512f")))
-static void fl_gemm_trpack_f(const float *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,
-                             ptrdiff_t p0, ptrdiff_t kc, float *P, ptrdiff_t W)
-{
-    const fl_gemm_v16i x1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-    const fl_gemm_v16i y1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-    const fl_gemm_v16i x2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-    const fl_gemm_v16i y2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-    const fl_gemm_v16i x4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    const fl_gemm_v16i y4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-    const fl_gemm_v16i x8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const fl_gemm_v16i y8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    for (ptrdiff_t g = 0; g < W; g += 16) {
-        ptrdiff_t lanes = W - g < 16 ? W - g : 16;
-        __mmask16 sm = (__mmask16)((1u << lanes) - 1);
-        for (ptrdiff_t p = 0; p < kc; p += 16) {
-            ptrdiff_t left = kc - p < 16 ? kc - p : 16;
-            __mmask16 lm = (__mmask16)((1u << left) - 1);
-            fl_gemm_v16f v[16];
-            for (int i = 0; i < 16; i++)
-                v[i] = g + i < w
-                    ? (fl_gemm_v16f)_mm512_maskz_loadu_ps(lm, X + (size_t)(r0 + g + i) * ldx + p0 + p)
-                    : (fl_gemm_v16f)_mm512_setzero_ps();
-#define FL_TR_STAGE(st, mx, my) \
-            for (int i = 0; i < 16; i++) \
-                if (!(i & (st))) { \
-                    fl_gemm_v16f a = v[i], b = v[i + (st)]; \
-                    v[i] = __builtin_shuffle(a, b, mx); \
-                    v[i + (st)] = __builtin_shuffle(a, b, my); \
-                }
-            FL_TR_STAGE(1, x1, y1)
-            FL_TR_STAGE(2, x2, y2)
-            FL_TR_STAGE(4, x4, y4)
-            FL_TR_STAGE(8, x8, y8)
-#undef FL_TR_STAGE
-            for (ptrdiff_t q = 0; q < left; q++)
-                _mm512_mask_storeu_ps(P + (p + q) * W + g, sm, (__m512)v[q]);
-        }
-    }
-}
+FL_GEMM_TRPACK(d, double, fl_gemm_v8d, fl_gemm_v8l, 8, __mmask8, _mm512_maskz_loadu_pd,
+               _mm512_mask_storeu_pd, _mm512_setzero_pd, FL_TRANSPOSE8)
+FL_GEMM_TRPACK(f, float, fl_gemm_v16f, fl_gemm_v16i, 16, __mmask16, _mm512_maskz_loadu_ps,
+               _mm512_mask_storeu_ps, _mm512_setzero_ps, FL_TRANSPOSE16)
 
 /*
  * The per-dtype pieces, written once as a macro over the element type T,

@@ -128,41 +128,16 @@ FL_INLINE void FL(maha_out)(ACC ss, int squared, ptrdiff_t cnt, T *FL_RESTRICT o
         for (ptrdiff_t r = 0; r < cnt; r++) out[r] = o[r];
 }
 
-/* v[0..VL) (rows) := their transpose (columns), in registers: log2(VL)
-   stages of VL two-source shuffles, stage w swapping the off-diagonal w x w
-   blocks of each pair (v[i], v[i + w]).  The scalar transpose it replaces
-   cost 2 d VL scalar loads and stores per VL rows. */
+/* v[0..VL) (rows) := their transpose (columns), in registers
+   (fl_transpose.h).  The scalar transpose it replaces cost 2 d VL scalar
+   loads and stores per VL rows. */
 FL_INLINE void FL(maha_transpose)(VT *v)
 {
-#define FL_MAHA_STAGE(w, mx, my) \
-    for (int i = 0; i < VL; i++) \
-        if (!(i & (w))) { \
-            VT a = v[i], b = v[i + (w)]; \
-            v[i] = __builtin_shuffle(a, b, mx); \
-            v[i + (w)] = __builtin_shuffle(a, b, my); \
-        }
 #if FL_IS_DOUBLE
-    const VI x1 = {0, 8, 2, 10, 4, 12, 6, 14}, y1 = {1, 9, 3, 11, 5, 13, 7, 15};
-    const VI x2 = {0, 1, 8, 9, 4, 5, 12, 13}, y2 = {2, 3, 10, 11, 6, 7, 14, 15};
-    const VI x4 = {0, 1, 2, 3, 8, 9, 10, 11}, y4 = {4, 5, 6, 7, 12, 13, 14, 15};
-    FL_MAHA_STAGE(1, x1, y1)
-    FL_MAHA_STAGE(2, x2, y2)
-    FL_MAHA_STAGE(4, x4, y4)
+    FL_TRANSPOSE8(VT, VI, v);
 #else
-    const VI x1 = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};
-    const VI y1 = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};
-    const VI x2 = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};
-    const VI y2 = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};
-    const VI x4 = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};
-    const VI y4 = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};
-    const VI x8 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
-    const VI y8 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
-    FL_MAHA_STAGE(1, x1, y1)
-    FL_MAHA_STAGE(2, x2, y2)
-    FL_MAHA_STAGE(4, x4, y4)
-    FL_MAHA_STAGE(8, x8, y8)
+    FL_TRANSPOSE16(VT, VI, v);
 #endif
-#undef FL_MAHA_STAGE
 }
 
 /* Rows [0, VL) of the block at X (rows d apart, cnt of them real) through
