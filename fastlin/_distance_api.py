@@ -845,12 +845,17 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
         result_dtype((d, "dist"))
         if metric == "euclidean" and m > 1 and X.shape[1] and \
                 X.shape[1] < _PDIST_DIST_MIN_COLS:
-            # spot-checked as the square would be, then recomputed instead
-            t = np.arange(min(64, d.size))
-            i = (t * 7919) % (m - 1)
-            j = i + 1 + (t * 104729) % (m - 1 - i)
+            # spot-checked as the square would be (up to 64 entries, every
+            # one of a short dist), then recomputed instead; the pair (i, j)
+            # of condensed entry q from the rows' first entries
+            q = np.arange(d.size) if d.size <= 64 else \
+                np.unique((np.arange(64) * 7919 + np.arange(64) // 7) % d.size)
+            starts = np.arange(m, dtype=np.int64)
+            starts = m * starts - starts * (starts + 1) // 2
+            i = np.searchsorted(starts, q, side="right") - 1
+            j = q - starts[i] + i + 1
             Xa = np.asarray(X)
-            _spot_check(d[m * i - i * (i + 1) // 2 + (j - i - 1)], Xa[i], Xa[j], i, j)
+            _spot_check(d[q], Xa[i], Xa[j], i, j)
         elif metric in ("euclidean", "mahalanobis"):     # the others do not use it
             Dsq = squareform(d.astype(dtype, copy=False), force="tomatrix", checks=False) \
                 if m > 1 else np.zeros((m, m), dtype)

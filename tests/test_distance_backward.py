@@ -349,11 +349,19 @@ def test_pdist_backward_recomputes_at_few_columns(dtype):
         with pytest.raises(ValueError, match=r"dist does not hold the distances of these "
                                              r"points: entry \(\d+, \d+\)"):
             fastlin.pdist_backward(g, X, dist=bad)
-    # the pairs sampled are real pairs of the condensed order (i < j), and
-    # the check accepts the forward's own values at every one of them
-    m = 7
-    Xs = rng.standard_normal((m, 3)).astype(dtype)
-    fastlin.pdist_backward(rng.standard_normal(m * (m - 1) // 2), Xs, dist=fastlin.pdist(Xs))
+    # a short dist (up to 64 entries) is checked at every entry, each one
+    # mapped to its pair of scipy's condensed order: one wrong entry, wherever
+    # it is, is refused (sampling pairs missed (0, 2) at m = 3)
+    for m in (2, 3, 4, 7, 11):
+        Xs = rng.standard_normal((m, 4)).astype(dtype)
+        ds = fastlin.pdist(Xs)
+        gs = np.ones_like(ds)
+        fastlin.pdist_backward(gs, Xs, dist=ds)
+        for q in range(ds.size):
+            bad = ds.copy()
+            bad[q] = 1e6
+            with pytest.raises(ValueError, match="dist does not hold the distances"):
+                fastlin.pdist_backward(gs, Xs, dist=bad)
 
 
 @pytest.mark.parametrize("dtype,offset", [(np.float64, 1e8), (np.float32, 1e4)])

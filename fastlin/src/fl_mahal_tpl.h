@@ -486,7 +486,13 @@ FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff
     for (ptrdiff_t q = 0; q < d * VL; q++) gsc[q] = 0;
     for (ptrdiff_t r0 = 0; r0 < m; r0 += VL) {
         ptrdiff_t cnt = m - r0 < VL ? m - r0 : VL;
-        FL(maha_load)(X + r0 * d, cnt, d, mu, zs);
+        /* whole blocks of rows and columns through the register transposes
+           (the same x - mu in every lane), the rest element by element */
+        const int tr = cnt == VL && d % VL == 0;
+        if (tr)
+            FL(maha_load_tr)(X + r0 * d, d, mu, zs, VL);
+        else
+            FL(maha_load)(X + r0 * d, cnt, d, mu, zs);
         FL(maha_forward_subst)(L, rinv, d, zs);       /* z = L^-1 delta */
         for (ptrdiff_t j = d - 1; j >= 0; j--) {     /* w = L^-T z */
             VT s0 = FL(vsplat)(0), s1 = s0, s2 = s0, s3 = s0;
@@ -514,10 +520,20 @@ FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff
             al[r] = (T)(squared ? gi : (dist > 0 ? gi / (2.0 * dist) : 0.0));
         }
         VT a = FL(vld)(al);
-        for (ptrdiff_t r = 0; r < cnt; r++) {
-            T *gr = gX + (r0 + r) * d;
-            T two_a = 2 * al[r];
-            for (ptrdiff_t j = 0; j < d; j++) gr[j] = two_a * ws[j * VL + r];
+        if (tr) {      /* gX rows = 2 a w, lane r = row r, transposed back */
+            VT two_a = a + a;
+            for (ptrdiff_t c = 0; c < d; c += VL) {
+                VT v[VL];
+                for (int jj = 0; jj < VL; jj++) v[jj] = two_a * FL(vld)(ws + (c + jj) * VL);
+                FL(maha_transpose)(v);
+                for (int r = 0; r < VL; r++) FL(vst)(gX + (r0 + r) * d + c, v[r]);
+            }
+        } else {
+            for (ptrdiff_t r = 0; r < cnt; r++) {
+                T *gr = gX + (r0 + r) * d;
+                T two_a = 2 * al[r];
+                for (ptrdiff_t j = 0; j < d; j++) gr[j] = two_a * ws[j * VL + r];
+            }
         }
         /* sum_rows gX (= -gmean) in double, lane by lane: the same gX values
            (2a w rounded to T; the padding lanes are 0), no second pass over
