@@ -4,10 +4,10 @@ import numpy as np
 from . import _distance as _k
 from . import _memory
 from ._common import STREAM_BYTES
+from ._mahalanobis_api import _factor
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
-from ._validation import (as_array, check_out, dtype_eps, real_array, regularise_hint,
-                          result_dtype, symmetric_part)
+from ._validation import as_array, check_out, real_array, result_dtype
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
 
@@ -117,35 +117,9 @@ def _precision_factor(VI, n, XA, XB, dtype):
                          f"got {VI.shape}")
     if not np.all(np.isfinite(VI)):
         raise ValueError("VI must be finite")
-    vi_dtype = VI.dtype
-    VI = symmetric_part(VI, "VI")
-    try:
-        L = np.linalg.cholesky(VI)
-    except np.linalg.LinAlgError:
-        L = _semidefinite_factor(VI, n, dtype, vi_dtype)
-    return L.astype(dtype)
-
-
-def _semidefinite_factor(VI, n, dtype, vi_dtype=None):
-    """A lower triangular L with VI = L L^T for a positive *semi*definite VI
-    that Cholesky refuses (a zero eigenvalue: a direction that costs nothing,
-    as scipy's quadratic form allows): from VI's eigenvectors scaled by the
-    roots of its eigenvalues, B = Q sqrt(lam) (B B^T = VI), made triangular
-    by a QR of B^T (B B^T = R^T R, L = R^T).  An eigenvalue below -n eps of
-    the largest makes VI indefinite: refused (scipy returns nan there); eps
-    is the larger of the working `dtype`'s and VI's own (`vi_dtype`), so that
-    cdist and mahalanobis agree whichever of the two is float32."""
-    lam, Q = np.linalg.eigh(VI)
-    top = max(float(np.abs(lam).max(initial=0.0)), np.finfo(np.float64).tiny)
-    # float32 rounding, of VI's entries or of the computation, moves a zero
-    # eigenvalue by ~n eps32 top
-    eps = max(dtype_eps(dtype), dtype_eps(vi_dtype if vi_dtype is not None else dtype))
-    if lam.min(initial=0.0) < -n * eps * top:
-        raise ValueError(f"VI is not positive semidefinite (an eigenvalue is "
-                         f"{lam.min():.3g}, the largest {top:.3g}); "
-                         + regularise_hint("VI", n, dtype, VI))
-    B = Q * np.sqrt(np.clip(lam, 0.0, None))
-    return np.linalg.qr(B.T, mode="r").T
+    # mahalanobis()'s factor: symmetric part, Cholesky, or for a singular
+    # positive semidefinite VI the factor from its eigenvectors
+    return _factor(VI, "VI", dtype).astype(dtype)
 
 
 class _Operands:

@@ -4,16 +4,36 @@ from scipy.linalg import lapack, solve_triangular
 
 from . import _mahalanobis as _k
 from . import _memory
-from ._distance_api import _semidefinite_factor
 from ._threads import _for_work, blas_single_thread
-from ._validation import (as_array, dtype_eps, regularise_hint as _regularise, result_dtype,
-                          symmetric_part)
+from ._validation import as_array, dtype_eps, result_dtype, symmetric_part
+from ._validation import regularise_hint as _regularise
 
 __all__ = ["mahalanobis", "mahalanobis_backward"]
 
 # Up to this dimension the backward accumulates its d x d sums in the pass;
 # above it writes the rows and uses one GEMM (measured crossover ~32).
 _FUSED_MAX_D = 32
+
+
+def _semidefinite_factor(VI, n, dtype, vi_dtype):
+    """A lower triangular L with VI = L L^T for a positive *semi*definite VI
+    that Cholesky refuses (a zero eigenvalue: a direction that costs nothing,
+    as scipy's quadratic form allows): from VI's eigenvectors scaled by the
+    roots of its eigenvalues, B = Q sqrt(lam) (B B^T = VI), made triangular
+    by a QR of B^T (B B^T = R^T R, L = R^T).  An eigenvalue below -n eps of
+    the largest makes VI indefinite: refused (scipy returns nan there); eps
+    is the larger of the working `dtype`'s and VI's own (`vi_dtype`): float32
+    rounding on either side moves a zero eigenvalue by ~n eps32."""
+    lam, Q = np.linalg.eigh(VI)
+    top = max(float(np.abs(lam).max(initial=0.0)), np.finfo(np.float64).tiny)
+    eps = max(dtype_eps(dtype), dtype_eps(vi_dtype))
+    if lam.min(initial=0.0) < -n * eps * top:
+        raise ValueError(f"VI is not positive semidefinite (an eigenvalue is "
+                         f"{lam.min():.3g}, the largest {top:.3g}); "
+                         + _regularise("VI", n, dtype, VI))
+    B = Q * np.sqrt(np.clip(lam, 0.0, None))
+    return np.linalg.qr(B.T, mode="r").T
+
 
 def _factor(M, name, dtype=None):
     """Lower Cholesky factor of a symmetric positive definite matrix, with the

@@ -232,11 +232,11 @@ def symmetric_part(M, name):
     quadratic form x^T M x does (scipy's), whichever triangle a factorization
     then reads.  M must be finite and square."""
     Md = np.asarray(M, dtype=np.float64)
-    eps = np.finfo(M.dtype).eps if M.dtype.kind == "f" else 0.0
+    tol = max(SYMMETRY_RTOL, 64 * dtype_eps(M.dtype))
     scale = np.abs(Md).max(initial=0.0)
     asym = np.abs(Md - Md.T).max(initial=0.0)
-    if asym > max(SYMMETRY_RTOL, 64 * eps) * scale:
+    if asym > tol * scale:
         raise ValueError(f"{name} must be symmetric: |{name} - {name}.T| reaches {asym:.3g}, "
                          f"{asym / scale:.3g} of its largest entry (rounding up to "
-                         f"{max(SYMMETRY_RTOL, 64 * eps):.0e} of it is accepted and averaged out)")
+                         f"{tol:.0e} of it is accepted and averaged out)")
     return (Md + Md.T) * 0.5

@@ -99,23 +99,47 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, const T *FL_RESTRI
 #endif
 #define FL_MAHA_DMAX 16   /* the register kernel's largest d */
 
-/* ss += z^2, the product and the sum in double (acc_addmul's arithmetic).
-   For float the widening goes through one 16-double vector: fl_widen's two
-   8-float halves made gcc 12 split each conversion into 128-bit pieces (6
-   extra shuffles per vector, as many uops as the solve's FMAs at d = 16). */
+/* z's lanes in double.  For float the widening goes through one 16-double
+   vector: fl_widen's two 8-float halves made gcc 12 split each conversion
+   into 128-bit pieces (6 extra shuffles per vector, as many uops as the
+   solve's FMAs at d = 16). */
 #if !FL_IS_DOUBLE
 typedef double fl_maha_vd16 __attribute__((vector_size(128)));
 #endif
-FL_INLINE void FL(maha_sq_acc)(ACC *ss, VT z)
+FL_INLINE ACC FL(maha_wide)(VT z)
 {
 #if FL_IS_DOUBLE
-    *ss += z * z;
+    return z;
 #else
     fl_maha_vd16 w = __builtin_convertvector(z, fl_maha_vd16);
-    fl_vd lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
-    fl_vd hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
-    ss->lo += lo * lo;
-    ss->hi += hi * hi;
+    ACC r;
+    r.lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
+    r.hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+    return r;
+#endif
+}
+
+/* ss += z^2, the product and the sum in double (acc_addmul's arithmetic) */
+FL_INLINE void FL(maha_sq_acc)(ACC *ss, VT z)
+{
+    ACC w = FL(maha_wide)(z);
+#if FL_IS_DOUBLE
+    *ss += w * w;
+#else
+    ss->lo += w.lo * w.lo;
+    ss->hi += w.hi * w.hi;
+#endif
+}
+
+/* p[0..VL) += z's lanes, in double */
+FL_INLINE void FL(maha_add_lanes)(double *p, VT z)
+{
+    ACC w = FL(maha_wide)(z);
+#if FL_IS_DOUBLE
+    vst_d(p, vld_d(p) + w);
+#else
+    vst_d(p, vld_d(p) + w.lo);
+    vst_d(p + 8, vld_d(p + 8) + w.hi);
 #endif
 }
 
@@ -533,42 +557,33 @@ FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff
             double dist = sqrt(d2[r]);
             al[r] = (T)(squared ? gi : (dist > 0 ? gi / (2.0 * dist) : 0.0));
         }
-        VT a = FL(vld)(al);
-        if (tr) {      /* gX rows = 2 a w, lane r = row r, transposed back */
-            VT two_a = a + a;
-            for (ptrdiff_t c = 0; c < d; c += VL) {
-                VT v[VL];
-                for (int jj = 0; jj < VL; jj++) v[jj] = two_a * FL(vld)(ws + (c + jj) * VL);
+        VT a = FL(vld)(al), two_a = a + a;
+        /* gX = 2 a w, lane r = row r (the padding lanes are 0), VL features
+           at a time: summed over the rows (= -gmean) in double, lane by lane,
+           with no second pass over the n x d gradient (numpy's
+           gX.sum(axis=0) took 25-36 ms of a 107 ms call at (1M, 16)), and
+           for whole blocks transposed back into rows.  (In float64 the
+           compiler may fuse the product into that sum, which then adds the
+           unrounded 2 a w: a rounding apart from sum(gX), the same on every
+           thread count.) */
+        for (ptrdiff_t c = 0; c < d; c += VL) {
+            VT v[VL];
+            ptrdiff_t jn = d - c < VL ? d - c : VL;
+            for (ptrdiff_t jj = 0; jj < jn; jj++) {
+                v[jj] = two_a * FL(vld)(ws + (c + jj) * VL);
+                FL(maha_add_lanes)(gsc + (c + jj) * VL, v[jj]);
+            }
+            if (tr) {
                 FL(maha_transpose)(v);
                 for (int r = 0; r < VL; r++) FL(vst)(gX + (r0 + r) * d + c, v[r]);
             }
-        } else {
+        }
+        if (!tr)
             for (ptrdiff_t r = 0; r < cnt; r++) {
                 T *gr = gX + (r0 + r) * d;
-                T two_a = 2 * al[r];
-                for (ptrdiff_t j = 0; j < d; j++) gr[j] = two_a * ws[j * VL + r];
+                T two = 2 * al[r];
+                for (ptrdiff_t j = 0; j < d; j++) gr[j] = two * ws[j * VL + r];
             }
-        }
-        /* sum_rows gX (= -gmean) in double, lane by lane: the same gX values
-           (2a w rounded to T; the padding lanes are 0), no second pass over
-           the n x d gradient (numpy's gX.sum(axis=0) took 25-36 ms of a
-           107 ms call at (1M, 16)) */
-        {
-            VT two_a = a + a;
-            for (ptrdiff_t j = 0; j < d; j++) {
-                VT v = two_a * FL(vld)(ws + j * VL);
-                double *gj = gsc + j * VL;
-#if FL_IS_DOUBLE
-                FL(vst)(gj, FL(vld)(gj) + v);
-#else
-                fl_maha_vd16 w = __builtin_convertvector(v, fl_maha_vd16);
-                fl_vd lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
-                fl_vd hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
-                vst_d(gj, vld_d(gj) + lo);
-                vst_d(gj + 8, vld_d(gj + 8) + hi);
-#endif
-            }
-        }
         if (!gm) {
             for (ptrdiff_t r = 0; r < cnt; r++)
                 for (ptrdiff_t j = 0; j < d; j++) {
