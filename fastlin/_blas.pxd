@@ -24,6 +24,12 @@ cdef extern from "fl_gemm.h" nogil:
                                Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1, double *P)
     void fl_gemm_pack_panels_f(int is_b, const float *X, size_t ldx, int tx, Py_ssize_t rows,
                                Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1, float *P)
+    int fl_gemm_pb_d(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
+                     const double *A, size_t lda, const double *Bp, Py_ssize_t npad,
+                     double beta, double *C, size_t ldc)
+    int fl_gemm_pb_f(int ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, float alpha,
+                     const float *A, size_t lda, const float *Bp, Py_ssize_t npad,
+                     float beta, float *C, size_t ldc)
     void fl_gemm_prepacked_d(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, double alpha,
                              const double *Ap, Py_ssize_t mpad, Py_ssize_t i0,
                              const double *Bp, Py_ssize_t npad, Py_ssize_t j0, double beta,
@@ -146,3 +152,20 @@ cdef inline void gemm_prepacked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floati
         fl_gemm_prepacked_d(m, n, k, alpha, Ap, mpad, i0, Bp, npad, j0, beta, C, ldc)
     else:
         fl_gemm_prepacked_f(m, n, k, alpha, Ap, mpad, i0, Bp, npad, j0, beta, C, ldc)
+
+
+cdef inline bint gemm_packed_b(bint ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+                               floating alpha, const floating *A, Py_ssize_t lda,
+                               const floating *Bp, Py_ssize_t npad, floating beta,
+                               floating *C, Py_ssize_t ldc) noexcept nogil:
+    """Row-major C (m x n) = alpha op(A) op(B) + beta C (beta 0 or 1) with op(B)
+    prepacked whole (pack_panels, is_b: npad padded columns, k deep) and op(A)
+    = A (m x k) or, ta, A^T (A k x m), packed here: fastlin's GEMM bit for bit.
+    False when it could not run (no AVX-512 GEMM, or no packing buffer):
+    nothing was written and the caller uses gemm_ab / gemm_atb instead."""
+    if not fl_gemm_ok():
+        return False
+    if floating is double:
+        return fl_gemm_pb_d(ta, m, n, k, alpha, A, lda, Bp, npad, beta, C, ldc) == 0
+    else:
+        return fl_gemm_pb_f(ta, m, n, k, alpha, A, lda, Bp, npad, beta, C, ldc) == 0

@@ -28,8 +28,8 @@ from cython.parallel cimport prange, threadid
 from libc.string cimport memset
 
 from fastlin._blas cimport (FL_GEMM_KC, FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, fl_gemm_ok,
-                            fl_gemm_wanted, gemm_ab, gemm_abt, gemm_atb, gemm_prepacked,
-                            pack_panels)
+                            fl_gemm_wanted, gemm_ab, gemm_abt, gemm_atb, gemm_packed_b,
+                            gemm_prepacked, pack_panels)
 
 cdef extern from "fl_distance.h" nogil:
     double fl_sqnorm_d(const double *x, Py_ssize_t k)
@@ -68,10 +68,18 @@ cdef extern from "fl_distance.h" nogil:
                             const double *nbv, double tau, const float *a0,
                             const float *b0, Py_ssize_t k, double *ta, double *tb)
     void fl_add_row_f(double *acc, const float *w, Py_ssize_t n)
-    Py_ssize_t fl_bwd_given_row_d(double *w, double *c, const double *d, Py_ssize_t nb,
-                                  double na, const double *nbv, double tau)
-    Py_ssize_t fl_bwd_given_row_f(float *w, float *c, const float *d, Py_ssize_t nb,
-                                  double na, const double *nbv, double tau)
+    Py_ssize_t fl_bwd_weights_row_d(const double *g, const double *d, double *w, Py_ssize_t n,
+                                    double na, const double *nbv, double tau, double *cs,
+                                    double *rs)
+    Py_ssize_t fl_bwd_weights_row_f(const float *g, const float *d, float *w, Py_ssize_t n,
+                                    double na, const double *nbv, double tau, double *cs,
+                                    double *rs)
+    void fl_bwd_given_exact_row_d(const double *g, const double *d, const double *w,
+                                  Py_ssize_t j0, Py_ssize_t j1, const double *a0,
+                                  const double *b0, Py_ssize_t k, double *ta, double *tb)
+    void fl_bwd_given_exact_row_f(const float *g, const float *d, const float *w,
+                                  Py_ssize_t j0, Py_ssize_t j1, const float *a0,
+                                  const float *b0, Py_ssize_t k, double *ta, double *tb)
 
 # Tile width (columns), and the row count of pdist's and the backward's
 # tiles: a 256 x 256 float64 scratch tile (512 KiB) stays in L2 between the
@@ -400,20 +408,14 @@ cdef inline Py_ssize_t _bwd_row(floating *w, floating *c, const floating *g,
                                 Py_ssize_t tn, double na, const double *nb, double tau,
                                 const floating *a0, const floating *b0, Py_ssize_t k,
                                 double *ta, double *tb, double *cs,
-                                double *rs, const floating *d) noexcept nogil:
+                                double *rs) noexcept nogil:
     """One tile row of the backward: D (the forward's epilogue on the GEMM's
-    c, or the given distances d, c then made from them), W = G / D, the
+    c), W = G / D, the
     exact-path entries taken out of W into ta / tb, the row's sum into rs,
     its entries added to the column sums cs.  Returns the number of
     exact-path entries."""
-    cdef Py_ssize_t nex
-    if d != NULL:
-        if floating is double:
-            nex = fl_bwd_given_row_d(w, c, d, tn, na, nb, tau)
-        else:
-            nex = fl_bwd_given_row_f(w, c, d, tn, na, nb, tau)
-    else:
-        nex = _epilogue_row(w, c, tn, na, nb, a0, b0, k, NULL, NULL, tau, True, 1.0, False)
+    cdef Py_ssize_t nex = _epilogue_row(w, c, tn, na, nb, a0, b0, k, NULL, NULL, tau, True,
+                                        1.0, False)
     if floating is double:
         rs[0] = fl_grad_over_dist_row_d(g, w, tn)
         if nex:
@@ -443,7 +445,7 @@ def bwd_panels_len(Py_ssize_t m, Py_ssize_t k, bint is_double):
 
 def bwd_dist_panels_len(Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t k, bint is_double):
     """Elements of A and of B prepacked for the backward's distance tiles
-    (D = -2 A B^T when dist is not given): A's row blocks of TILE rows each
+    (D = -2 A B^T): A's row blocks of TILE rows each
     as its own op(A) panels, B as op(B) = B^T panels; (0, 0) where fastlin's
     GEMM is not in use."""
     if not fl_gemm_ok():
@@ -469,8 +471,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     floating[:, ::1] WB, share_t[:, ::1] P, double[:, ::1] CS,
                     double[::1] rows, floating[:, ::1] scratch, double[:, ::1] tscratch,
                     double tau, int n_threads, Py_ssize_t blocks_per_group=1,
-                    const floating[:, ::1] D=None, floating[::1] Aq=None,
-                    floating[::1] Bq=None, floating[:, ::1] wpan=None,
+                    floating[::1] Aq=None, floating[::1] Bq=None, floating[:, ::1] wpan=None,
                     floating[::1] Ad=None, floating[::1] Bd=None):
     """The Euclidean backward's sums in one sweep over the tiles, without
     ever storing D or W = G / D whole.
@@ -496,23 +497,20 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     is one block (blocks_per_group 1), else float64, a float32 tile's W^T A
     then added into it in double (a float32 sum over blocks would lose
     digits).
-    P with no rows: the XB side (P, CS) is skipped.  D (mA x mB): the
-    forward's distances, given: no GEMM for them (two products instead of
-    three), the near pairs found from D and the norms.
+    P with no rows: the XB side (P, CS) is skipped.  (With the forward's
+    distances given, the backward takes bwd_given_weights and weighted_sums
+    instead.)
     Aq, Bq, wpan (bwd_panels_len elements; wpan one row per thread): A and B
     are packed once here as the B operand of the two products, and each
     tile's W (and W^T) into the thread's wpan, so the products pack only W
     (the same sums in the same order as the per-call GEMM).
-    Ad, Bd (bwd_dist_panels_len): likewise for the distance tiles when D is
-    not given, A packed block by block (a block's rows start a panel).
+    Ad, Bd (bwd_dist_panels_len): likewise for the distance tiles, A packed
+    block by block (a block's rows start a panel).
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
     if floating is double and share_t is float:
         raise TypeError("P must be float64 for float64 operands")
-    cdef bint have_d = D is not None
-    if have_d and (D.shape[0] != A.shape[0] or D.shape[1] != B.shape[0]):
-        raise ValueError("D must be (mA, mB)")
     cdef Py_ssize_t bpg = blocks_per_group
     cdef Py_ssize_t ngroups = (ntm + bpg - 1) // bpg
     cdef Py_ssize_t g, bi, bj, i0, j0, tm, tn, i, q, nex
@@ -547,7 +545,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
             _pack_nn(&B[0, 0], mB, k, &Bq[0], n_threads)
     cdef bint pd = False
     cdef Py_ssize_t npb = (mB + NR - 1) // NR * NR, nqb = npb // NR, q2
-    if not have_d and Ad is not None and Bd is not None and k > 0:
+    if Ad is not None and Bd is not None and k > 0:
         lad, lbd = bwd_dist_panels_len(mA, mB, k, floating is double)
         if lad > 0:
             if Ad.shape[0] < lad or Bd.shape[0] < lbd:
@@ -576,7 +574,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     gemm_prepacked(tm, tn, k, <floating>-2.0, &Ad[0] + bi * tpad * k,
                                    (tm + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR, 0,
                                    &Bd[0], npb, j0, <floating>0.0, c, tn)
-                elif not have_d:
+                else:
                     gemm_abt(<int>tm, <int>tn, <int>k, <floating>-2.0, &A[i0, 0], <int>k,
                              &B[j0, 0], <int>k, <floating>0.0, c, <int>tn)
                 nex = 0
@@ -584,8 +582,7 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                     rs = 0      # assigned in the loop body: thread-private (its address is taken)
                     nex = nex + _bwd_row(w + i * tn, c + i * tn, &G[i0 + i, j0], tn,
                                          na[i0 + i], &nb[j0], tau, &A0[i0 + i, 0], &B0[j0, 0],
-                                         k, ta + i * k, tb, &CS[g, j0], &rs,
-                                         &D[i0 + i, j0] if have_d else NULL)
+                                         k, ta + i * k, tb, &CS[g, j0], &rs)
                     if bj == 0:
                         rows[i0 + i] = rs
                     else:
@@ -715,28 +712,141 @@ def grad_from_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
 
 
 def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,
-                  const floating[:, ::1] B, const floating[:, ::1] BT,
-                  floating[:, ::1] WB, floating[:, ::1] WtA, int n_threads):
-    """WB = W @ B (mA x k) and WtA = W^T @ A (mB x k), blocked over the rows
-    of WB and of WtA on the OpenMP threads, each block one single-threaded
-    BLAS call: BLAS's own threads stay asleep (once woken, OpenBLAS threads
-    spin for ~0.1 s and slow whatever runs next on these cores)."""
+                  const floating[:, ::1] B, floating[:, ::1] WB, floating[:, ::1] WtA,
+                  int n_threads, bint accumulate=False, floating[::1] Aq=None,
+                  floating[::1] Bq=None, bint pack_b=True):
+    """WB = W @ B (mA x k) and WtA = W^T @ A (mB x k; accumulate: WtA +=),
+    split into row blocks of WB and of WtA on the OpenMP threads, each block
+    one single-threaded product (BLAS's own threads stay asleep: once woken,
+    OpenBLAS threads spin for ~0.1 s and slow whatever runs next on these
+    cores).  WtA with no rows: only WB.
+
+    With Aq and Bq (packed_len(k, mA or mB, True) elements; Aq unused without
+    WtA), fastlin's GEMM takes B and A packed once here (B only when pack_b:
+    a caller that calls again with the same B keeps its panels) and shared by
+    every block, the blocks one per thread (its sums do not depend on how
+    the rows are split: bit for bit the same on any thread count); else
+    (BLAS) blocks of TILE rows, a function of the shapes only."""
     cdef Py_ssize_t mA = W.shape[0], mB = W.shape[1], k = A.shape[1]
-    cdef Py_ssize_t nba = (mA + TILE - 1) // TILE, nbb = (mB + TILE - 1) // TILE
-    cdef Py_ssize_t t, r0, rn
-    for t in prange(nba + nbb, nogil=True, schedule='static', num_threads=n_threads):
+    cdef bint want_t = WtA.shape[0] > 0
+    cdef floating beta_t = 1.0 if accumulate else 0.0
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t kpad = (k + NR - 1) // NR * NR
+    cdef Py_ssize_t ra = TILE, rb = TILE, nba, nbb, t, r0, rn
+    cdef bint packed = False
+    cdef bint is_dbl = floating is double
+    cdef floating *pAq = NULL
+    cdef floating *pBq = NULL
+    if mA == 0 or mB == 0 or k == 0:
+        if not accumulate:
+            WtA[...] = 0
+        WB[...] = 0
+        return
+    if fl_gemm_ok() and Bq is not None and (Aq is not None or not want_t):
+        if (Bq.shape[0] < packed_len(k, mB, True, is_dbl)
+                or (want_t and Aq.shape[0] < packed_len(k, mA, True, is_dbl))):
+            raise ValueError("packed operand buffers are too small")
+        packed = True
+        pBq = &Bq[0]
+        pAq = &Aq[0] if want_t else NULL
+        with nogil:
+            if pack_b:
+                _pack_nn(&B[0, 0], mB, k, pBq, n_threads)
+            if want_t:
+                _pack_nn(&A[0, 0], mA, k, pAq, n_threads)
+        # one block per thread and product, in whole micro-panels
+        ra = ((mA + n_threads - 1) // n_threads + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+        rb = ((mB + n_threads - 1) // n_threads + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    nba = (mA + ra - 1) // ra
+    nbb = (mB + rb - 1) // rb if want_t else 0
+    for t in prange(nba + nbb, nogil=True, schedule='dynamic', num_threads=n_threads):
         if t < nba:
-            r0 = t * TILE
-            rn = min(TILE, mA - r0)
-            # WB[r0:r0+rn] = W[r0:r0+rn] @ B = W_rows (BT)^T
-            gemm_abt(<int>rn, <int>k, <int>mB, <floating>1.0, &W[r0, 0], <int>mB,
-                     &BT[0, 0], <int>mB, <floating>0.0, &WB[r0, 0], <int>k)
+            r0 = t * ra
+            rn = min(ra, mA - r0)
+            # WB[r0:r0+rn] = W[r0:r0+rn] @ B
+            if not (packed and gemm_packed_b(False, rn, k, mB, <floating>1.0, &W[r0, 0], mB,
+                                             pBq, kpad, <floating>0.0, &WB[r0, 0], k)):
+                gemm_ab(<int>rn, <int>k, <int>mB, <floating>1.0, &W[r0, 0], <int>mB,
+                        &B[0, 0], <int>k, <floating>0.0, &WB[r0, 0], <int>k)
         else:
-            r0 = (t - nba) * TILE
-            rn = min(TILE, mB - r0)
-            # WtA[r0:r0+rn] = W[:, r0:r0+rn]^T @ A
-            gemm_atb(<int>rn, <int>k, <int>mA, <floating>1.0, &W[0, r0], <int>mB,
-                     &A[0, 0], <int>k, <floating>0.0, &WtA[r0, 0], <int>k)
+            r0 = (t - nba) * rb
+            rn = min(rb, mB - r0)
+            # WtA[r0:r0+rn] (+)= W[:, r0:r0+rn]^T @ A
+            if not (packed and gemm_packed_b(True, rn, k, mA, <floating>1.0, &W[0, r0], mB,
+                                             pAq, kpad, beta_t, &WtA[r0, 0], k)):
+                gemm_atb(<int>rn, <int>k, <int>mA, <floating>1.0, &W[0, r0], <int>mB,
+                         &A[0, 0], <int>k, beta_t, &WtA[r0, 0], <int>k)
+
+
+# Row blocks of the given-distance backward's column sums: a function of the
+# shapes only, so the sums' order never depends on the thread count.
+DEF WBLK = 128
+
+
+def bwd_weights_block():
+    """Rows per block of bwd_given_weights's column sums (CS rows)."""
+    return WBLK
+
+
+def bwd_given_weights(const floating[:, ::1] G, const floating[:, ::1] D,
+                      const double[::1] na, const double[::1] nb, double tau,
+                      floating[:, ::1] W, double[::1] rows, double[:, ::1] CS,
+                      Py_ssize_t[::1] nflag, int n_threads):
+    """W = G / D row by row (fl_bwd_weights_row: 0 where D == 0 and at the
+    near pairs), rows[i] = sum_j W_ij and, per block b of WBLK rows, CS[b, j]
+    += sum over the block's rows of W_ij (CS must come zeroed), all in
+    double; nflag[i]: row i's near pairs (their terms: bwd_given_exact)."""
+    cdef Py_ssize_t m = G.shape[0], n = G.shape[1], nblk = (m + WBLK - 1) // WBLK
+    cdef Py_ssize_t b, i
+    cdef double rs
+    if m == 0 or n == 0:
+        return
+    for b in prange(nblk, nogil=True, schedule='dynamic', num_threads=n_threads):
+        for i in range(b * WBLK, min(m, (b + 1) * WBLK)):
+            rs = 0      # assigned in the loop body: thread-private (its address is taken)
+            if floating is double:
+                nflag[i] = fl_bwd_weights_row_d(&G[i, 0], &D[i, 0], &W[i, 0], n, na[i], &nb[0],
+                                                tau, &CS[b, 0], &rs)
+            else:
+                nflag[i] = fl_bwd_weights_row_f(&G[i, 0], &D[i, 0], &W[i, 0], n, na[i], &nb[0],
+                                                tau, &CS[b, 0], &rs)
+            rows[i] = rs
+
+
+def bwd_given_exact(const floating[:, ::1] G, const floating[:, ::1] D,
+                    const floating[:, ::1] W, const floating[:, ::1] A0,
+                    const floating[:, ::1] B0, const Py_ssize_t[::1] frows,
+                    double[:, ::1] TA, double[:, ::1] TB, int n_threads):
+    """The near pairs' terms t = W_ij (a_i - b_j), from the differences in
+    double, of the rows frows (those bwd_given_weights counted near pairs
+    in, in increasing order): TA[r] += sum_j t over row frows[r] (one row per
+    work item), TB[j] -= sum_i t over the rows in order (blocks of TILE
+    columns per work item: no sum depends on the thread count).  TB with no
+    rows: skipped."""
+    cdef Py_ssize_t nfr = frows.shape[0], mB = G.shape[1], k = A0.shape[1]
+    cdef Py_ssize_t ncb = (mB + TILE - 1) // TILE, r, i, cb, j0
+    if nfr == 0 or mB == 0 or k == 0:
+        return
+    for r in prange(nfr, nogil=True, schedule='dynamic', num_threads=n_threads):
+        i = frows[r]
+        if floating is double:
+            fl_bwd_given_exact_row_d(&G[i, 0], &D[i, 0], &W[i, 0], 0, mB, &A0[i, 0], &B0[0, 0],
+                                     k, &TA[r, 0], NULL)
+        else:
+            fl_bwd_given_exact_row_f(&G[i, 0], &D[i, 0], &W[i, 0], 0, mB, &A0[i, 0], &B0[0, 0],
+                                     k, &TA[r, 0], NULL)
+    if TB.shape[0] == 0:
+        return
+    for cb in prange(ncb, nogil=True, schedule='dynamic', num_threads=n_threads):
+        j0 = cb * TILE
+        for r in range(nfr):
+            i = frows[r]
+            if floating is double:
+                fl_bwd_given_exact_row_d(&G[i, 0], &D[i, 0], &W[i, 0], j0, min(mB, j0 + TILE),
+                                         &A0[i, 0], &B0[0, 0], k, NULL, &TB[0, 0])
+            else:
+                fl_bwd_given_exact_row_f(&G[i, 0], &D[i, 0], &W[i, 0], j0, min(mB, j0 + TILE),
+                                         &A0[i, 0], &B0[0, 0], k, NULL, &TB[0, 0])
 
 
 def condensed_to_square(const floating[::1] v, floating[:, ::1] M, int n_threads):

@@ -591,7 +591,10 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
     common point, so a large common offset does not cancel digits.
 
     Euclidean: D and ``W`` are formed tile by tile (one GEMM each, the
-    forward's exact path included) and never stored whole; the pairs the
+    forward's exact path included) and never stored whole.  With `dist`,
+    ``W`` is formed from it in bands of rows of at most 64 MiB (the whole of
+    it when smaller; the only scratch of that order) and the two products
+    run as whole GEMMs.  Either way the pairs the
     forward computes exactly (near points, where ``W`` is large and
     ``rowsum(W) a - W b`` would cancel) contribute ``W_ij (a_i - b_j)`` from
     the difference instead, so near-duplicate gradients keep their digits.
@@ -627,6 +630,24 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
     return _weighted_backward(G, A, B, dtype, 2)
 
 
+def _row_panels(rows, k, dtype):
+    """A buffer for `rows` rows of k columns packed as the B operand of a
+    product whose depth runs over them (weighted_sums), or None where the
+    products use BLAS."""
+    if not _k.own_gemm_enabled():
+        return None
+    return _aligned(_k.packed_len(k, rows, True, dtype == np.float64), dtype)
+
+
+def _weighted_products(W, A, B, WB, WtA):
+    """WB = W @ B and WtA = W^T @ A (weighted_sums), A and B packed once."""
+    dtype = WB.dtype
+    with blas_single_thread():
+        _k.weighted_sums(W, A, B, WB, WtA, _for_work(W.size * A.shape[1]),
+                         Aq=_row_panels(A.shape[0], A.shape[1], dtype),
+                         Bq=_row_panels(B.shape[0], B.shape[1], dtype))
+
+
 def _weighted_backward(W, A, B, dtype, factor=1):
     """gA_i = f sum_j W_ij (a_i - b_j) = f (rows_i a_i - (W B)_i) and likewise
     gB, with W given whole (sqeuclidean: W = G, f = 2: no scaled copy of G)."""
@@ -642,9 +663,7 @@ def _weighted_backward(W, A, B, dtype, factor=1):
     WB = np.empty_like(A)
     WtA = np.empty_like(B)
     if A.size and B.size:
-        with blas_single_thread():
-            _k.weighted_sums(np.ascontiguousarray(W), A, B, np.ascontiguousarray(B.T), WB,
-                             WtA, _for_work(W.size * A.shape[1]))
+        _weighted_products(np.ascontiguousarray(W), A, B, WB, WtA)
     else:
         WB[...] = 0
         WtA[...] = 0
@@ -663,18 +682,17 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
     large common offset does not cancel digits; and the pairs the forward
     computes exactly (near points, where W is large and the GEMM form
     rowsum(W) a_i - W b would cancel) contribute W_ij (a_i - b_j) formed from
-    the difference."""
+    the difference.  With D given (the forward's distances):
+    _euclidean_backward_given."""
     mA, mB, n = A.shape[0], B.shape[0], A.shape[1]
     if mA == 0 or mB == 0 or n == 0:
         return (np.zeros_like(A), np.zeros_like(B)) if want_b else np.zeros_like(A)
     if n <= _k.direct_k():
         return _euclidean_backward_direct(G, A, B, dtype, want_b)
+    if D is not None:
+        return _euclidean_backward_given(G, A, B, dtype, want_b, D)
     with blas_single_thread():
-        OA = _Operands(A, dtype, "euclidean", None, None)
-        OB = _Operands(B, dtype, "euclidean", None, None)
-        nt = _for_work(mA * mB * n)
-        Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
-        na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
+        OA, OB, nt, Ac, Bc, na, nb = _bwd_operands(A, B, dtype)
         # row blocks of 256, in at most 32 groups of consecutive blocks
         # (work items for the threads): the XB side keeps one share per group
         # (float64 when a group sums several blocks) -- memory bounded by 32 x
@@ -697,27 +715,95 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
             Aq = _aligned(la, dtype) if want_b else None     # only W^T A reads it
             Bq = _aligned(lb, dtype)
             wpan = np.empty((max(nt, 1), lw), dtype)
-        Ad = Bd = None
-        if D is None:      # the distance tiles' operands, packed once too
-            lad, lbd = _k.bwd_dist_panels_len(mA, mB, n, dtype == np.float64)
-            if lad:
-                Ad, Bd = _aligned(lad, dtype), _aligned(lbd, dtype)
+        Ad = Bd = None     # the distance tiles' operands, packed once too
+        lad, lbd = _k.bwd_dist_panels_len(mA, mB, n, dtype == np.float64)
+        if lad:
+            Ad, Bd = _aligned(lad, dtype), _aligned(lbd, dtype)
         _k.cdist_bwd_tiles(Ac, Bc, OA.exact, OB.exact, na, nb, np.ascontiguousarray(G),
-                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group, D,
+                           WB, P, CS, rows, scratch, tscratch, TAU[dtype], nt, per_group,
                            Aq, Bq, wpan, Ad, Bd)
         if want_b:
             # colsum(W)_j b_j - (W^T A)_j from the groups' shares, one pass
             gB = _memory.empty((mB, n), dtype)[0]
             ntb = _for_work(P.size)
             _k.grad_from_row_blocks(P, CS, Bc, gB, np.empty((max(ntb, 1), n)), ntb)
-    # rows_i a_i - (W B)_i, into WB (its last use); the products go through
-    # a recycled buffer (_memory), not fresh pages
+    gA = _finish_grad_a(rows, Ac, WB, dtype)
+    return (gA, gB) if want_b else gA
+
+
+def _bwd_operands(A, B, dtype):
+    """The Euclidean backward's operands, as the forward takes them: the rows'
+    operands (exact: the rows as given), the thread count, the GEMM rows
+    (centred on a common point where the offset is large) and their squared
+    norms, NaN on the rows that must take the exact path."""
+    OA = _Operands(A, dtype, "euclidean", None, None)
+    OB = _Operands(B, dtype, "euclidean", None, None)
+    nt = _for_work(A.shape[0] * B.shape[0] * A.shape[1])
+    Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
+    return OA, OB, nt, Ac, Bc, _exact_marked(na, dtype), _exact_marked(nb, dtype)
+
+
+def _finish_grad_a(rows, Ac, WB, dtype):
+    """rows_i a_i - (W B)_i, into WB (its last use); the products go through
+    a recycled buffer (_memory), not fresh pages."""
     t = _memory.empty(Ac.shape, dtype)[0]
     np.subtract(np.multiply(rows.astype(dtype)[:, None], Ac, out=t), WB, out=WB)
-    del t
-    if not want_b:
-        return WB
-    return WB, gB
+    return WB
+
+
+# The given-distance backward holds W = G / D in bands of rows of about this
+# many bytes (the whole of W when smaller): memory bounded whatever mA.
+_BWD_BAND_BYTES = 1 << 26
+
+
+def _euclidean_backward_given(G, A, B, dtype, want_b, D):
+    """The Euclidean backward from the forward's distances D (dist=): W = G / D
+    formed band by band (bwd_given_weights: one pass over G and D, 0 at
+    D == 0 and at the near pairs), then the two products W B and W^T A as
+    whole GEMMs (weighted_sums: the operands packed once, the rows split over
+    the threads) instead of tile by tile, and the near pairs' terms from
+    their differences (bwd_given_exact), as the forward computes them
+    exactly.  On the forward's centred rows, as _euclidean_backward."""
+    mA, mB, n = A.shape[0], B.shape[0], A.shape[1]
+    blk = _k.bwd_weights_block()
+    with blas_single_thread():
+        OA, OB, nt, Ac, Bc, na, nb = _bwd_operands(A, B, dtype)
+        band = min(mA, max(blk, _BWD_BAND_BYTES // (mB * dtype.itemsize) // blk * blk))
+        W = _memory.empty((band, mB), dtype)[0]
+        rows = np.empty(mA)
+        CS = np.zeros((-(-mA // blk), mB))
+        nflag = np.empty(mA, np.intp)
+        WB = _memory.empty((mA, n), dtype)[0]
+        P = _memory.empty((mB if want_b else 0, n), dtype)[0]
+        Bq = _row_panels(mB, n, dtype)
+        Aq = _row_panels(band, n, dtype) if want_b else None
+        TB = np.zeros((mB if want_b else 0, n))
+        for b0 in range(0, mA, band):
+            b1 = min(mA, b0 + band)
+            Wb = W[:b1 - b0]
+            _k.bwd_given_weights(G[b0:b1], D[b0:b1], na[b0:b1], nb, TAU[dtype], Wb,
+                                 rows[b0:b1], CS[b0 // blk:], nflag[b0:b1], nt)
+            _k.weighted_sums(Wb, Ac[b0:b1], Bc, WB[b0:b1], P, nt, accumulate=b0 > 0,
+                             Aq=Aq, Bq=Bq, pack_b=b0 == 0)
+            near = np.flatnonzero(nflag[b0:b1])
+            if near.size:
+                TA = np.zeros((near.size, n))
+                _k.bwd_given_exact(G[b0:b1], D[b0:b1], Wb, OA.exact[b0:b1], OB.exact, near,
+                                   TA, TB, nt)
+                WB[b0 + near] = WB[b0 + near] - TA
+        del W
+        gB = None
+        if want_b:
+            if nflag.any():
+                np.subtract(P, TB, out=P, casting="same_kind")
+            # colsum(W)_j b_j - (W^T A)_j, the column sums over the row blocks
+            # in order
+            gB = _memory.empty((mB, n), dtype)[0]
+            ntb = _for_work(P.size)
+            _k.grad_from_row_blocks(P, CS.sum(axis=0)[None, :], Bc, gB,
+                                    np.empty((max(ntb, 1), n)), ntb)
+    gA = _finish_grad_a(rows, Ac, WB, dtype)
+    return (gA, gB) if want_b else gA
 
 
 def _euclidean_backward_direct(G, A, B, dtype, want_b):
@@ -760,9 +846,7 @@ def _cosine_backward(G, A, B, dtype):
     P = np.empty_like(Ah)
     Q = np.empty_like(Bh)
     if Ah.size and Bh.size:
-        with blas_single_thread():
-            _k.weighted_sums(np.ascontiguousarray(G), Ah, Bh, np.ascontiguousarray(Bh.T), P, Q,
-                             _for_work(G.size * A.shape[1]))
+        _weighted_products(np.ascontiguousarray(G), Ah, Bh, P, Q)
     else:
         P[...] = 0
         Q[...] = 0

@@ -260,6 +260,90 @@ def test_backward_dist_near_duplicates_match_twin():
         assert np.abs(g - w).max() <= 1e-14 * np.abs(w).max()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_backward_given_dist_matches_longdouble_twin(dtype, offset):
+    """dist= takes its own path (W = G / D formed whole, then two GEMMs):
+    against the longdouble twin with a common offset, near pairs 1e-7 apart
+    (1e-3 in float32, where 1e-7 is below the offset's rounding) and an exact
+    duplicate, under test_backward_matches_longdouble_twin's bounds; wide
+    enough rows (300 columns) for the GEMM path."""
+    from fastlin import reference as ref
+    rng = np.random.default_rng(29)
+    sep = 1e-7 if dtype == np.float64 else 1e-3
+    A = rng.standard_normal((300, 300)) + offset
+    B = rng.standard_normal((280, 300)) + offset
+    B[:10] = A[:10] + sep * rng.standard_normal((10, 300))
+    B[10] = A[10]
+    G = rng.standard_normal((300, 280))
+    A, B, G = A.astype(dtype), B.astype(dtype), G.astype(dtype)
+    got = fastlin.cdist_backward(G, A, B, dist=fastlin.cdist(A, B))
+    want = ref.cdist_backward(G, A, B, "euclidean")
+    bound = 1e-14 if dtype == np.float64 else 4e-6
+    for g, w in zip(got, want):
+        assert g.dtype == dtype
+        assert np.all(np.isfinite(g))
+        assert np.abs(g.astype(np.float64) - w).max() <= bound * np.abs(w).max()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_backward_given_dist_in_bands(monkeypatch, dtype):
+    """W = G / D is held in bands of rows (_BWD_BAND_BYTES); with a limit that
+    makes 4 bands (W^T A accumulated band by band), near pairs in several of
+    them: the twin's bounds, bitwise the same on 1, 2 and 3 threads, and
+    close to the one-band result (the bands only change where W^T A's sum
+    over the rows is rounded)."""
+    from fastlin import _distance_api as api
+    from fastlin import reference as ref
+    rng = np.random.default_rng(30)
+    A = rng.standard_normal((1000, 40)).astype(dtype)
+    B = rng.standard_normal((300, 40)).astype(dtype)
+    for i, j in [(3, 0), (290, 1), (600, 2), (999, 3)]:
+        B[j] = A[i] + dtype(1e-3) * rng.standard_normal(40).astype(dtype)
+    B[4] = A[500]
+    G = rng.standard_normal((1000, 300)).astype(dtype)
+    D = fastlin.cdist(A, B)
+    whole = fastlin.cdist_backward(G, A, B, dist=D)
+    monkeypatch.setattr(api, "_BWD_BAND_BYTES", 256 * 300 * np.dtype(dtype).itemsize)
+    res = {}
+    for nt in (1, 2, 3):
+        with fastlin.threads(nt):
+            res[nt] = fastlin.cdist_backward(G, A, B, dist=D)
+    for nt in (2, 3):
+        for a, b in zip(res[1], res[nt]):
+            assert a.tobytes() == b.tobytes(), nt
+    want = ref.cdist_backward(G, A, B, "euclidean")
+    bound = 1e-14 if dtype == np.float64 else 4e-6
+    for g, w, h in zip(res[1], want, whole):
+        assert np.abs(g.astype(np.float64) - w).max() <= bound * np.abs(w).max()
+        assert np.abs(h.astype(np.float64) - w).max() <= bound * np.abs(w).max()
+
+
+@pytest.mark.parametrize("case", ["grad", "inf_row", "nan_row"])
+def test_backward_given_dist_non_finite_as_without(case):
+    """A nan in grad, an inf row of XA or a nan row of XB gives the same
+    pattern of nan and the same finite values with dist= as without it."""
+    rng = np.random.default_rng(31)
+    A = rng.standard_normal((60, 40))
+    B = rng.standard_normal((50, 40))
+    G = rng.standard_normal((60, 50))
+    if case == "grad":
+        G[10, 11] = np.nan
+    elif case == "inf_row":
+        A[3, 5] = np.inf
+    else:
+        B[2, 1] = np.nan
+    with np.errstate(invalid="ignore"):
+        want = fastlin.cdist_backward(G, A, B)
+        got = fastlin.cdist_backward(G, A, B, dist=fastlin.cdist(A, B))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        ok = np.isfinite(w)
+        if ok.any():
+            np.testing.assert_allclose(g[ok], w[ok], rtol=0,
+                                       atol=1e-12 * np.abs(w[ok]).max())
+
+
 def test_pdist_backward_with_the_forwards_dist():
     rng = np.random.default_rng(26)
     X = rng.standard_normal((400, 30))

@@ -114,6 +114,48 @@ def test_backward_on_both_backends(backend, dtype):
     tdb.test_backward_matches_longdouble_twin("euclidean", 24, 1e6, dtype)
     tdb.test_backward_matches_longdouble_twin("sqeuclidean", 24, 0.0, dtype)
     tdb.test_backward_bitwise_identical_for_1_2_3_threads(dtype, "euclidean", 40)
+    tdb.test_backward_given_dist_matches_longdouble_twin(dtype, 1e6)
+    tdb.test_backward_with_the_forwards_dist(dtype, "euclidean", 40)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", [(700, 530, 40), (29, 1000, 33), (300, 17, 70), (1, 5, 3)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_weighted_sums_packed_operands_change_no_bit(dtype, shape, accumulate):
+    """weighted_sums with A and B packed once (its row blocks one per thread)
+    against the per-block products (fastlin's GEMM, blocks of 256 rows):
+    the same sums in the same order, bit for bit, on 1, 2 and 3 threads; and
+    against a longdouble product."""
+    if not _k.own_gemm_enabled():
+        pytest.skip("fastlin's GEMM is not in use on this machine")
+    mA, mB, k = shape
+    rng = np.random.default_rng(mA + mB + k)
+    W = rng.standard_normal((mA, mB)).astype(dtype)
+    A = rng.standard_normal((mA, k)).astype(dtype)
+    B = rng.standard_normal((mB, k)).astype(dtype)
+    C0 = rng.standard_normal((mB, k)).astype(dtype)
+
+    def run(nt, packed):
+        WB = np.full((mA, k), np.nan, dtype)
+        WtA = C0.copy() if accumulate else np.full((mB, k), np.nan, dtype)
+        q = {}
+        if packed:
+            q = {"Aq": np.empty(_k.packed_len(k, mA, True, dtype == np.float64), dtype),
+                 "Bq": np.empty(_k.packed_len(k, mB, True, dtype == np.float64), dtype)}
+        _k.weighted_sums(W, A, B, WB, WtA, nt, accumulate=accumulate, **q)
+        return WB, WtA
+
+    base = run(1, False)
+    for nt in (1, 2, 3):
+        for got, want in zip(run(nt, True), base):
+            assert got.tobytes() == want.tobytes(), nt
+    wl = W.astype(np.longdouble)
+    for got, want, scale in [
+            (base[0], wl @ B.astype(np.longdouble), np.abs(W) @ np.abs(B)),
+            (base[1], wl.T @ A.astype(np.longdouble) + (C0 if accumulate else 0),
+             np.abs(W).T @ np.abs(A) + (np.abs(C0) if accumulate else 0))]:
+        err = np.abs(got.astype(np.longdouble) - want)
+        assert np.all(err <= 2 * max(mA, mB) * np.finfo(dtype).eps * scale)
 
 
 def test_backends_agree_closely():

@@ -224,6 +224,75 @@ FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, con
         j += len;
     }
 }
+
+/*
+ * The weights W = G / D of the Euclidean backward given the forward's
+ * distances, one row, AVX-512 (fl_bwd_weights_row's fast path, same
+ * arithmetic): w = g / d (0 where d == 0), the near pairs' w set to 0, the
+ * column sums cs += w and the row's sum in double.  float32: w in float32
+ * (as the GEMMs read it), the trust test and the sums in double.
+ */
+FL_T512 static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *w, ptrdiff_t n,
+                                     double na, const double *nbv, double tau, double *cs,
+                                     double *rs)
+{
+    const __m512d vna = _mm512_set1_pd(na), vtau = _mm512_set1_pd(tau);
+    const __m512d zero = _mm512_setzero_pd();
+    __m512d acc = zero;
+    ptrdiff_t nflag = 0;
+    for (ptrdiff_t j = 0; j < n; j += 8) {
+        __mmask8 m = n - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j)) - 1);
+        __m512d dv = _mm512_maskz_loadu_pd(m, d + j), gv = _mm512_maskz_loadu_pd(m, g + j);
+        __m512d s = _mm512_add_pd(vna, _mm512_maskz_loadu_pd(m, nbv + j));
+        __m512d c = _mm512_sub_pd(_mm512_mul_pd(dv, dv), s);
+        __mmask8 ok = _mm512_cmp_pd_mask(_mm512_add_pd(s, c), _mm512_mul_pd(vtau, s), _CMP_GE_OQ);
+        __m512d wv = _mm512_maskz_div_pd(m & _mm512_cmp_pd_mask(dv, zero, _CMP_NEQ_UQ), gv, dv);
+        __mmask8 near = m & ~ok & _mm512_cmp_pd_mask(wv, zero, _CMP_NEQ_UQ);
+        wv = _mm512_mask_mov_pd(wv, near, zero);
+        nflag += __builtin_popcount((unsigned)near);
+        _mm512_mask_storeu_pd(w + j, m, wv);
+        _mm512_mask_storeu_pd(cs + j, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, cs + j), wv));
+        acc = _mm512_add_pd(acc, wv);
+    }
+    *rs = _mm512_reduce_add_pd(acc);
+    return nflag;
+}
+
+FL_T512 static ptrdiff_t fl_bwdw512_f(const float *g, const float *d, float *w, ptrdiff_t n,
+                                     double na, const double *nbv, double tau, double *cs,
+                                     double *rs)
+{
+    const __m512d vna = _mm512_set1_pd(na), vtau = _mm512_set1_pd(tau);
+    const __m512 zf = _mm512_setzero_ps();
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    ptrdiff_t nflag = 0;
+    for (ptrdiff_t j = 0; j < n; j += 16) {
+        ptrdiff_t left = n - j;
+        __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+        __mmask8 m0 = (__mmask8)(m & 0xff), m1 = (__mmask8)(m >> 8);
+        __m512 dv = _mm512_maskz_loadu_ps(m, d + j), gv = _mm512_maskz_loadu_ps(m, g + j);
+        __m512d s0 = _mm512_add_pd(vna, _mm512_maskz_loadu_pd(m0, nbv + j));
+        __m512d s1 = _mm512_add_pd(vna, _mm512_maskz_loadu_pd(m1, nbv + j + 8));
+        __m512d d0 = FL_LO8(dv), d1 = FL_HI8(dv);
+        /* c = d^2 - s rounded to float32, as the float32 tile holds it */
+        __m512d c0 = _mm512_cvtps_pd(_mm512_cvtpd_ps(_mm512_sub_pd(_mm512_mul_pd(d0, d0), s0)));
+        __m512d c1 = _mm512_cvtps_pd(_mm512_cvtpd_ps(_mm512_sub_pd(_mm512_mul_pd(d1, d1), s1)));
+        unsigned ok = (unsigned)_mm512_cmp_pd_mask(_mm512_add_pd(s0, c0), _mm512_mul_pd(vtau, s0), _CMP_GE_OQ)
+                    | ((unsigned)_mm512_cmp_pd_mask(_mm512_add_pd(s1, c1), _mm512_mul_pd(vtau, s1), _CMP_GE_OQ) << 8);
+        __m512 wv = _mm512_maskz_div_ps(m & _mm512_cmp_ps_mask(dv, zf, _CMP_NEQ_UQ), gv, dv);
+        __mmask16 near = (__mmask16)(m & ~ok & _mm512_cmp_ps_mask(wv, zf, _CMP_NEQ_UQ));
+        wv = _mm512_mask_mov_ps(wv, near, zf);
+        nflag += __builtin_popcount((unsigned)near);
+        _mm512_mask_storeu_ps(w + j, m, wv);
+        __m512d w0 = FL_LO8(wv), w1 = FL_HI8(wv);
+        _mm512_mask_storeu_pd(cs + j, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, cs + j), w0));
+        _mm512_mask_storeu_pd(cs + j + 8, m1, _mm512_add_pd(_mm512_maskz_loadu_pd(m1, cs + j + 8), w1));
+        acc0 = _mm512_add_pd(acc0, w0);
+        acc1 = _mm512_add_pd(acc1, w1);
+    }
+    *rs = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+    return nflag;
+}
 #endif
 
 static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
@@ -504,27 +573,6 @@ FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c, 
     }                                                                                     \
 }                                                                                         \
                                                                                           \
-/* The backward given the forward's distances d[0..nb) (cdist_backward's     \
-   dist=): w := d, and c := d^2 - s, the cross term the tile's GEMM would     \
-   have given, so that fl_bwd_exact_row's trust test (s + c >= tau s, the    \
-   same expression) picks the near pairs out of the given distances.         \
-   Returns how many entries fail that test. */                                \
-FL_CLONES ptrdiff_t fl_bwd_given_row_##SFX(T *FL_RESTRICT w, T *FL_RESTRICT c,            \
-                                           const T *FL_RESTRICT d, ptrdiff_t nb,          \
-                                           double na, const double *FL_RESTRICT nbv,      \
-                                           double tau)                                    \
-{                                                                                         \
-    int64_t nflag = 0;                                                                    \
-    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
-        double s = na + nbv[j], dj = (double)d[j];                                        \
-        c[j] = (T)(dj * dj - s);                                                          \
-        double d2 = s + (double)c[j];                                                     \
-        nflag += (int64_t)!(d2 >= tau * s);                                               \
-        w[j] = d[j];                                                                      \
-    }                                                                                     \
-    return (ptrdiff_t)nflag;                                                              \
-}                                                                                         \
-                                                                                          \
 /* sum of w[0..n) in double (rows with exact-path entries only: scalar) */     \
 FL_CLONES double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                                \
 {                                                                                         \
@@ -549,6 +597,63 @@ FL_CLONES double fl_sqnorm_##SFX(const T *FL_RESTRICT x, ptrdiff_t k)           
         acc_addmul_##SFX(&acc, v, v);                                                     \
     }                                                                                     \
     return acc_sum_##SFX(acc);                                                            \
+}                                                                                         \
+                                                                                          \
+/* The Euclidean backward given the forward's distances (cdist_backward's   \
+   dist=), one row of W = G / D: w[j] = g[j] / d[j] (0 where d[j] == 0, the   \
+   zero subgradient), except at the near pairs -- the forward's trust test    \
+   s + c >= tau s fails, on c = d^2 - s, the cross term its GEMM would have   \
+   given -- with w != 0: those get 0 here, their terms formed from the        \
+   difference instead (fl_bwd_given_exact_row finds them as w == 0 while      \
+   g / d != 0).  cs[j] += w[j] (the row block's column sums) and *rs = the    \
+   row's sum, in double.  Returns the number of near pairs. */                \
+FL_CLONES ptrdiff_t fl_bwd_weights_row_##SFX(const T *FL_RESTRICT g,                      \
+                                             const T *FL_RESTRICT d, T *FL_RESTRICT w,    \
+                                             ptrdiff_t n, double na,                      \
+                                             const double *FL_RESTRICT nbv, double tau,   \
+                                             double *FL_RESTRICT cs, double *rs)          \
+{                                                                                         \
+    double sum = 0.0;                                                                     \
+    ptrdiff_t nflag = 0;                                                                  \
+    if (FL_USE_512)                                                                       \
+        return FL_512_CALL(fl_bwdw512_##SFX(g, d, w, n, na, nbv, tau, cs, rs));           \
+    for (ptrdiff_t j = 0; j < n; j++) {                                                   \
+        double s = na + nbv[j], dj = (double)d[j];                                        \
+        T cj = (T)(dj * dj - s);                                                          \
+        T wj = d[j] != 0 ? g[j] / d[j] : (T)0;                                            \
+        if (!(s + (double)cj >= tau * s) && wj != 0) {                                    \
+            wj = 0;                                                                       \
+            nflag++;                                                                      \
+        }                                                                                 \
+        w[j] = wj;                                                                        \
+        cs[j] += (double)wj;                                                              \
+        sum += (double)wj;                                                                \
+    }                                                                                     \
+    *rs = sum;                                                                            \
+    return nflag;                                                                         \
+}                                                                                         \
+                                                                                          \
+/* The near pairs of one row of fl_bwd_weights_row's W, among columns         \
+   [j0, j1): entries with w == 0 whose g / d is not 0 (an ordinary zero       \
+   weight has g / d == 0 too; a nan one is not 0 and stays in W).  Their      \
+   terms t = (g / d) (a_i - b_j), from the difference in double, go to        \
+   ta[0..k) += t (ta not NULL) and tb[j * k..] -= t (tb not NULL). */          \
+FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w,           \
+                                            ptrdiff_t j0, ptrdiff_t j1, const T *a0,      \
+                                            const T *b0, ptrdiff_t k, double *ta,         \
+                                            double *tb)                                   \
+{                                                                                         \
+    for (ptrdiff_t j = j0; j < j1; j++) {                                                 \
+        if (w[j] != 0 || d[j] == 0) continue;                                             \
+        T wj = g[j] / d[j];                                                               \
+        if (wj == 0) continue;                                                            \
+        const T *bj = b0 + j * k;                                                         \
+        for (ptrdiff_t q = 0; q < k; q++) {                                               \
+            double t = (double)wj * ((double)a0[q] - (double)bj[q]);                      \
+            if (ta) ta[q] += t;                                                           \
+            if (tb) tb[j * k + q] -= t;                                                   \
+        }                                                                                 \
+    }                                                                                     \
 }                                                                                         \
                                                                                           \
 /* acc[0..n) += w[0..n) in double: the column sums of one tile row. */                   \

@@ -183,6 +183,36 @@ FL_GEMM_TRPACK(f, float, fl_gemm_v16f, fl_gemm_v16i, 16, __mmask16, _mm512_maskz
                _mm512_mask_storeu_ps, _mm512_setzero_ps, FL_TRANSPOSE16)
 
 /*
+ * The copying pack (op(A) = A^T, op(B) = B: a panel's lines run along X's
+ * rows), vectorized: per depth p, the row piece X[p0 + p, r0 .. r0 + w) goes
+ * to P[p * W ..] in vectors of VL under masks fixed for the panel (lanes past
+ * w as zeros).  The scalar loop it replaces copied one element at a time
+ * (a panel width of 14 does not vectorize by itself): packing the two
+ * operands of a (2048, 2048) x (2048, 512) float64 product took ~4 ms.
+ */
+#define FL_GEMM_ALPACK(SUF, T, VL, MT, LOADZ, STOREM)                                     \
+__attribute__((target("avx512f")))                                                        \
+static void fl_gemm_alpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
+                                 ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
+{                                                                                         \
+    MT lm[4], sm[4];                                                                      \
+    int ng = 0;                                                                           \
+    for (ptrdiff_t g = 0; g < W && ng < 4; g += VL, ng++) {                               \
+        ptrdiff_t st = W - g < VL ? W - g : VL, ld = w - g < 0 ? 0 : (w - g < VL ? w - g : VL); \
+        sm[ng] = (MT)((1ull << st) - 1);                                                  \
+        lm[ng] = (MT)((1ull << ld) - 1);                                                  \
+    }                                                                                     \
+    for (ptrdiff_t p = 0; p < kc; p++) {                                                  \
+        const T *src = X + (size_t)(p0 + p) * ldx + r0;                                   \
+        for (int q = 0; q < ng; q++)                                                      \
+            STOREM(P + p * W + q * VL, sm[q], LOADZ(lm[q], src + q * VL));                \
+    }                                                                                     \
+}
+
+FL_GEMM_ALPACK(d, double, 8, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd)
+FL_GEMM_ALPACK(f, float, 16, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps)
+
+/*
  * The per-dtype pieces, written once as a macro over the element type T,
  * the vector type V, its lane count VL and the intrinsic names.
  */
@@ -196,7 +226,9 @@ static void fl_gemm_pack_##SUF(const T *X, size_t ldx, int along, ptrdiff_t r0, 
                                ptrdiff_t w, ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W) \
 {                                                                                         \
     ptrdiff_t p, r;                                                                       \
-    if (along) {                                                                          \
+    if (along && W <= 4 * VL) {                                                           \
+        fl_gemm_alpack_##SUF(X, ldx, r0, w, p0, kc, P, W);                                \
+    } else if (along) {                                                                   \
         for (p = 0; p < kc; p++) {                                                        \
             const T *src = X + (size_t)(p0 + p) * ldx + r0;                               \
             for (r = 0; r < w; r++) P[p * W + r] = src[r];                                \
@@ -328,6 +360,47 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
     return 0;                                                                             \
 }                                                                                         \
                                                                                           \
+/* C (m x n) = alpha op(A) op(B) + beta C with op(B) prepacked, all of it    */          \
+/* (fl_gemm_pack_panels: its npad padded columns, k deep), and op(A) packed   */          \
+/* here block by block: fl_gemm's loops and sums without its packing of B,    */          \
+/* so the result is fl_gemm's bit for bit.  For a product split into row      */          \
+/* blocks on several threads: B is packed once for all of them.  Returns 0,   */          \
+/* or -1 when the packing buffer could not be allocated (nothing written).    */          \
+__attribute__((target("avx512f")))                                                        \
+static int fl_gemm_pb_##SUF(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
+                            const T *A, size_t lda, const T *Bp, ptrdiff_t npad, T beta,  \
+                            T *C, size_t ldc)                                             \
+{                                                                                         \
+    const ptrdiff_t MR = FL_GEMM_MR, NC = FL_GEMM_NC_OF(T);                               \
+    ptrdiff_t jc, pc, ic, ir, nc, kc, mc, i, j;                                           \
+    T *Ap;                                                                                \
+    if (m <= 0 || n <= 0) return 0;                                                       \
+    if (k <= 0) {                                                                         \
+        for (i = 0; i < m; i++)                                                           \
+            for (j = 0; j < n; j++)                                                       \
+                C[(size_t)i * ldc + j] = beta == 0 ? (T)0 : C[(size_t)i * ldc + j];       \
+        return 0;                                                                         \
+    }                                                                                     \
+    Ap = (T *)fl_gemm_scratch((size_t)FL_GEMM_KC * FL_GEMM_MC * sizeof(T));               \
+    if (Ap == NULL) return -1;                                                            \
+    for (jc = 0; jc < n; jc += NC) {                                                      \
+        nc = n - jc < NC ? n - jc : NC;                                                   \
+        for (pc = 0; pc < k; pc += FL_GEMM_KC) {                                          \
+            int load_c = pc > 0 || beta != 0;                                             \
+            kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                               \
+            for (ic = 0; ic < m; ic += FL_GEMM_MC) {                                      \
+                mc = m - ic < FL_GEMM_MC ? m - ic : FL_GEMM_MC;                           \
+                for (ir = 0; ir < mc; ir += MR)                                           \
+                    fl_gemm_pack_##SUF(A, lda, ta, ic + ir, mc - ir < MR ? mc - ir : MR,  \
+                                       pc, kc, Ap + ir * kc, MR);                         \
+                fl_gemm_macro_##SUF(mc, nc, kc, Ap, Bp + pc * npad + jc * kc,             \
+                                    C + (size_t)ic * ldc + jc, ldc, alpha, load_c);       \
+            }                                                                             \
+        }                                                                                 \
+    }                                                                                     \
+    return 0;                                                                             \
+}                                                                                         \
+                                                                                          \
 /* Prepacked operands, for products whose operands are shared by many tiles */           \
 /* (cdist, pdist): op(A) (m x k) as MR-row panels, op(B) (k x n) as NR-     */           \
 /* column panels, both zero-padded, for every KC slice in turn: slice s      */           \
@@ -392,6 +465,14 @@ static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alp
   (void)npad; (void)j0; (void)beta; (void)C; (void)ldc; }
 FL_GEMM_STUBS(d, double)
 FL_GEMM_STUBS(f, float)
+#define FL_GEMM_PB_STUB(SUF, T)                                                           \
+static int fl_gemm_pb_##SUF(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
+                            const T *A, size_t lda, const T *Bp, ptrdiff_t npad, T beta,  \
+                            T *C, size_t ldc)                                             \
+{ (void)ta; (void)m; (void)n; (void)k; (void)alpha; (void)A; (void)lda; (void)Bp;         \
+  (void)npad; (void)beta; (void)C; (void)ldc; return -1; }
+FL_GEMM_PB_STUB(d, double)
+FL_GEMM_PB_STUB(f, float)
 static int fl_gemm_d(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
                      const double *A, size_t lda, const double *B, size_t ldb, double beta,
                      double *C, size_t ldc)
