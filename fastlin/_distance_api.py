@@ -777,7 +777,7 @@ def _euclidean_backward_given(G, A, B, dtype, want_b, D):
         P = _memory.empty((mB if want_b else 0, n), dtype)[0]
         Bq = _row_panels(mB, n, dtype)
         Aq = _row_panels(band, n, dtype) if want_b else None
-        TB = np.zeros((mB if want_b else 0, n))
+        TB = None          # the near pairs' XB terms, made when there are some
         for b0 in range(0, mA, band):
             b1 = min(mA, b0 + band)
             Wb = W[:b1 - b0]
@@ -788,13 +788,15 @@ def _euclidean_backward_given(G, A, B, dtype, want_b, D):
             near = np.flatnonzero(nflag[b0:b1])
             if near.size:
                 TA = np.zeros((near.size, n))
+                if TB is None:
+                    TB = np.zeros((mB if want_b else 0, n))
                 _k.bwd_given_exact(G[b0:b1], D[b0:b1], Wb, OA.exact[b0:b1], OB.exact, near,
                                    TA, TB, nt)
                 WB[b0 + near] = WB[b0 + near] - TA
         del W
         gB = None
         if want_b:
-            if nflag.any():
+            if TB is not None:
                 np.subtract(P, TB, out=P, casting="same_kind")
             # colsum(W)_j b_j - (W^T A)_j, the column sums over the row blocks
             # in order
