@@ -74,6 +74,10 @@ cdef extern from "fl_distance.h" nogil:
     Py_ssize_t fl_bwd_weights_row_f(const float *g, const float *d, float *w, Py_ssize_t n,
                                     double na, const double *nbv, double tau, double *cs,
                                     double *rs)
+    void fl_grad_a_row_d(double *out, double r, const double *a, const double *w, Py_ssize_t n)
+    void fl_grad_a_row_f(float *out, float r, const float *a, const float *w, Py_ssize_t n)
+    void fl_grad_b_row_d(double *out, double c, const double *b, const double *p, Py_ssize_t n)
+    void fl_grad_b_row_f(float *out, double c, const float *b, const float *p, Py_ssize_t n)
     void fl_bwd_given_exact_row_d(const double *g, const double *d, const double *w,
                                   Py_ssize_t j0, Py_ssize_t j1, const double *a0,
                                   const double *b0, Py_ssize_t k, double *ta, double *tb)
@@ -709,6 +713,28 @@ def grad_from_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
                 fl_add_row_f(a, &P[g * mB + j, 0], k)
         for q in range(k):
             gB[j, q] = <floating>(c * Bc[j, q] - a[q])
+
+
+def grads_from_sums(const double[::1] rows, const floating[:, ::1] Ac, floating[:, ::1] WB,
+                    const double[::1] cols, const floating[:, ::1] Bc,
+                    const floating[:, ::1] P, floating[:, ::1] gB, int n_threads):
+    """The Euclidean gradients from the products' sums, one parallel pass:
+    WB[i] := (T)rows_i Ac[i] - WB[i] (in place: gA), and, when P has rows,
+    gB[j] = (T)(cols_j Bc[j] - P[j]) (P the whole W^T A, one share)."""
+    cdef Py_ssize_t mA = WB.shape[0], mB = P.shape[0], k = WB.shape[1], t
+    if k == 0:
+        return
+    for t in prange(mA + mB, nogil=True, schedule='static', num_threads=n_threads):
+        if t < mA:
+            if floating is double:
+                fl_grad_a_row_d(&WB[t, 0], rows[t], &Ac[t, 0], &WB[t, 0], k)
+            else:
+                fl_grad_a_row_f(&WB[t, 0], <float>rows[t], &Ac[t, 0], &WB[t, 0], k)
+        else:
+            if floating is double:
+                fl_grad_b_row_d(&gB[t - mA, 0], cols[t - mA], &Bc[t - mA, 0], &P[t - mA, 0], k)
+            else:
+                fl_grad_b_row_f(&gB[t - mA, 0], cols[t - mA], &Bc[t - mA, 0], &P[t - mA, 0], k)
 
 
 def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,

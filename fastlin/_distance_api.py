@@ -727,8 +727,10 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
             gB = _memory.empty((mB, n), dtype)[0]
             ntb = _for_work(P.size)
             _k.grad_from_row_blocks(P, CS, Bc, gB, np.empty((max(ntb, 1), n)), ntb)
-    gA = _finish_grad_a(rows, Ac, WB, dtype)
-    return (gA, gB) if want_b else gA
+        # rows_i a_i - (W B)_i, into WB (its last use)
+        none = np.empty((0, n), dtype)
+        _k.grads_from_sums(rows, Ac, WB, np.empty(0), Bc, none, none, _for_work(mA * n))
+    return (WB, gB) if want_b else WB
 
 
 def _bwd_operands(A, B, dtype):
@@ -741,14 +743,6 @@ def _bwd_operands(A, B, dtype):
     nt = _for_work(A.shape[0] * B.shape[0] * A.shape[1])
     Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
     return OA, OB, nt, Ac, Bc, _exact_marked(na, dtype), _exact_marked(nb, dtype)
-
-
-def _finish_grad_a(rows, Ac, WB, dtype):
-    """rows_i a_i - (W B)_i, into WB (its last use); the products go through
-    a recycled buffer (_memory), not fresh pages."""
-    t = _memory.empty(Ac.shape, dtype)[0]
-    np.subtract(np.multiply(rows.astype(dtype)[:, None], Ac, out=t), WB, out=WB)
-    return WB
 
 
 # The given-distance backward holds W = G / D in bands of rows of about this
@@ -794,18 +788,14 @@ def _euclidean_backward_given(G, A, B, dtype, want_b, D):
                                    TA, TB, nt)
                 WB[b0 + near] = WB[b0 + near] - TA
         del W
-        gB = None
-        if want_b:
-            if TB is not None:
-                np.subtract(P, TB, out=P, casting="same_kind")
-            # colsum(W)_j b_j - (W^T A)_j, the column sums over the row blocks
-            # in order
-            gB = _memory.empty((mB, n), dtype)[0]
-            ntb = _for_work(P.size)
-            _k.grad_from_row_blocks(P, CS.sum(axis=0)[None, :], Bc, gB,
-                                    np.empty((max(ntb, 1), n)), ntb)
-    gA = _finish_grad_a(rows, Ac, WB, dtype)
-    return (gA, gB) if want_b else gA
+        if TB is not None and want_b:
+            np.subtract(P, TB, out=P, casting="same_kind")
+        # rows_i a_i - (W B)_i into WB, and colsum(W)_j b_j - (W^T A)_j (the
+        # column sums over the row blocks in order), in one parallel pass
+        gB = _memory.empty((mB if want_b else 0, n), dtype)[0]
+        _k.grads_from_sums(rows, Ac, WB, CS.sum(axis=0), Bc, P, gB,
+                           _for_work((mA + mB) * n))
+    return (WB, gB) if want_b else WB
 
 
 def _euclidean_backward_direct(G, A, B, dtype, want_b):

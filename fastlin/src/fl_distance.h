@@ -656,6 +656,22 @@ FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w, 
     }                                                                                     \
 }                                                                                         \
                                                                                           \
+/* The gradients' rows from the products' sums: gA's row                      \
+   out[q] = r a[q] - w[q] in T (r = rowsum(W)_i rounded to T, w = (W B)_i),    \
+   and gB's from one share p = (W^T A)_j: out[q] = c b[q] - p[q] in double,    \
+   rounded once (c = colsum(W)_j). */                                          \
+FL_CLONES void fl_grad_a_row_##SFX(T *out, T r, const T *FL_RESTRICT a, const T *w,      \
+                                   ptrdiff_t n)    /* out may be w (in place) */          \
+{                                                                                         \
+    for (ptrdiff_t q = 0; q < n; q++) out[q] = r * a[q] - w[q];                           \
+}                                                                                         \
+                                                                                          \
+FL_CLONES void fl_grad_b_row_##SFX(T *FL_RESTRICT out, double c, const T *FL_RESTRICT b,  \
+                                   const T *FL_RESTRICT p, ptrdiff_t n)                   \
+{                                                                                         \
+    for (ptrdiff_t q = 0; q < n; q++) out[q] = (T)(c * (double)b[q] - (double)p[q]);      \
+}                                                                                         \
+                                                                                          \
 /* acc[0..n) += w[0..n) in double: the column sums of one tile row. */                   \
 FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,          \
                                 ptrdiff_t n)                                              \
