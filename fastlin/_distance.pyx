@@ -15,7 +15,10 @@ distance and removes the cancellation a large common offset would cause):
 
 Every tile is computed whole by one thread, and the tiling depends on the
 shapes only, so results do not depend on the thread count.  The backward
-passes (cdist_bwd_tiles, cdist_bwd_direct) sweep the same tiles.
+passes (cdist_bwd_tiles, cdist_bwd_direct) sweep the same tiles; given the
+forward's distances, the backward forms W = G / D in bands instead
+(bwd_given_weights) and runs its two products as whole GEMMs split into
+row blocks (weighted_sums, whose blocks change no sum).
 """
 from cython cimport floating
 

@@ -592,9 +592,9 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
 
     Euclidean: D and ``W`` are formed tile by tile (one GEMM each, the
     forward's exact path included) and never stored whole.  With `dist`,
-    ``W`` is formed from it in bands of rows of at most 64 MiB (the whole of
-    it when smaller; the only scratch of that order) and the two products
-    run as whole GEMMs.  Either way the pairs the
+    ``W`` is formed from it in bands of rows of about 64 MiB (the whole of
+    it when smaller; at least 128 rows) and the two products run as whole
+    GEMMs.  Either way the pairs the
     forward computes exactly (near points, where ``W`` is large and
     ``rowsum(W) a - W b`` would cancel) contribute ``W_ij (a_i - b_j)`` from
     the difference instead, so near-duplicate gradients keep their digits.
@@ -746,7 +746,8 @@ def _bwd_operands(A, B, dtype):
 
 
 # The given-distance backward holds W = G / D in bands of rows of about this
-# many bytes (the whole of W when smaller): memory bounded whatever mA.
+# many bytes (the whole of W when smaller; at least 128 rows): its scratch is
+# bounded whatever mA.
 _BWD_BAND_BYTES = 1 << 26
 
 
@@ -760,12 +761,14 @@ def _euclidean_backward_given(G, A, B, dtype, want_b, D):
     exactly.  On the forward's centred rows, as _euclidean_backward."""
     mA, mB, n = A.shape[0], B.shape[0], A.shape[1]
     blk = _k.bwd_weights_block()
+    G = np.ascontiguousarray(G)       # the kernels read rows (grad may be any layout)
     with blas_single_thread():
         OA, OB, nt, Ac, Bc, na, nb = _bwd_operands(A, B, dtype)
         band = min(mA, max(blk, _BWD_BAND_BYTES // (mB * dtype.itemsize) // blk * blk))
         W = _memory.empty((band, mB), dtype)[0]
         rows = np.empty(mA)
-        CS = np.zeros((-(-mA // blk), mB))
+        CS = np.empty((-(-band // blk), mB))     # one band's block column sums
+        cols = np.zeros(mB)                      # and all of them, band by band
         nflag = np.empty(mA, np.intp)
         WB = _memory.empty((mA, n), dtype)[0]
         P = _memory.empty((mB if want_b else 0, n), dtype)[0]
@@ -775,8 +778,11 @@ def _euclidean_backward_given(G, A, B, dtype, want_b, D):
         for b0 in range(0, mA, band):
             b1 = min(mA, b0 + band)
             Wb = W[:b1 - b0]
+            CSb = CS[:-(-(b1 - b0) // blk)]
+            CSb[...] = 0
             _k.bwd_given_weights(G[b0:b1], D[b0:b1], na[b0:b1], nb, TAU[dtype], Wb,
-                                 rows[b0:b1], CS[b0 // blk:], nflag[b0:b1], nt)
+                                 rows[b0:b1], CSb, nflag[b0:b1], nt)
+            cols += CSb.sum(axis=0)
             _k.weighted_sums(Wb, Ac[b0:b1], Bc, WB[b0:b1], P, nt, accumulate=b0 > 0,
                              Aq=Aq, Bq=Bq, pack_b=b0 == 0)
             near = np.flatnonzero(nflag[b0:b1])
@@ -787,13 +793,13 @@ def _euclidean_backward_given(G, A, B, dtype, want_b, D):
                 _k.bwd_given_exact(G[b0:b1], D[b0:b1], Wb, OA.exact[b0:b1], OB.exact, near,
                                    TA, TB, nt)
                 WB[b0 + near] = WB[b0 + near] - TA
-        del W
+        del W, Wb
         if TB is not None and want_b:
             np.subtract(P, TB, out=P, casting="same_kind")
         # rows_i a_i - (W B)_i into WB, and colsum(W)_j b_j - (W^T A)_j (the
         # column sums over the row blocks in order), in one parallel pass
         gB = _memory.empty((mB if want_b else 0, n), dtype)[0]
-        _k.grads_from_sums(rows, Ac, WB, CS.sum(axis=0), Bc, P, gB,
+        _k.grads_from_sums(rows, Ac, WB, cols, Bc, P, gB,
                            _for_work((mA + mB) * n))
     return (WB, gB) if want_b else WB
 

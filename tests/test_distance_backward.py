@@ -319,6 +319,28 @@ def test_backward_given_dist_in_bands(monkeypatch, dtype):
         assert np.abs(h.astype(np.float64) - w).max() <= bound * np.abs(w).max()
 
 
+@pytest.mark.parametrize("layout", ["fortran", "strided", "broadcast"])
+@pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
+def test_backward_given_dist_takes_any_grad_layout(layout, metric):
+    """grad in any memory layout (Fortran order, a strided view, the
+    broadcast ones of D.sum()) gives the gradient of its C-contiguous copy,
+    with dist= as without it (helper-20: the given-distance kernels read rows
+    and raised on a Fortran grad)."""
+    rng = np.random.default_rng(32)
+    A = rng.standard_normal((40, 20))
+    B = rng.standard_normal((30, 20))
+    kw = {"VI": _vi(20, rng)} if metric == "mahalanobis" else {}
+    D = fastlin.cdist(A, B, metric, **kw)
+    G = {"fortran": np.asfortranarray(rng.standard_normal((40, 30))),
+         "strided": rng.standard_normal((80, 60))[::2, ::2],
+         "broadcast": np.broadcast_to(np.ones(30), (40, 30))}[layout]
+    want = fastlin.cdist_backward(np.ascontiguousarray(G), A, B, metric, dist=D, **kw)
+    for dist in (D, None):
+        got = fastlin.cdist_backward(G, A, B, metric, dist=dist, **kw)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=0, atol=1e-12 * np.abs(w).max())
+
+
 @pytest.mark.parametrize("case", ["grad", "inf_row", "nan_row"])
 def test_backward_given_dist_non_finite_as_without(case):
     """A nan in grad, an inf row of XA or a nan row of XB gives the same

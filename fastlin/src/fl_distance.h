@@ -81,26 +81,22 @@ static int fl_have_512(void)
                                            _mm512_cvtpd_ps(b), 1)
 
 /* The square roots of 16 squared distances s0 (lanes 0-7) and s1 (8-15),
-   held in double, as float32: from the float32 rounding v of the squares
-   (vsqrtps, 4x cheaper than two vsqrtpd), except in the lanes whose square
-   is beyond float32's normal range while its root need not be (a distance
-   of 2e19 squares to inf in float32, one of 1e-25 to 0): those take the
-   root of the double, then round.  Lane by lane, so an entry's value never
+   held in double, as float32: from their float32 rounding v (vsqrtps, 4x
+   cheaper than two vsqrtpd), except in the lanes where v is beyond float32's
+   normal range while the root need not be (a distance of 2e19 squares to inf
+   in float32, one of 1e-25 to 0): those take the root of the double, then
+   round.  The test is on v (two float compares, not six double ones: a third
+   of the epilogue's compares); a lane whose square is exactly 0 takes the
+   double root too, which is also 0.  Lane by lane, so an entry's value never
    depends on its neighbours; the double roots only when a lane needs one. */
 FL_T512 static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
 {
-    const __m512d lo = _mm512_set1_pd(FLT_MIN), hi = _mm512_set1_pd(FLT_MAX);
-    const __m512d zero = _mm512_setzero_pd();
+    const __m512 lo = _mm512_set1_ps(FLT_MIN), hi = _mm512_set1_ps(FLT_MAX);
     __m512 r = _mm512_sqrt_ps(v);
-    __mmask8 o0 = (__mmask8)((_mm512_cmp_pd_mask(s0, zero, _CMP_GT_OQ)
-                              & _mm512_cmp_pd_mask(s0, lo, _CMP_LT_OQ))
-                             | _mm512_cmp_pd_mask(s0, hi, _CMP_GT_OQ));
-    __mmask8 o1 = (__mmask8)((_mm512_cmp_pd_mask(s1, zero, _CMP_GT_OQ)
-                              & _mm512_cmp_pd_mask(s1, lo, _CMP_LT_OQ))
-                             | _mm512_cmp_pd_mask(s1, hi, _CMP_GT_OQ));
-    if (o0 | o1)
-        r = _mm512_mask_blend_ps((__mmask16)(o0 | ((unsigned)o1 << 8)), r,
-                                 FL_JOIN16(_mm512_sqrt_pd(s0), _mm512_sqrt_pd(s1)));
+    __mmask16 o = (__mmask16)(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ)
+                              | _mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ));
+    if (o)
+        r = _mm512_mask_blend_ps(o, r, FL_JOIN16(_mm512_sqrt_pd(s0), _mm512_sqrt_pd(s1)));
     return r;
 }
 
@@ -125,7 +121,8 @@ FL_T512 static int64_t fl_dist512_d(double *r, const double *c, ptrdiff_t nb, do
         __m512d d2 = _mm512_add_pd(s, _mm512_maskz_loadu_pd(m, c + j));
         nflag += __builtin_popcount(
             (unsigned)(m & ~_mm512_cmp_pd_mask(d2, _mm512_mul_pd(vtau, s), _CMP_GE_OQ)));
-        __m512d v = _mm512_mul_pd(_mm512_max_pd(d2, zero), vsc);   /* NaN -> 0, as ?: */
+        __m512d v = _mm512_max_pd(d2, zero);                     /* NaN -> 0, as ?: */
+        if (scale != 1.0) v = _mm512_mul_pd(v, vsc);
         if (take_sqrt) v = fl_vsqrt8_d(v);
         _mm512_mask_storeu_pd(r + j, m, v);
     }
@@ -149,8 +146,11 @@ FL_T512 static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, doub
         unsigned bad = (unsigned)(m0 & ~_mm512_cmp_pd_mask(d0, _mm512_mul_pd(vtau, s0), _CMP_GE_OQ))
                      | ((unsigned)(m1 & ~_mm512_cmp_pd_mask(d1, _mm512_mul_pd(vtau, s1), _CMP_GE_OQ)) << 8);
         nflag += __builtin_popcount(bad);
-        __m512d e0 = _mm512_mul_pd(_mm512_max_pd(d0, zero), vsc);
-        __m512d e1 = _mm512_mul_pd(_mm512_max_pd(d1, zero), vsc);
+        __m512d e0 = _mm512_max_pd(d0, zero), e1 = _mm512_max_pd(d1, zero);
+        if (scale != 1.0) {
+            e0 = _mm512_mul_pd(e0, vsc);
+            e1 = _mm512_mul_pd(e1, vsc);
+        }
         __m512 v = FL_JOIN16(e0, e1);
         if (take_sqrt) v = fl_sqrt16_pd(v, e0, e1);
         _mm512_mask_storeu_ps(r + j, m, v);
@@ -331,7 +331,9 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 #endif
 
 /* A square (double) whose root a float32 result must take from the double
-   (see fl_sqrt16_pd); never for float64 results. */
+   (fl_sqrt16_pd tests the square's float32 rounding instead: the same lanes
+   but within a rounding of FLT_MIN and FLT_MAX, where both roots round
+   alike); never for float64 results. */
 static inline int fl_sq_beyond(double e, size_t tsize)
 {
     return tsize == sizeof(float) && ((e > 0.0 && e < FLT_MIN) || e > FLT_MAX);
