@@ -61,6 +61,8 @@ cdef extern from "fl_distance.h" nogil:
     int FL_DIRECT_K
     double fl_grad_over_dist_row_d(const double *g, double *d, Py_ssize_t n)
     double fl_grad_over_dist_row_f(const float *g, float *d, Py_ssize_t n)
+    double fl_gdiv_colsum_row_d(const double *g, double *d, Py_ssize_t n, double *cs)
+    double fl_gdiv_colsum_row_f(const float *g, float *d, Py_ssize_t n, double *cs)
     void fl_add_row_d(double *acc, const double *w, Py_ssize_t n)
     double fl_row_sum_d(const double *w, Py_ssize_t n)
     double fl_row_sum_f(const float *w, Py_ssize_t n)
@@ -423,17 +425,20 @@ cdef inline Py_ssize_t _bwd_row(floating *w, floating *c, const floating *g,
     exact-path entries."""
     cdef Py_ssize_t nex = _epilogue_row(w, c, tn, na, nb, a0, b0, k, NULL, NULL, tau, True,
                                         1.0, False)
-    if floating is double:
-        rs[0] = fl_grad_over_dist_row_d(g, w, tn)
-        if nex:
-            fl_bwd_exact_row_d(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
-            rs[0] = fl_row_sum_d(w, tn)
+    if nex == 0:        # the usual row: W, its sum and the column sums in one pass
+        if floating is double:
+            rs[0] = fl_gdiv_colsum_row_d(g, w, tn, cs)
+        else:
+            rs[0] = fl_gdiv_colsum_row_f(g, w, tn, cs)
+    elif floating is double:
+        fl_grad_over_dist_row_d(g, w, tn)
+        fl_bwd_exact_row_d(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
+        rs[0] = fl_row_sum_d(w, tn)
         fl_add_row_d(cs, w, tn)
     else:
-        rs[0] = fl_grad_over_dist_row_f(g, w, tn)
-        if nex:
-            fl_bwd_exact_row_f(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
-            rs[0] = fl_row_sum_f(w, tn)
+        fl_grad_over_dist_row_f(g, w, tn)
+        fl_bwd_exact_row_f(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
+        rs[0] = fl_row_sum_f(w, tn)
         fl_add_row_f(cs, w, tn)
     return nex
 
