@@ -319,6 +319,44 @@ def test_backward_given_dist_in_bands(monkeypatch, dtype):
         assert np.abs(h.astype(np.float64) - w).max() <= bound * np.abs(w).max()
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_direct_backward_weights_at_edge_values(dtype):
+    """The few-columns backward's weights g / |a - b| (a reciprocal square
+    root with Newton steps under AVX-512, the square root and division
+    elsewhere) against a float64 NumPy twin of the same formula: a duplicate
+    (the zero subgradient), a pair whose squared distance is subnormal in
+    float64 (the vectors holding it take the exact division) and a NaN in
+    grad; within 8 ulp of each gradient entry's magnitude
+    sum_j |w_ij| |a_i - b_j|."""
+    rng = np.random.default_rng(33)
+    scale = 1e-150 if dtype == np.float64 else 1.0
+    A = rng.standard_normal((40, 3)) * scale
+    B = rng.standard_normal((35, 3)) * scale
+    u = np.array([0.6, 0.8, 0.0])
+    B[0] = A[0]                                           # zero distance
+    if dtype == np.float64:
+        B[1] = A[1] + 1e-154 * u                          # squared: 1e-308, subnormal
+        B[2] = A[2] + 1e-153 * u
+    G = rng.standard_normal((40, 35))
+    G[5, 6] = np.nan
+    A, B, G = A.astype(dtype), B.astype(dtype), G.astype(dtype)
+    got = fastlin.cdist_backward(G, A, B)
+    a, b, g = A.astype(np.float64), B.astype(np.float64), G.astype(np.float64)
+    diff = a[:, None, :] - b[None, :, :]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sq = np.einsum("ijk,ijk->ij", diff, diff)
+        w = np.where(sq == 0, 0.0, g / np.sqrt(sq))
+        want = (np.einsum("ij,ijk->ik", w, diff), -np.einsum("ij,ijk->jk", w, diff))
+        mag = (np.einsum("ij,ijk->ik", np.abs(w), np.abs(diff)),
+               np.einsum("ij,ijk->jk", np.abs(w), np.abs(diff)))
+    eps = np.finfo(dtype).eps
+    for gv, wv, m in zip(got, want, mag):
+        assert gv.dtype == dtype
+        np.testing.assert_array_equal(np.isnan(gv), np.isnan(wv))
+        ok = ~np.isnan(wv)
+        assert np.all(np.abs(gv[ok] - wv[ok]) <= 8 * eps * m[ok] + np.finfo(dtype).tiny)
+
+
 @pytest.mark.parametrize("layout", ["fortran", "strided", "broadcast"])
 @pytest.mark.parametrize("metric", ["euclidean", "mahalanobis"])
 def test_backward_given_dist_takes_any_grad_layout(layout, metric):

@@ -336,6 +336,36 @@ FL_T512 static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double
     }
     *rs = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
 }
+
+/* w[j] = g[j] / sqrt(s[j]) (0 where s[j] == 0), the few-columns backward's
+   weights: g times the reciprocal square root, from the 14-bit estimate and
+   two Newton steps on the FMA ports (as fl_vsqrt8_d) instead of a square root
+   and a division, which both queue on the divider (half the time of a
+   (10000, 3) float64 backward).  Within 2 ulp of g / sqrt(s).  A vector with
+   a lane outside (0, inf) normal -- 0, subnormal, inf, nan -- takes
+   g / sqrt(s) itself (0 at s == 0). */
+FL_T512 static void fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t n)
+{
+    const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
+    const __m512d zero = _mm512_setzero_pd(), tiny = _mm512_set1_pd(0x1p-1022);
+    const __m512d inf = _mm512_set1_pd(INFINITY);
+    for (ptrdiff_t j = 0; j < n; j += 8) {
+        __mmask8 m = n - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j)) - 1);
+        __m512d x = _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), m, s + j);
+        __m512d gv = _mm512_maskz_loadu_pd(m, g + j), r;
+        __mmask8 ok = _mm512_cmp_pd_mask(x, tiny, _CMP_GE_OQ) & _mm512_cmp_pd_mask(x, inf, _CMP_LT_OQ);
+        if (ok == 0xff) {
+            __m512d hx = _mm512_mul_pd(half, x), e = _mm512_rsqrt14_pd(x);
+            e = _mm512_mul_pd(e, _mm512_fnmadd_pd(_mm512_mul_pd(hx, e), e, three_half));
+            e = _mm512_mul_pd(e, _mm512_fnmadd_pd(_mm512_mul_pd(hx, e), e, three_half));
+            r = _mm512_mul_pd(gv, e);
+        } else {
+            r = _mm512_maskz_div_pd(_mm512_cmp_pd_mask(x, zero, _CMP_NEQ_UQ), gv,
+                                    _mm512_sqrt_pd(x));
+        }
+        _mm512_mask_storeu_pd(w + j, m, r);
+    }
+}
 #endif
 
 static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
@@ -539,14 +569,21 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
             acc[j] += dd * dd;                                                            \
         }                                                                                 \
     }                                                                                     \
-    /* w = g / dist, 0 at dist == 0 (as fl_grad_over_dist: nan stays nan): the \
-       division on whole vectors, the zero lanes selected away (written as a   \
-       conditional, the division stayed scalar -- gcc sinks it into the branch \
-       -- and took half the time of a (10000, 3) float32 backward). */         \
+    /* w = g / dist, 0 at dist == 0 (as fl_grad_over_dist: nan stays nan):     \
+       fl_rsqrtdiv512 where AVX-512 is, else the division on whole vectors,    \
+       the zero lanes selected away (written as a conditional, the division    \
+       stayed scalar -- gcc sinks it into the branch -- and took half the time \
+       of a (10000, 3) float32 backward). */                                    \
     ptrdiff_t jv = 0;                                                                     \
-    for (ptrdiff_t j = 0; j < nb; j++) {                                                  \
-        w[j] = sqrt(acc[j]);                                                              \
-        t[j] = (double)g[j];                                                              \
+    if (FL_USE_512) {                                                                     \
+        for (ptrdiff_t j = 0; j < nb; j++) t[j] = (double)g[j];                           \
+        (void)FL_512_CALL((fl_rsqrtdiv512(w, acc, t, nb), 0));                            \
+        jv = nb;                                                                          \
+    } else {                                                                              \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            w[j] = sqrt(acc[j]);                                                          \
+            t[j] = (double)g[j];                                                          \
+        }                                                                                 \
     }                                                                                     \
     for (; jv + FL_VL_d <= nb; jv += FL_VL_d) {                                           \
         fl_vd dv = vld_d(w + jv);                                                         \
