@@ -113,7 +113,7 @@ cdef inline Py_ssize_t _epilogue_row(floating *dst, const floating *c, Py_ssize_
 
 cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
                              const floating *bt, Py_ssize_t ldb, Py_ssize_t k,
-                             const double *w, bint take_sqrt, double scale,
+                             const double *w, int take_sqrt, double scale,
                              bint stream) noexcept nogil:
     if floating is double:
         fl_dist_direct_row_d(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
@@ -262,7 +262,7 @@ def sqnorms(const floating[:, ::1] X, double[::1] out, int n_threads):
 def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 const floating[:, ::1] A0, const floating[:, ::1] B0,
                 const double[::1] na, const double[::1] nb,
-                floating[:, ::1] out, floating[:, ::1] scratch, double tau, bint take_sqrt,
+                floating[:, ::1] out, floating[:, ::1] scratch, double tau, int take_sqrt,
                 double scale, int n_threads, bint stream, const double[::1] wv=None,
                 const floating[:, ::1] BT=None, const double[:, ::1] Lm=None,
                 floating[::1] Ap=None, floating[::1] Bp=None):
@@ -272,7 +272,10 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     (n_threads, >= min(TM, mA) * min(TILE, mB)), the GEMM's tile per thread
     (checked; need not be zero: the BLAS path zeroes it).  stream: write out
     with non-temporal stores.  With BT (B0 transposed, k x mB) every entry is
-    computed directly instead (few columns).  With Ap and Bp (packed_len
+    computed directly instead (few columns); take_sqrt 2 there (float64):
+    the roots also checked for squares out of double's safe range
+    (fl_sq_unsafe), those recomputed scaled -- asked for only when the data
+    can have such pairs (it costs ~10% at one thread).  With Ap and Bp (packed_len
     elements each), A and B are packed once into fastlin's GEMM panels here
     and every tile's product reads them (no packing per tile)."""
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
@@ -342,7 +345,7 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
 
 def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 const double[::1] na, floating[::1] out, floating[:, ::1] scratch,
-                double tau, bint take_sqrt, double scale, int n_threads, bint stream,
+                double tau, int take_sqrt, double scale, int n_threads, bint stream,
                 const double[::1] wv=None, const floating[:, ::1] AT=None,
                 const double[:, ::1] Lm=None, floating[::1] Ap=None,
                 floating[::1] Bp=None):

@@ -173,14 +173,19 @@ _SAFE_SQNORM = {np.dtype(np.float64): (2.0 ** -900, 2.0 ** 900),
                 np.dtype(np.float32): (2.0 ** -100, 2.0 ** 100)}
 
 
-def _exact_marked(sq, dtype):
+def _exact_marked(sq, dtype, X):
     """The squared norms for the kernel: NaN on the rows that must take the
     exact path (non-finite, or a norm outside the safe range), which makes
     every entry of such a row fail the kernel's trust test.  A row with an
     inf or nan has an inf or nan squared norm (centring, weighting and
-    whitening keep it non-finite), so the range test finds those too."""
+    whitening keep it non-finite), so the range test finds those too.  A
+    squared norm of 0 is safe only for a row of zeros: rows of X (the GEMM
+    operands) near 1e-300 square to 0 too, and their products are 0."""
     lo, hi = _SAFE_SQNORM[dtype]
     flag = ~((sq <= hi) & ((sq >= lo) | (sq == 0)))
+    zero = np.flatnonzero(sq == 0)
+    if zero.size:
+        flag[zero[np.any(X[zero] != 0, axis=1)]] = True
     return np.where(flag, np.nan, sq) if flag.any() else sq
 
 
@@ -227,7 +232,8 @@ def _gemm_operands(OA, OB, dtype, nt):
     if OA.sw is None and OA.L is None:
         na = np.empty(len(OA.exact))
         _k.sqnorms(OA.exact, na, nt)
-        cc = float(np.dot(c.astype(np.float64), c.astype(np.float64)))
+        with np.errstate(over="ignore"):      # |c| beyond 1e154: inf, and centred
+            cc = float(np.dot(c.astype(np.float64), c.astype(np.float64)))
         finite = na[np.isfinite(na)]
         # the mean as a sum of shares: squared norms near 1e308 would
         # overflow a plain sum (and warn)
@@ -262,6 +268,26 @@ def _centre(X, dtype, sample=256):
     c = X[::step].mean(axis=0, dtype=np.float64)
     c = np.where(np.isfinite(c), c, 0.0)
     return c.astype(dtype)
+
+
+def _direct_sqrt(take_sqrt, dtype, k, w, *arrays):
+    """take_sqrt for the direct path: 2 (float64, a root taken) when some pair
+    could have a squared distance out of double's safe range -- a coordinate
+    of magnitude 2^500 / sqrt(k max w) or more (an overflow), or a nonzero one
+    below 2^-427 (only such values differ by less than 2^-480, whose squares
+    fall into the subnormals) -- so the kernel checks its roots for those and
+    recomputes them scaled; else take_sqrt as it is (that check costs ~10% at
+    one thread).  float32 inputs cannot overflow or underflow double's squares
+    (absurd weights aside)."""
+    if not take_sqrt or dtype != np.float64:
+        return int(take_sqrt)
+    big = 2.0 ** 500 / np.sqrt(k * max(1.0, float(np.max(w)) if w is not None else 1.0))
+    for X in arrays:
+        ax = np.abs(X)
+        with np.errstate(invalid="ignore"):
+            if ax.size and (ax.max() >= big or np.any((ax > 0) & (ax < 2.0 ** -427))):
+                return 2
+    return 1
 
 
 def _kernel_params(metric):
@@ -352,11 +378,12 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     elif n <= _k.direct_k() and metric != "mahalanobis":
         # few columns: direct differences (exact), no GEMM, no centring
         _k.cdist_tiles(OA.exact, OB.exact, OA.exact, OB.exact, np.empty(mA), np.empty(mB),
-                       res, res[:0], 0.0, take_sqrt, scale, nt, stream, wv,
-                       np.ascontiguousarray(OB.exact.T))
+                       res, res[:0], 0.0,
+                       _direct_sqrt(take_sqrt, dtype, n, wv, OA.exact, OB.exact), scale, nt,
+                       stream, wv, np.ascontiguousarray(OB.exact.T))
     else:
         A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
-        na, nb = _exact_marked(na, dtype), _exact_marked(nb, dtype)
+        na, nb = _exact_marked(na, dtype, A), _exact_marked(nb, dtype, B)
         Ap, Bp = _panels(mA, mB, n, dtype)
         scratch = _scratch(nt, dtype, mA, mB)
         _k.cdist_tiles(A, B, OA.exact, OB.exact, na, nb, res, scratch, TAU[dtype],
@@ -419,12 +446,12 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
         if n <= _k.direct_k() and metric != "mahalanobis":
             # few columns: direct differences (exact), no GEMM, no centring
             _k.pdist_tiles(O.exact, O.exact, np.empty(m), res, np.empty((1, 0), dtype),
-                           0.0, take_sqrt, scale, nt, stream, wv,
-                           np.ascontiguousarray(O.exact.T))
+                           0.0, _direct_sqrt(take_sqrt, dtype, n, wv, O.exact), scale, nt,
+                           stream, wv, np.ascontiguousarray(O.exact.T))
         else:
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
             Ap, Bp = _panels(m, m, n, dtype)
-            _k.pdist_tiles(A, O.exact, _exact_marked(na, dtype), res,
+            _k.pdist_tiles(A, O.exact, _exact_marked(na, dtype, A), res,
                            _scratch(nt, dtype, min(m, 256), m), TAU[dtype], take_sqrt, scale, nt, stream,
                            wv, None, O.exact_factor(), Ap, Bp)
     if metric == "cosine" and O.zero.any():
@@ -525,8 +552,13 @@ def _spot_check(got, a, b, i, j):
     their rows a, b (entry (i, j)): see _given_dist."""
     a, b = a.astype(np.float64), b.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
-        ref = np.sqrt(np.sum((a - b) ** 2, axis=1))
-        scale = np.sqrt(np.sum(a * a, axis=1) + np.sum(b * b, axis=1))
+        # each pair divided by its largest magnitude first: distances whose
+        # squares leave float64's range (1e-300, 1e200 apart) are checked too
+        m = np.maximum(np.abs(a).max(axis=1, initial=0), np.abs(b).max(axis=1, initial=0))
+        m = np.where((m > 0) & np.isfinite(m), m, 1.0)[:, None]
+        a, b = a / m, b / m
+        ref = m[:, 0] * np.sqrt(np.sum((a - b) ** 2, axis=1))
+        scale = m[:, 0] * np.sqrt(np.sum(a * a, axis=1) + np.sum(b * b, axis=1))
         got = np.asarray(got, dtype=np.float64)
         bad = np.isfinite(ref) & ~(np.abs(got - ref) <= 1e-3 * ref + 1e-2 * scale)
     if bad.any():
@@ -742,7 +774,8 @@ def _bwd_operands(A, B, dtype):
     OB = _Operands(B, dtype, "euclidean", None, None)
     nt = _for_work(A.shape[0] * B.shape[0] * A.shape[1])
     Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
-    return OA, OB, nt, Ac, Bc, _exact_marked(na, dtype), _exact_marked(nb, dtype)
+    return (OA, OB, nt, Ac, Bc, _exact_marked(na, dtype, Ac),
+            _exact_marked(nb, dtype, Bc))
 
 
 # The given-distance backward holds W = G / D in bands of rows of about this

@@ -645,17 +645,53 @@ def test_extreme_magnitudes_like_scipy(metric, mag, k):
 
 
 def test_norm_overflow_float64():
+    """Distances of 2e154 square past DBL_MAX: scipy (and a plain sum of
+    squares) gives inf; fastlin's exact path recomputes them scaled by the
+    largest difference, as hypot does, and gets them right."""
     X = np.zeros((4, 20))
     X[:, 0] = [1.0e154, 1.0e154 + 1e150, -1.0e154, -1.0e154 - 1e150]
     with quiet():
-        want = sd.pdist(X)                      # [1e150, inf, inf, inf, inf, 1e150]
-    np.testing.assert_allclose(want[[0, -1]], 1e150, rtol=1e-3)
+        sp = sd.pdist(X)                        # [1e150, inf, inf, inf, inf, 1e150]
+    np.testing.assert_allclose(sp[[0, -1]], 1e150, rtol=1e-3)
+    assert np.isinf(sp[1:-1]).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)   # no overflow warning from inside
-        got = fastlin.pdist(X)                  # [nan, inf, inf, inf, inf, nan]
-    same_pattern(got, want)
-    np.testing.assert_allclose(got, want, rtol=4 * eps(F64))
+        got = fastlin.pdist(X)
+    assert_rel(got, condensed(ref(X, X, "euclidean")), F64, 4, "pdist vs reference")
     assert np.all(np.diag(fastlin.cdist(X, X)) == 0)
+
+
+@pytest.mark.parametrize("k", [3, 40])
+@pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e200, 1e300])
+@pytest.mark.parametrize("metric", ["euclidean", "weighted", "mahalanobis"])
+def test_distances_beyond_the_squares_range(k, scale, metric):
+    """Points whose distances square outside float64's normal range -- beyond
+    ~1.3e154 (inf) or below ~1e-154 (subnormal squares, 0 below ~1e-162):
+    scipy returns inf, or loses digits, or 0; fastlin's direct path (k = 3)
+    and exact path (k = 40: such rows fail the GEMM's trust test or have
+    squared norms out of its safe range) recompute them with the differences
+    scaled by the largest one.  Against the longdouble reference (whose range
+    holds the squares), within 8 eps; a duplicate stays exactly 0."""
+    rng = np.random.default_rng(34)
+    A = rng.standard_normal((30, k)) * scale
+    B = rng.standard_normal((20, k)) * scale
+    B[0] = A[0]
+    kw, rkw = {}, {}
+    if metric == "weighted":
+        w = rng.uniform(0.5, 2.0, k)
+        kw, rkw = {"w": w}, {"w": w}
+    elif metric == "mahalanobis":
+        VI = spd(k, rng)
+        kw, rkw = {"VI": VI}, {"VI": VI}
+    name = "euclidean" if metric == "weighted" else metric
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = fastlin.cdist(A, B, name, **kw)
+        gotp = fastlin.pdist(A, name, **kw)
+    want = np.sqrt(ref_sq(A, B, **rkw))
+    assert_rel(got, want, F64, 8, "cdist vs reference")
+    assert_rel(gotp, condensed(np.sqrt(ref_sq(A, A, **rkw))), F64, 8, "pdist vs reference")
+    assert got[0, 0] == 0
 
 
 @pytest.mark.parametrize("k", [1, 3, 16, 20, 40])

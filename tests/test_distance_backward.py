@@ -319,6 +319,28 @@ def test_backward_given_dist_in_bands(monkeypatch, dtype):
         assert np.abs(h.astype(np.float64) - w).max() <= bound * np.abs(w).max()
 
 
+@pytest.mark.parametrize("k", [3, 40])
+@pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e200, 1e300])
+def test_backward_beyond_the_squares_range(k, scale):
+    """Distances whose squares leave float64's normal range (as
+    test_distance's test_distances_beyond_the_squares_range): the weights
+    g / d come from the scaled distances, so the gradients match the
+    longdouble twin (1e-13 of max |g|), with dist= and without; a plain sum
+    of squares gives w = 0 (inf distance) or digits lost."""
+    from fastlin import reference as ref
+    rng = np.random.default_rng(35)
+    A = rng.standard_normal((30, k)) * scale
+    B = rng.standard_normal((20, k)) * scale
+    B[0] = A[0]
+    G = rng.standard_normal((30, 20))
+    want = ref.cdist_backward(G, A, B, "euclidean")
+    for dist in (None, fastlin.cdist(A, B)):
+        got = fastlin.cdist_backward(G, A, B, dist=dist)
+        for g, w in zip(got, want):
+            w = np.asarray(w, dtype=np.float64)
+            assert np.abs(g - w).max() <= 1e-13 * np.abs(w).max()
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_direct_backward_weights_at_edge_values(dtype):
     """The few-columns backward's weights g / |a - b| (a reciprocal square

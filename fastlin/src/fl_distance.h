@@ -27,6 +27,52 @@
 
 #include "fl_stream.h"
 
+/* A sum of squares (double) whose square root would be wrong: inf (a
+   distance beyond ~1.3e154 squares past DBL_MAX), below 2^-960 (squares of
+   differences under ~1e-154 fall into the subnormals and lose their digits;
+   above 2^-960 what they lose is below the sum's rounding) or 0 (every
+   square underflowed, or a duplicate).  Such a distance is recomputed by
+   fl_dist_scaled.  nan: not (the plain value stands). */
+static inline int fl_sq_unsafe(double e)
+{
+    return e == INFINITY || e < 0x1p-960;
+}
+
+/* The distance sqrt(scale sum_q w_q (a_q - b_q)^2) (w NULL: all ones), or
+   with L (k x k lower triangular, VI = L L^T) sqrt(scale |L^T (a - b)|^2),
+   for a pair whose plain sum of squares is unsafe: the differences divided
+   by the largest of them first, the root taken, then multiplied back (as
+   hypot does), so distances from ~1e-308 to ~1e308 keep their digits where
+   scipy's and torch's give 0 or inf.  b's elements bs apart.  An infinite
+   difference gives inf, all-zero differences 0. */
+#define FL_SCALED_TPL(T, SFX)                                                             \
+static double fl_dist_scaled_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_t k,     \
+                                   const double *w, const double *L, double scale)        \
+{                                                                                         \
+    double m = 0.0, s = 0.0;                                                              \
+    for (ptrdiff_t q = 0; q < k; q++) {                                                   \
+        double d = fabs((double)a[q] - (double)b[q * bs]);                                \
+        if (d > m) m = d;                                                                 \
+    }                                                                                     \
+    if (m == 0.0 || m == INFINITY) return m;                                              \
+    if (L) {                                                                              \
+        for (ptrdiff_t j = 0; j < k; j++) {                                               \
+            double z = 0.0;                                                               \
+            for (ptrdiff_t i = j; i < k; i++)                                             \
+                z += L[i * k + j] * (((double)a[i] - (double)b[i * bs]) / m);             \
+            s += z * z;                                                                   \
+        }                                                                                 \
+    } else {                                                                              \
+        for (ptrdiff_t q = 0; q < k; q++) {                                               \
+            double d = ((double)a[q] - (double)b[q * bs]) / m;                            \
+            s += (w ? w[q] : 1.0) * d * d;                                                \
+        }                                                                                 \
+    }                                                                                     \
+    return m * sqrt(s * scale);                                                           \
+}
+FL_SCALED_TPL(double, d)
+FL_SCALED_TPL(float, f)
+
 /* r[0..n) := sqrt(r[0..n)), r >= 0 or NaN.  The square root pass was the
    largest part of the epilogue (vsqrtpd: ~2 cycles an element; the divider
    is the bottleneck).  With AVX-512: the 14-bit reciprocal square root
@@ -86,15 +132,17 @@ static int fl_have_512(void)
    normal range while the root need not be (a distance of 2e19 squares to inf
    in float32, one of 1e-25 to 0): those take the root of the double, then
    round.  The test is on v (two float compares, not six double ones: a third
-   of the epilogue's compares); a lane whose square is exactly 0 takes the
-   double root too, which is also 0.  Lane by lane, so an entry's value never
+   of the epilogue's compares): v below FLT_MIN or at least FLT_MAX (a square
+   just past FLT_MAX rounds down to it, and its root rounds up to 2^64:
+   helper-21); a lane whose square is exactly 0 takes the double root too,
+   which is also 0.  Lane by lane, so an entry's value never
    depends on its neighbours; the double roots only when a lane needs one. */
 FL_T512 static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
 {
     const __m512 lo = _mm512_set1_ps(FLT_MIN), hi = _mm512_set1_ps(FLT_MAX);
     __m512 r = _mm512_sqrt_ps(v);
     __mmask16 o = (__mmask16)(_mm512_cmp_ps_mask(v, lo, _CMP_LT_OQ)
-                              | _mm512_cmp_ps_mask(v, hi, _CMP_GT_OQ));
+                              | _mm512_cmp_ps_mask(v, hi, _CMP_GE_OQ));
     if (o)
         r = _mm512_mask_blend_ps(o, r, FL_JOIN16(_mm512_sqrt_pd(s0), _mm512_sqrt_pd(s1)));
     return r;
@@ -164,11 +212,29 @@ FL_T512 static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, doub
  * it in an array and makes k + 2 passes over it), then scale and square
  * root.  Same arithmetic and order per entry as fl_dist_direct_row's loops.
  */
-FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, const double *bt,
-                                   ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
-                                   double scale)
+/* the entries of a direct-path row whose squares are unsafe (fl_sq_unsafe:
+   their roots, faithfully rounded, below 2^-480 or inf) recomputed scaled */
+static __attribute__((noinline, cold)) void fl_direct_fix_d(double *r, ptrdiff_t nb,
+                                                            const double *a, const double *bt,
+                                                            ptrdiff_t ldb, ptrdiff_t k,
+                                                            const double *w, double scale)
+{
+    for (ptrdiff_t j = 0; j < nb; j++)
+        if (r[j] < 0x1p-480 || r[j] == INFINITY)
+            r[j] = fl_dist_scaled_d(a, bt + j, ldb, k, w, NULL, scale);
+}
+
+/* The loop of fl_direct512_d, compiled twice (check a constant): with and
+   without the running min and max of the squares that take_sqrt 2 asks for
+   (even these two operations a vector cost ~10% at (10000, 3), one thread,
+   so only data that can have such pairs asks for them). */
+static inline FL_T512 __attribute__((always_inline)) void
+fl_direct512_loop_d(double *r, ptrdiff_t nb, const double *a, const double *bt, ptrdiff_t ldb,
+                    ptrdiff_t k, const double *w, int take_sqrt, double scale, const int check,
+                    __m512d *pmn, __m512d *pmx)
 {
     const __m512d vsc = _mm512_set1_pd(scale);
+    __m512d vmn = _mm512_set1_pd(INFINITY), vmx = _mm512_setzero_pd();
     for (ptrdiff_t j = 0; j < nb; j += 8) {
         __mmask8 m = nb - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (nb - j)) - 1);
         __m512d acc = _mm512_setzero_pd();
@@ -179,9 +245,31 @@ FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, con
             acc = _mm512_fmadd_pd(wd, d, acc);
         }
         __m512d v = _mm512_mul_pd(acc, vsc);
+        if (check) {
+            vmn = _mm512_mask_min_pd(vmn, m, v, vmn);
+            vmx = _mm512_mask_max_pd(vmx, m, v, vmx);
+        }
         if (take_sqrt) v = fl_vsqrt8_d(v);
         _mm512_mask_storeu_pd(r + j, m, v);
     }
+    *pmn = vmn;
+    *pmx = vmx;
+}
+
+FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, const double *bt,
+                                   ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
+                                   double scale)
+{
+    __m512d vmn, vmx;
+    if (take_sqrt != 2) {
+        fl_direct512_loop_d(r, nb, a, bt, ldb, k, w, take_sqrt, scale, 0, &vmn, &vmx);
+        return;
+    }
+    fl_direct512_loop_d(r, nb, a, bt, ldb, k, w, 1, scale, 1, &vmn, &vmx);
+    /* a square out of fl_sq_unsafe's range somewhere in the row: its
+       distances recomputed scaled */
+    if (_mm512_reduce_min_pd(vmn) < 0x1p-960 || _mm512_reduce_max_pd(vmx) == INFINITY)
+        fl_direct_fix_d(r, nb, a, bt, ldb, k, w, scale);
 }
 
 /* float32: every lane's arithmetic is its own (no shared sqrt path), so the
@@ -342,12 +430,14 @@ FL_T512 static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double
    two Newton steps on the FMA ports (as fl_vsqrt8_d) instead of a square root
    and a division, which both queue on the divider (half the time of a
    (10000, 3) float64 backward).  Within 2 ulp of g / sqrt(s).  A vector with
-   a lane outside (0, inf) normal -- 0, subnormal, inf, nan -- takes
-   g / sqrt(s) itself (0 at s == 0). */
-FL_T512 static void fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t n)
+   a lane outside [2^-960, inf) -- 0, tiny (fl_sq_unsafe), inf, nan -- takes
+   g / sqrt(s) itself (0 at s == 0); returns whether one did (the caller then
+   recomputes the unsafe lanes' distances). */
+FL_T512 static int fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t n)
 {
     const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
-    const __m512d zero = _mm512_setzero_pd(), tiny = _mm512_set1_pd(0x1p-1022);
+    const __m512d zero = _mm512_setzero_pd(), tiny = _mm512_set1_pd(0x1p-960);
+    int slow = 0;
     const __m512d inf = _mm512_set1_pd(INFINITY);
     for (ptrdiff_t j = 0; j < n; j += 8) {
         __mmask8 m = n - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j)) - 1);
@@ -362,9 +452,11 @@ FL_T512 static void fl_rsqrtdiv512(double *w, const double *s, const double *g, 
         } else {
             r = _mm512_maskz_div_pd(_mm512_cmp_pd_mask(x, zero, _CMP_NEQ_UQ), gv,
                                     _mm512_sqrt_pd(x));
+            slow = 1;
         }
         _mm512_mask_storeu_pd(w + j, m, r);
     }
+    return slow;
 }
 #endif
 
@@ -404,9 +496,8 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 #endif
 
 /* A square (double) whose root a float32 result must take from the double
-   (fl_sqrt16_pd tests the square's float32 rounding instead: the same lanes
-   but within a rounding of FLT_MIN and FLT_MAX, where both roots round
-   alike); never for float64 results. */
+   (fl_sqrt16_pd tests the square's float32 rounding instead, with v ==
+   FLT_MAX included: the same roots); never for float64 results. */
 static inline int fl_sq_beyond(double e, size_t tsize)
 {
     return tsize == sizeof(float) && ((e > 0.0 && e < FLT_MIN) || e > FLT_MAX);
@@ -485,7 +576,10 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c
             double d2 = s + (double)c[j];                                                 \
             if (d2 >= tau * s) continue;                                                  \
             double e = fl_sqdist_exact_##SFX(a0, b0 + j * k, k, w, L) * scale;            \
-            r[j] = (T)(take_sqrt ? sqrt(e) : e);                                          \
+            if (take_sqrt)                                                                \
+                e = fl_sq_unsafe(e) ? fl_dist_scaled_##SFX(a0, b0 + j * k, 1, k, w, L, scale) \
+                                    : sqrt(e);                                            \
+            r[j] = (T)e;                                                                  \
             nexact++;                                                                     \
         }                                                                                 \
     fl_store_row_##SFX(dst, r, nb, stream);                                               \
@@ -519,8 +613,11 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
     for (ptrdiff_t j = 0; j < nb; j++) r[j] = (T)(acc[j] * scale);                        \
     if (take_sqrt) {                                                                      \
         fl_sqrt_row_##SFX(r, nb);                                                         \
-        for (ptrdiff_t j = 0; j < nb; j++)      /* as fl_sqrt16_pd */                    \
+        for (ptrdiff_t j = 0; j < nb; j++) {    /* as fl_sqrt16_pd */                    \
             if (fl_sq_beyond(acc[j] * scale, sizeof(T))) r[j] = (T)sqrt(acc[j] * scale);  \
+            if (take_sqrt == 2 && fl_sq_unsafe(acc[j] * scale))                           \
+                r[j] = (T)fl_dist_scaled_##SFX(a, bt + j, ldb, k, w, NULL, scale);        \
+        }                                                                                 \
     }                                                                                     \
     fl_store_row_##SFX(c, r, nb, stream);                                                 \
 }
@@ -575,9 +672,10 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
        stayed scalar -- gcc sinks it into the branch -- and took half the time \
        of a (10000, 3) float32 backward). */                                    \
     ptrdiff_t jv = 0;                                                                     \
+    int unsafe = 1;                                                                       \
     if (FL_USE_512) {                                                                     \
         for (ptrdiff_t j = 0; j < nb; j++) t[j] = (double)g[j];                           \
-        (void)FL_512_CALL((fl_rsqrtdiv512(w, acc, t, nb), 0));                            \
+        unsafe = FL_512_CALL(fl_rsqrtdiv512(w, acc, t, nb));                              \
         jv = nb;                                                                          \
     } else {                                                                              \
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
@@ -590,6 +688,12 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
         vst_d(w + jv, vsel_d(dv != vsplat_d(0), vld_d(t + jv) / dv, vsplat_d(0)));       \
     }                                                                                     \
     for (; jv < nb; jv++) w[jv] = w[jv] != 0.0 ? t[jv] / w[jv] : 0.0;                    \
+    if (unsafe)         /* distances whose squares overflowed or underflowed */          \
+        for (ptrdiff_t j = 0; j < nb; j++)                                                \
+            if (fl_sq_unsafe(acc[j])) {                                                   \
+                double d = fl_dist_scaled_##SFX(a, bt + j, ldb, k, NULL, NULL, 1.0);      \
+                w[j] = d != 0.0 ? (double)g[j] / d : 0.0;                                 \
+            }                                                                             \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q];                                                   \
         const T *br = bt + q * ldb;                                                       \
@@ -748,7 +852,9 @@ FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w, 
 }                                                                                         \
                                                                                           \
 /* The gradients' rows from the products' sums: gA's row                      \
-   out[q] = r a[q] - w[q] in T (r = rowsum(W)_i rounded to T, w = (W B)_i),    \
+   out[q] = r a[q] - w[q] in T (r = rowsum(W)_i rounded to T, w = (W B)_i;    \
+   one rounding where the compiler fuses it, on FMA machines: the bits may    \
+   differ between CPUs, never between thread counts),                         \
    and gB's from one share p = (W^T A)_j: out[q] = c b[q] - p[q] in double,    \
    rounded once (c = colsum(W)_j). */                                          \
 FL_CLONES void fl_grad_a_row_##SFX(T *out, T r, const T *FL_RESTRICT a, const T *w,      \
