@@ -336,7 +336,13 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     ``d^2 < tau (|a|^2 + |b|^2)`` (tau = 1/8 in float64, 1/2 in float32) is
     recomputed directly as ``sum((a - b)^2)`` in float64 from the original
     rows.  Hence near-duplicates are exact, the diagonal of ``cdist(X, X)`` is
-    exactly 0, and inf/nan rows give scipy's inf/nan.  'cosine' is computed as
+    exactly 0, and inf/nan rows give scipy's inf/nan.  Where that sum of
+    squares leaves float64's range -- a distance beyond ~1.3e154 squares to
+    inf, one below ~1e-154 into the subnormals -- the root is taken of the
+    differences scaled by the largest of them (as ``hypot`` does), so such
+    distances keep their digits where scipy gives inf or loses them (rows
+    whose squared norms leave a safe range take the exact path for this).
+    'cosine' is computed as
     ``|a/|a| - b/|b||^2 / 2``, exact for near-parallel rows (where scipy's
     ``1 - cos`` loses its digits); a zero row gives nan, as in scipy.
     'mahalanobis' whitens once (``VI = L L^T``) and reuses the Euclidean
