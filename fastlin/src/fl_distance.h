@@ -320,6 +320,28 @@ FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, con
  * column sums cs += w and the row's sum in double.  float32: w in float32
  * (as the GEMMs read it), the trust test and the sums in double.
  */
+/* Store a vector of weights, add it to the column sums cs and to the row's
+   accumulators (float32: the two halves in double), under the tail mask. */
+static inline FL_T512 __attribute__((always_inline)) void
+fl_wsum8(double *w, double *cs, __mmask8 m, __m512d wv, __m512d *acc)
+{
+    _mm512_mask_storeu_pd(w, m, wv);
+    _mm512_mask_storeu_pd(cs, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, cs), wv));
+    *acc = _mm512_add_pd(*acc, wv);
+}
+
+static inline FL_T512 __attribute__((always_inline)) void
+fl_wsum16(float *w, double *cs, __mmask16 m, __m512 wv, __m512d *acc0, __m512d *acc1)
+{
+    __mmask8 m0 = (__mmask8)(m & 0xff), m1 = (__mmask8)(m >> 8);
+    __m512d w0 = FL_LO8(wv), w1 = FL_HI8(wv);
+    _mm512_mask_storeu_ps(w, m, wv);
+    _mm512_mask_storeu_pd(cs, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, cs), w0));
+    _mm512_mask_storeu_pd(cs + 8, m1, _mm512_add_pd(_mm512_maskz_loadu_pd(m1, cs + 8), w1));
+    *acc0 = _mm512_add_pd(*acc0, w0);
+    *acc1 = _mm512_add_pd(*acc1, w1);
+}
+
 FL_T512 static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *w, ptrdiff_t n,
                                      double na, const double *nbv, double tau, double *cs,
                                      double *rs)
@@ -338,9 +360,7 @@ FL_T512 static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *
         __mmask8 near = m & ~ok & _mm512_cmp_pd_mask(wv, zero, _CMP_NEQ_UQ);
         wv = _mm512_mask_mov_pd(wv, near, zero);
         nflag += __builtin_popcount((unsigned)near);
-        _mm512_mask_storeu_pd(w + j, m, wv);
-        _mm512_mask_storeu_pd(cs + j, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, cs + j), wv));
-        acc = _mm512_add_pd(acc, wv);
+        fl_wsum8(w + j, cs + j, m, wv, &acc);
     }
     *rs = _mm512_reduce_add_pd(acc);
     return nflag;
@@ -371,12 +391,7 @@ FL_T512 static ptrdiff_t fl_bwdw512_f(const float *g, const float *d, float *w, 
         __mmask16 near = (__mmask16)(m & ~ok & _mm512_cmp_ps_mask(wv, zf, _CMP_NEQ_UQ));
         wv = _mm512_mask_mov_ps(wv, near, zf);
         nflag += __builtin_popcount((unsigned)near);
-        _mm512_mask_storeu_ps(w + j, m, wv);
-        __m512d w0 = FL_LO8(wv), w1 = FL_HI8(wv);
-        _mm512_mask_storeu_pd(cs + j, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, cs + j), w0));
-        _mm512_mask_storeu_pd(cs + j + 8, m1, _mm512_add_pd(_mm512_maskz_loadu_pd(m1, cs + j + 8), w1));
-        acc0 = _mm512_add_pd(acc0, w0);
-        acc1 = _mm512_add_pd(acc1, w1);
+        fl_wsum16(w + j, cs + j, m, wv, &acc0, &acc1);
     }
     *rs = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
     return nflag;
@@ -396,9 +411,7 @@ FL_T512 static void fl_gdivcs512_d(const double *g, double *d, ptrdiff_t n, doub
         __m512d dv = _mm512_maskz_loadu_pd(m, d + j);
         __m512d wv = _mm512_maskz_div_pd(m & _mm512_cmp_pd_mask(dv, zero, _CMP_NEQ_UQ),
                                          _mm512_maskz_loadu_pd(m, g + j), dv);
-        _mm512_mask_storeu_pd(d + j, m, wv);
-        _mm512_mask_storeu_pd(cs + j, m, _mm512_add_pd(_mm512_maskz_loadu_pd(m, cs + j), wv));
-        acc = _mm512_add_pd(acc, wv);
+        fl_wsum8(d + j, cs + j, m, wv, &acc);
     }
     *rs = _mm512_reduce_add_pd(acc);
 }
@@ -411,16 +424,10 @@ FL_T512 static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double
     for (ptrdiff_t j = 0; j < n; j += 16) {
         ptrdiff_t left = n - j;
         __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-        __mmask8 m0 = (__mmask8)(m & 0xff), m1 = (__mmask8)(m >> 8);
         __m512 dv = _mm512_maskz_loadu_ps(m, d + j);
         __m512 wv = _mm512_maskz_div_ps(m & _mm512_cmp_ps_mask(dv, zf, _CMP_NEQ_UQ),
                                         _mm512_maskz_loadu_ps(m, g + j), dv);
-        _mm512_mask_storeu_ps(d + j, m, wv);
-        __m512d w0 = FL_LO8(wv), w1 = FL_HI8(wv);
-        _mm512_mask_storeu_pd(cs + j, m0, _mm512_add_pd(_mm512_maskz_loadu_pd(m0, cs + j), w0));
-        _mm512_mask_storeu_pd(cs + j + 8, m1, _mm512_add_pd(_mm512_maskz_loadu_pd(m1, cs + j + 8), w1));
-        acc0 = _mm512_add_pd(acc0, w0);
-        acc1 = _mm512_add_pd(acc1, w1);
+        fl_wsum16(d + j, cs + j, m, wv, &acc0, &acc1);
     }
     *rs = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
 }

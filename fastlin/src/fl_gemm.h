@@ -343,6 +343,35 @@ static void fl_gemm_macro_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc, const T 
     }                                                                                     \
 }                                                                                         \
                                                                                           \
+/* C = beta C (0 or 1) for a product of depth 0. */                                      \
+static void fl_gemm_beta_only_##SUF(ptrdiff_t m, ptrdiff_t n, T beta, T *C, size_t ldc)   \
+{                                                                                         \
+    for (ptrdiff_t i = 0; i < m; i++)                                                     \
+        for (ptrdiff_t j = 0; j < n; j++)                                                 \
+            C[(size_t)i * ldc + j] = beta == 0 ? (T)0 : C[(size_t)i * ldc + j];           \
+}                                                                                         \
+                                                                                          \
+/* One KC slice (depths pc .. pc + kc) of C (m x nc) (+)= alpha op(A) op(B),  */          \
+/* op(B)'s panels of the slice at Bp: op(A) packed MC rows at a time into Ap  */          \
+/* (the thread's scratch), each block through the macro-kernel.               */          \
+__attribute__((target("avx512f")))                                                        \
+static void fl_gemm_slice_##SUF(int ta, ptrdiff_t m, ptrdiff_t nc, ptrdiff_t pc,          \
+                                ptrdiff_t kc, T alpha, const T *A, size_t lda,            \
+                                const T *Bp, T *C, size_t ldc, int load_c, T *Ap)         \
+{                                                                                         \
+    const ptrdiff_t MR = FL_GEMM_MR;                                                      \
+    for (ptrdiff_t ic = 0; ic < m; ic += FL_GEMM_MC) {                                    \
+        ptrdiff_t mc = m - ic < FL_GEMM_MC ? m - ic : FL_GEMM_MC;                         \
+        if (ta)                                                                           \
+            fl_gemm_alpack_block_##SUF(A, lda, ic, mc, pc, kc, Ap);                       \
+        else                                                                              \
+            for (ptrdiff_t ir = 0; ir < mc; ir += MR)                                     \
+                fl_gemm_pack_##SUF(A, lda, 0, ic + ir, mc - ir < MR ? mc - ir : MR,       \
+                                   pc, kc, Ap + ir * kc, MR);                             \
+        fl_gemm_macro_##SUF(mc, nc, kc, Ap, Bp, C + (size_t)ic * ldc, ldc, alpha, load_c); \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
 /* Returns 0, or -1 when the packing buffers could not be allocated (then     */         \
 /* nothing was written and the caller falls back to BLAS).                     */         \
 __attribute__((target("avx512f")))                                                        \
@@ -350,14 +379,12 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
                          const T *A, size_t lda, const T *B, size_t ldb, T beta, T *C,   \
                          size_t ldc)                                                      \
 {                                                                                         \
-    const ptrdiff_t NR = FL_GEMM_NV * VL, MR = FL_GEMM_MR, NC = FL_GEMM_NC_OF(T);         \
-    ptrdiff_t jc, pc, ic, jr, ir, nc, kc, mc, i, j;                                       \
+    const ptrdiff_t NR = FL_GEMM_NV * VL, NC = FL_GEMM_NC_OF(T);                          \
+    ptrdiff_t jc, pc, jr, nc, kc;                                                         \
     T *Bp, *Ap;                                                                           \
     if (m <= 0 || n <= 0) return 0;                                                       \
     if (k <= 0) {                                                                         \
-        for (i = 0; i < m; i++)                                                           \
-            for (j = 0; j < n; j++)                                                       \
-                C[(size_t)i * ldc + j] = beta == 0 ? (T)0 : C[(size_t)i * ldc + j];       \
+        fl_gemm_beta_only_##SUF(m, n, beta, C, ldc);                                      \
         return 0;                                                                         \
     }                                                                                     \
     {                                                                                     \
@@ -372,22 +399,12 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
     for (jc = 0; jc < n; jc += NC) {                                                      \
         nc = n - jc < NC ? n - jc : NC;                                                   \
         for (pc = 0; pc < k; pc += FL_GEMM_KC) {                                          \
-            int load_c = pc > 0 || beta != 0;                                             \
             kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                               \
             for (jr = 0; jr < nc; jr += NR)                                               \
                 fl_gemm_pack_##SUF(B, ldb, !tb, jc + jr, nc - jr < NR ? nc - jr : NR,     \
                                    pc, kc, Bp + jr * kc, NR);                             \
-            for (ic = 0; ic < m; ic += FL_GEMM_MC) {                                      \
-                mc = m - ic < FL_GEMM_MC ? m - ic : FL_GEMM_MC;                           \
-                if (ta)                                                                   \
-                    fl_gemm_alpack_block_##SUF(A, lda, ic, mc, pc, kc, Ap);               \
-                else                                                                      \
-                    for (ir = 0; ir < mc; ir += MR)                                       \
-                        fl_gemm_pack_##SUF(A, lda, 0, ic + ir, mc - ir < MR ? mc - ir : MR, \
-                                           pc, kc, Ap + ir * kc, MR);                     \
-                fl_gemm_macro_##SUF(mc, nc, kc, Ap, Bp, C + (size_t)ic * ldc + jc, ldc,    \
-                                    alpha, load_c);                                       \
-            }                                                                             \
+            fl_gemm_slice_##SUF(ta, m, nc, pc, kc, alpha, A, lda, Bp, C + jc, ldc,        \
+                                pc > 0 || beta != 0, Ap);                                 \
         }                                                                                 \
     }                                                                                     \
     return 0;                                                                             \
@@ -404,14 +421,12 @@ static int fl_gemm_pb_##SUF(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alp
                             const T *A, size_t lda, const T *Bp, ptrdiff_t npad, T beta,  \
                             T *C, size_t ldc)                                             \
 {                                                                                         \
-    const ptrdiff_t MR = FL_GEMM_MR, NC = FL_GEMM_NC_OF(T);                               \
-    ptrdiff_t jc, pc, ic, ir, nc, kc, mc, i, j;                                           \
+    const ptrdiff_t NC = FL_GEMM_NC_OF(T);                                                \
+    ptrdiff_t jc, pc, nc, kc;                                                             \
     T *Ap;                                                                                \
     if (m <= 0 || n <= 0) return 0;                                                       \
     if (k <= 0) {                                                                         \
-        for (i = 0; i < m; i++)                                                           \
-            for (j = 0; j < n; j++)                                                       \
-                C[(size_t)i * ldc + j] = beta == 0 ? (T)0 : C[(size_t)i * ldc + j];       \
+        fl_gemm_beta_only_##SUF(m, n, beta, C, ldc);                                      \
         return 0;                                                                         \
     }                                                                                     \
     Ap = (T *)fl_gemm_scratch((size_t)FL_GEMM_KC * FL_GEMM_MC * sizeof(T));               \
@@ -419,19 +434,9 @@ static int fl_gemm_pb_##SUF(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alp
     for (jc = 0; jc < n; jc += NC) {                                                      \
         nc = n - jc < NC ? n - jc : NC;                                                   \
         for (pc = 0; pc < k; pc += FL_GEMM_KC) {                                          \
-            int load_c = pc > 0 || beta != 0;                                             \
             kc = k - pc < FL_GEMM_KC ? k - pc : FL_GEMM_KC;                               \
-            for (ic = 0; ic < m; ic += FL_GEMM_MC) {                                      \
-                mc = m - ic < FL_GEMM_MC ? m - ic : FL_GEMM_MC;                           \
-                if (ta)                                                                   \
-                    fl_gemm_alpack_block_##SUF(A, lda, ic, mc, pc, kc, Ap);               \
-                else                                                                      \
-                    for (ir = 0; ir < mc; ir += MR)                                       \
-                        fl_gemm_pack_##SUF(A, lda, 0, ic + ir, mc - ir < MR ? mc - ir : MR, \
-                                           pc, kc, Ap + ir * kc, MR);                     \
-                fl_gemm_macro_##SUF(mc, nc, kc, Ap, Bp + pc * npad + jc * kc,             \
-                                    C + (size_t)ic * ldc + jc, ldc, alpha, load_c);       \
-            }                                                                             \
+            fl_gemm_slice_##SUF(ta, m, nc, pc, kc, alpha, A, lda, Bp + pc * npad + jc * kc, \
+                                C + jc, ldc, pc > 0 || beta != 0, Ap);                    \
         }                                                                                 \
     }                                                                                     \
     return 0;                                                                             \
