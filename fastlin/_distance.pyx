@@ -66,10 +66,10 @@ cdef extern from "fl_distance.h" nogil:
     void fl_add_row_d(double *acc, const double *w, Py_ssize_t n)
     double fl_row_sum_d(const double *w, Py_ssize_t n)
     double fl_row_sum_f(const float *w, Py_ssize_t n)
-    void fl_bwd_exact_row_d(double *W, const double *c, Py_ssize_t nb, double na,
+    void fl_bwd_exact_row_d(double *W, const double *c, const double *g, Py_ssize_t nb, double na,
                             const double *nbv, double tau, const double *a0,
                             const double *b0, Py_ssize_t k, double *ta, double *tb)
-    void fl_bwd_exact_row_f(float *W, const float *c, Py_ssize_t nb, double na,
+    void fl_bwd_exact_row_f(float *W, const float *c, const float *g, Py_ssize_t nb, double na,
                             const double *nbv, double tau, const float *a0,
                             const float *b0, Py_ssize_t k, double *ta, double *tb)
     void fl_add_row_f(double *acc, const float *w, Py_ssize_t n)
@@ -435,12 +435,12 @@ cdef inline Py_ssize_t _bwd_row(floating *w, floating *c, const floating *g,
             rs[0] = fl_gdiv_colsum_row_f(g, w, tn, cs)
     elif floating is double:
         fl_grad_over_dist_row_d(g, w, tn)
-        fl_bwd_exact_row_d(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
+        fl_bwd_exact_row_d(w, c, g, tn, na, nb, tau, a0, b0, k, ta, tb)
         rs[0] = fl_row_sum_d(w, tn)
         fl_add_row_d(cs, w, tn)
     else:
         fl_grad_over_dist_row_f(g, w, tn)
-        fl_bwd_exact_row_f(w, c, tn, na, nb, tau, a0, b0, k, ta, tb)
+        fl_bwd_exact_row_f(w, c, g, tn, na, nb, tau, a0, b0, k, ta, tb)
         rs[0] = fl_row_sum_f(w, tn)
         fl_add_row_f(cs, w, tn)
     return nex

@@ -282,11 +282,15 @@ def _direct_sqrt(take_sqrt, dtype, k, w, *arrays):
     if not take_sqrt or dtype != np.float64:
         return int(take_sqrt)
     big = 2.0 ** 500 / np.sqrt(k * max(1.0, float(np.max(w)) if w is not None else 1.0))
+    # values from here up differ by at least 2^-52 of it: their weighted squares
+    # stay above 2^-960 (a weight below 1 lowers the line)
+    wmin = float(np.min(w[w > 0])) if w is not None and np.any(w > 0) else 1.0
+    tiny = 2.0 ** -426 / np.sqrt(min(1.0, wmin))
     for X in arrays:
         ax = np.abs(X)
-        with np.errstate(invalid="ignore"):
-            if ax.size and (ax.max() >= big or np.any((ax > 0) & (ax < 2.0 ** -427))):
-                return 2
+        if ax.size and (np.max(ax, where=~np.isnan(ax), initial=0.0) >= big
+                        or np.any((ax > 0) & (ax < tiny))):
+            return 2
     return 1
 
 
@@ -538,7 +542,9 @@ def _given_dist(dist, A, B, dtype):
     wrong gradient without a sound.  Up to 64 entries at fixed positions are
     compared with the distance of their rows; the tolerance (1e-3 relative
     plus 1e-2 of the rows' norm scale) passes the inexact distances of a
-    GEMM-identity peer such as torch.cdist and rejects another array."""
+    GEMM-identity peer such as torch.cdist and rejects another array (where
+    a peer's plain sum of squares overflowed to inf and fastlin's distance is
+    finite, the entry is refused too: pass fastlin's)."""
     D = as_array(dist, "dist")
     shape = (A.shape[0], B.shape[0])
     if D.shape != shape:

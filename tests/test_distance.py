@@ -661,6 +661,29 @@ def test_norm_overflow_float64():
     assert np.all(np.diag(fastlin.cdist(X, X)) == 0)
 
 
+@pytest.mark.parametrize("k", [2, 17])
+def test_scaled_distances_ignore_zero_weights_and_null_directions(k):
+    """The scaled recompute divides by the largest *weighted* term, not the
+    largest difference: a difference of 1e100 under a zero weight (or along
+    a null direction of a semidefinite VI) next to one of 1e-146 gives
+    1e-146, not 0 (helper-22); and a nan row does not hide another pair's
+    overflow from the few-columns precheck."""
+    A = np.zeros((1, k))
+    A[0, 0], A[0, 1] = 1e100, 1e-146
+    B = np.zeros((1, k))
+    w = np.ones(k)
+    w[0] = 0
+    np.testing.assert_allclose(fastlin.cdist(A, B, w=w), 1e-146, rtol=4 * eps(F64))
+    VI = np.eye(k)
+    VI[0, 0] = 0
+    np.testing.assert_allclose(fastlin.cdist(A, B, "mahalanobis", VI=VI), 1e-146,
+                               rtol=4 * eps(F64))
+    X = np.zeros((3, k))
+    X[:, 0] = [1e200, -1e200, np.nan]
+    got = fastlin.pdist(X)
+    assert got[0] == 2e200 and np.isnan(got[1:]).all()
+
+
 @pytest.mark.parametrize("k", [3, 40])
 @pytest.mark.parametrize("scale", [1e-300, 1e-160, 1e200, 1e300])
 @pytest.mark.parametrize("metric", ["euclidean", "weighted", "mahalanobis"])

@@ -341,6 +341,30 @@ def test_backward_beyond_the_squares_range(k, scale):
             assert np.abs(g - w).max() <= 1e-13 * np.abs(w).max()
 
 
+@pytest.mark.parametrize("k", [2, 40])
+def test_backward_at_subnormal_distances(k):
+    """A distance of 3e-310 (subnormal) with grad 1: g / d overflows, so the
+    terms are g ((a - b) / d) from the scaled distance -- the gradient is the
+    unit direction, finite, with dist= and without (helper-22: inf and nan),
+    cdist and pdist; against the longdouble twin."""
+    from fastlin import reference as ref
+    A = np.zeros((3, k))
+    A[0, 0] = 3e-310
+    A[2, :2] = 1.0
+    B = np.zeros((2, k))
+    B[1, :2] = -1.0
+    G = np.ones((3, 2))
+    want = ref.cdist_backward(G, A, B, "euclidean")
+    for dist in (None, fastlin.cdist(A, B)):
+        got = fastlin.cdist_backward(G, A, B, dist=dist)
+        for g, w in zip(got, want):
+            assert np.all(np.isfinite(g))
+            np.testing.assert_allclose(g, np.asarray(w, np.float64), rtol=0, atol=1e-15)
+    gp = fastlin.pdist_backward(np.ones(3), A)
+    wp = ref.cdist_backward(np.ones((3, 3)) - np.eye(3), A, A, "euclidean")[0]
+    np.testing.assert_allclose(gp, np.asarray(wp, np.float64), rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_direct_backward_weights_at_edge_values(dtype):
     """The few-columns backward's weights g / |a - b| (a reciprocal square

@@ -43,32 +43,53 @@ static inline int fl_sq_unsafe(double e)
    for a pair whose plain sum of squares is unsafe: the differences divided
    by the largest of them first, the root taken, then multiplied back (as
    hypot does), so distances from ~1e-308 to ~1e308 keep their digits where
-   scipy's and torch's give 0 or inf.  b's elements bs apart.  An infinite
-   difference gives inf, all-zero differences 0. */
+   scipy's and torch's give 0 or inf.  The differences are divided by the
+   largest one, then the terms (weighted, or whitened by L) by the largest of
+   them, the root taken, then both multiplied back.  b's elements bs apart.
+   An infinite difference gives inf, all-zero differences 0. */
 #define FL_SCALED_TPL(T, SFX)                                                             \
+/* u_j of the scaled pair: L^T (d / m) or sqrt(w) d / m (d = a - b) */          \
+static inline double fl_scaled_u_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_t k, \
+                                       const double *w, const double *L, double m,        \
+                                       ptrdiff_t j)                                       \
+{                                                                                         \
+    if (L) {                                                                              \
+        double z = 0.0;                                                                   \
+        for (ptrdiff_t i = j; i < k; i++)                                                 \
+            z += L[i * k + j] * (((double)a[i] - (double)b[i * bs]) / m);                 \
+        return z;                                                                         \
+    }                                                                                     \
+    return (w ? sqrt(w[j]) : 1.0) * (((double)a[j] - (double)b[j * bs]) / m);              \
+}                                                                                         \
+                                                                                          \
 static double fl_dist_scaled_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_t k,     \
                                    const double *w, const double *L, double scale)        \
 {                                                                                         \
-    double m = 0.0, s = 0.0;                                                              \
+    double m = 0.0, m2 = 0.0, s = 0.0;                                                    \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         double d = fabs((double)a[q] - (double)b[q * bs]);                                \
         if (d > m) m = d;                                                                 \
     }                                                                                     \
     if (m == 0.0 || m == INFINITY) return m;                                              \
-    if (L) {                                                                              \
-        for (ptrdiff_t j = 0; j < k; j++) {                                               \
-            double z = 0.0;                                                               \
-            for (ptrdiff_t i = j; i < k; i++)                                             \
-                z += L[i * k + j] * (((double)a[i] - (double)b[i * bs]) / m);             \
-            s += z * z;                                                                   \
-        }                                                                                 \
-    } else {                                                                              \
-        for (ptrdiff_t q = 0; q < k; q++) {                                               \
-            double d = ((double)a[q] - (double)b[q * bs]) / m;                            \
-            s += (w ? w[q] : 1.0) * d * d;                                                \
-        }                                                                                 \
+    /* then by the largest weighted / whitened term: a zero weight or a null  \
+       direction of VI on the largest difference (helper-22) */               \
+    for (ptrdiff_t j = 0; j < k; j++) {                                                   \
+        double u = fabs(fl_scaled_u_##SFX(a, b, bs, k, w, L, m, j));                      \
+        if (u > m2) m2 = u;                                                               \
     }                                                                                     \
-    return m * sqrt(s * scale);                                                           \
+    if (m2 == 0.0) return 0.0;                                                            \
+    for (ptrdiff_t j = 0; j < k; j++) {                                                   \
+        double u = fl_scaled_u_##SFX(a, b, bs, k, w, L, m, j) / m2;                       \
+        s += u * u;                                                                       \
+    }                                                                                     \
+    return m * (m2 * sqrt(s * scale));                                                    \
+}                                                                                         \
+                                                                                          \
+/* The distance of a pair from its plain sum of squares s, or scaled where s  \
+   is unsafe (b contiguous). */                                               \
+static inline double fl_pair_dist_##SFX(double s, const T *a, const T *b, ptrdiff_t k)   \
+{                                                                                         \
+    return fl_sq_unsafe(s) ? fl_dist_scaled_##SFX(a, b, 1, k, NULL, NULL, 1.0) : sqrt(s); \
 }
 FL_SCALED_TPL(double, d)
 FL_SCALED_TPL(float, f)
@@ -695,11 +716,18 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
         vst_d(w + jv, vsel_d(dv != vsplat_d(0), vld_d(t + jv) / dv, vsplat_d(0)));       \
     }                                                                                     \
     for (; jv < nb; jv++) w[jv] = w[jv] != 0.0 ? t[jv] / w[jv] : 0.0;                    \
-    if (unsafe)         /* distances whose squares overflowed or underflowed */          \
+    /* distances whose squares overflowed or underflowed: out of w (g / d     \
+       itself may overflow for a subnormal d: helper-22), their terms          \
+       g ((a - b) / d) from the scaled distance after the others */            \
+    ptrdiff_t nu = 0;                                                                     \
+    if (unsafe)                                                                           \
         for (ptrdiff_t j = 0; j < nb; j++)                                                \
             if (fl_sq_unsafe(acc[j])) {                                                   \
-                double d = fl_dist_scaled_##SFX(a, bt + j, ldb, k, NULL, NULL, 1.0);      \
-                w[j] = d != 0.0 ? (double)g[j] / d : 0.0;                                 \
+                acc[j] = fl_dist_scaled_##SFX(a, bt + j, ldb, k, NULL, NULL, 1.0);        \
+                w[j] = 0.0;                                                               \
+                nu++;                                                                     \
+            } else {                                                                      \
+                acc[j] = -1.0;                                                            \
             }                                                                             \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q];                                                   \
@@ -709,6 +737,14 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
         if (pb) {                                                                         \
             double *pq = pb + q * ldp;                                                    \
             for (ptrdiff_t j = 0; j < nb; j++) pq[j] -= t[j];                             \
+        }                                                                                 \
+    }                                                                                     \
+    for (ptrdiff_t j = 0; nu && j < nb; j++) {                                            \
+        if (!(acc[j] > 0.0)) continue;        /* safe (-1), or a zero distance */       \
+        for (ptrdiff_t q = 0; q < k; q++) {                                               \
+            double tq = (double)g[j] * (((double)a[q] - (double)bt[q * ldb + j]) / acc[j]); \
+            ga[q] += tq;                                                                  \
+            if (pb) pb[q * ldp + j] -= tq;                                                \
         }                                                                                 \
     }                                                                                     \
 }
@@ -754,7 +790,7 @@ FL_CLONES double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTR
    its term t = W_ij (a_i - b_j) formed from the difference in double:        \
    ta[0..k) += t (row i's share), tb[j*k..] -= t (column j's). */             \
 FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c,          \
-                                      ptrdiff_t nb, double na,                            \
+                                      const T *g, ptrdiff_t nb, double na,                \
                                       const double *FL_RESTRICT nbv, double tau,          \
                                       const T *a0, const T *b0, ptrdiff_t k,              \
                                       double *FL_RESTRICT ta, double *FL_RESTRICT tb)     \
@@ -763,12 +799,17 @@ FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c, 
         double s = na + nbv[j];                                                           \
         double d2 = s + (double)c[j];                                                     \
         if (d2 >= tau * s || W[j] == 0) continue;                                         \
-        double wj = (double)W[j];                                                         \
+        double wj = (double)W[j], gj = (double)g[j], dj = 0.0;                            \
         W[j] = 0;                                                                         \
         const T *bj = b0 + j * k;                                                         \
         double *tbj = tb + j * k;                                                         \
+        /* g / d overflowed (a subnormal distance, helper-22): the terms as   \
+           g ((a - b) / d), d recomputed as the forward did */                \
+        if (isinf(wj) && isfinite(gj))                                                    \
+            dj = fl_pair_dist_##SFX(fl_sqdist_exact_##SFX(a0, bj, k, NULL, NULL), a0, bj, k); \
         for (ptrdiff_t q = 0; q < k; q++) {                                               \
-            double t = wj * ((double)a0[q] - (double)bj[q]);                              \
+            double diff = (double)a0[q] - (double)bj[q];                                  \
+            double t = dj > 0.0 ? gj * (diff / dj) : wj * diff;                           \
             ta[q] += t;                                                                   \
             tbj[q] -= t;                                                                  \
         }                                                                                 \
@@ -850,8 +891,11 @@ FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w, 
         T wj = g[j] / d[j];                                                               \
         if (wj == 0) continue;                                                            \
         const T *bj = b0 + j * k;                                                         \
+        /* g / d overflowed (a subnormal distance): g ((a - b) / d) */        \
+        int over = isinf((double)wj) && isfinite((double)g[j]) && isfinite((double)d[j]); \
         for (ptrdiff_t q = 0; q < k; q++) {                                               \
-            double t = (double)wj * ((double)a0[q] - (double)bj[q]);                      \
+            double diff = (double)a0[q] - (double)bj[q];                                  \
+            double t = over ? (double)g[j] * (diff / (double)d[j]) : (double)wj * diff;   \
             if (ta) ta[q] += t;                                                           \
             if (tb) tb[j * k + q] -= t;                                                   \
         }                                                                                 \
