@@ -674,6 +674,10 @@ def test_scaled_distances_ignore_zero_weights_and_null_directions(k):
     w = np.ones(k)
     w[0] = 0
     np.testing.assert_allclose(fastlin.cdist(A, B, w=w), 1e-146, rtol=4 * eps(F64))
+    for small in (1e-240, 1e-300):           # ratios past 1e308 (helper-23)
+        A[0, 1] = small
+        np.testing.assert_allclose(fastlin.cdist(A, B, w=w), small, rtol=4 * eps(F64))
+    A[0, 1] = 1e-146
     VI = np.eye(k)
     VI[0, 0] = 0
     np.testing.assert_allclose(fastlin.cdist(A, B, "mahalanobis", VI=VI), 1e-146,

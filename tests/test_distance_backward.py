@@ -341,6 +341,34 @@ def test_backward_beyond_the_squares_range(k, scale):
             assert np.abs(g - w).max() <= 1e-13 * np.abs(w).max()
 
 
+@pytest.mark.parametrize("k", [2, 17, 40])
+@pytest.mark.parametrize("s", [1e-310, 1e-320])
+def test_backward_direction_at_subnormal_distances(k, s):
+    """At subnormal distances the terms are formed from the scaled
+    differences, never from the rounded subnormal d: the unit directions to
+    1e-15 (dividing by d kept 1.6e-4 of error at 1e-320: helper-23), with
+    dist= and without; float32 at 1e-44 likewise, with dist= as without."""
+    from fastlin import reference as ref
+    A = np.zeros((2, k))
+    A[0, :2] = s
+    A[1, :2] = [3 * s, s]
+    B = np.zeros((1, k))
+    G = np.ones((2, 1))
+    want = np.asarray(ref.cdist_backward(G, A, B)[0], np.float64)
+    for dist in (None, fastlin.cdist(A, B)):
+        np.testing.assert_allclose(fastlin.cdist_backward(G, A, B, dist=dist)[0], want,
+                                   rtol=0, atol=1e-15)
+    A32 = np.zeros((1, k), np.float32)
+    A32[0, :2] = [3e-44, 1e-44]
+    B32 = np.zeros((1, k), np.float32)
+    G32 = np.ones((1, 1), np.float32)
+    want32 = np.zeros(k)
+    want32[:2] = np.array([3.0, 1.0]) / np.sqrt(10.0)
+    for dist in (None, fastlin.cdist(A32, B32)):
+        got = fastlin.cdist_backward(G32, A32, B32, dist=dist)[0][0]
+        np.testing.assert_allclose(got, want32, rtol=0, atol=4e-7)
+
+
 @pytest.mark.parametrize("k", [2, 40])
 def test_backward_at_subnormal_distances(k):
     """A distance of 3e-310 (subnormal) with grad 1: g / d overflows, so the

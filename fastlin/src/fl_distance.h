@@ -59,38 +59,65 @@ static inline double fl_scaled_u_##SFX(const T *a, const T *b, ptrdiff_t bs, ptr
             z += L[i * k + j] * (((double)a[i] - (double)b[i * bs]) / m);                 \
         return z;                                                                         \
     }                                                                                     \
+    if (w && !(w[j] > 0)) return 0.0;     /* (d_j / m may overflow: m skips it) */ \
     return (w ? sqrt(w[j]) : 1.0) * (((double)a[j] - (double)b[j * bs]) / m);              \
 }                                                                                         \
                                                                                           \
-static double fl_dist_scaled_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_t k,     \
-                                   const double *w, const double *L, double scale)        \
+/* The distance as m * dn, returning dn and setting *pm = m (the largest    \
+   weighted difference; dn of order 1 up to the weights): a caller that needs \
+   (a - b) / d forms ((a - b) / m) / dn, never the subnormal d itself.  m 0:  \
+   a zero distance; m inf: an infinite one (dn 1). */                          \
+static double fl_dist_parts_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_t k,      \
+                                  const double *w, const double *L, double scale,         \
+                                  double *pm)                                             \
 {                                                                                         \
     double m = 0.0, m2 = 0.0, s = 0.0;                                                    \
-    for (ptrdiff_t q = 0; q < k; q++) {                                                   \
+    for (ptrdiff_t q = 0; q < k; q++) {       /* zero weights do not count */        \
         double d = fabs((double)a[q] - (double)b[q * bs]);                                \
-        if (d > m) m = d;                                                                 \
+        if (d > m && (!w || w[q] > 0)) m = d;                                             \
     }                                                                                     \
-    if (m == 0.0 || m == INFINITY) return m;                                              \
+    *pm = m;                                                                              \
+    if (m == 0.0 || m == INFINITY) return 1.0;                                            \
     /* then by the largest weighted / whitened term: a zero weight or a null  \
        direction of VI on the largest difference (helper-22) */               \
     for (ptrdiff_t j = 0; j < k; j++) {                                                   \
         double u = fabs(fl_scaled_u_##SFX(a, b, bs, k, w, L, m, j));                      \
         if (u > m2) m2 = u;                                                               \
     }                                                                                     \
-    if (m2 == 0.0) return 0.0;                                                            \
+    if (m2 == 0.0) {                                                                      \
+        *pm = 0.0;                                                                        \
+        return 1.0;                                                                       \
+    }                                                                                     \
     for (ptrdiff_t j = 0; j < k; j++) {                                                   \
         double u = fl_scaled_u_##SFX(a, b, bs, k, w, L, m, j) / m2;                       \
         s += u * u;                                                                       \
     }                                                                                     \
-    return m * (m2 * sqrt(s * scale));                                                    \
+    return m2 * sqrt(s * scale);                                                          \
 }                                                                                         \
                                                                                           \
-/* The distance of a pair from its plain sum of squares s, or scaled where s  \
-   is unsafe (b contiguous). */                                               \
-static inline double fl_pair_dist_##SFX(double s, const T *a, const T *b, ptrdiff_t k)   \
+static double fl_dist_scaled_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_t k,     \
+                                   const double *w, const double *L, double scale)        \
 {                                                                                         \
-    return fl_sq_unsafe(s) ? fl_dist_scaled_##SFX(a, b, 1, k, NULL, NULL, 1.0) : sqrt(s); \
-}
+    double m, dn = fl_dist_parts_##SFX(a, b, bs, k, w, L, scale, &m);                     \
+    return m * dn;                                                                        \
+}                                                                                         \
+                                                                                          \
+/* ta[q] += t_q, tb[q * tbs] -= t_q (either may be NULL) for the term        \
+   t = g (a - b) / d of a pair whose g / d may overflow or whose d is         \
+   subnormal: formed as g ((a - b) / m) / dn from fl_dist_parts. */           \
+static void fl_term_scaled_##SFX(double g, const T *a, const T *b, ptrdiff_t bs,           \
+                                 ptrdiff_t k, double *ta, double *tb, ptrdiff_t tbs)      \
+{                                                                                         \
+    double m, dn = fl_dist_parts_##SFX(a, b, bs, k, NULL, NULL, 1.0, &m);                 \
+    if (m == 0.0) return;                     /* a zero distance: the zero subgradient */ \
+    for (ptrdiff_t q = 0; q < k; q++) {                                                   \
+        double t = m == INFINITY ? g * ((double)a[q] - (double)b[q * bs]) / m             \
+                                 : g * ((((double)a[q] - (double)b[q * bs]) / m) / dn);   \
+        if (ta) ta[q] += t;                                                               \
+        if (tb) tb[q * tbs] -= t;                                                         \
+    }                                                                                     \
+}                                                                                         \
+
 FL_SCALED_TPL(double, d)
 FL_SCALED_TPL(float, f)
 
@@ -721,14 +748,13 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
        g ((a - b) / d) from the scaled distance after the others */            \
     ptrdiff_t nu = 0;                                                                     \
     if (unsafe)                                                                           \
-        for (ptrdiff_t j = 0; j < nb; j++)                                                \
-            if (fl_sq_unsafe(acc[j])) {                                                   \
-                acc[j] = fl_dist_scaled_##SFX(a, bt + j, ldb, k, NULL, NULL, 1.0);        \
+        for (ptrdiff_t j = 0; j < nb; j++) {                                              \
+            acc[j] = fl_sq_unsafe(acc[j]) ? 1.0 : 0.0;     /* now: a flag */             \
+            if (acc[j] != 0.0) {                                                          \
                 w[j] = 0.0;                                                               \
                 nu++;                                                                     \
-            } else {                                                                      \
-                acc[j] = -1.0;                                                            \
             }                                                                             \
+        }                                                                                 \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q];                                                   \
         const T *br = bt + q * ldb;                                                       \
@@ -739,14 +765,9 @@ FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTR
             for (ptrdiff_t j = 0; j < nb; j++) pq[j] -= t[j];                             \
         }                                                                                 \
     }                                                                                     \
-    for (ptrdiff_t j = 0; nu && j < nb; j++) {                                            \
-        if (!(acc[j] > 0.0)) continue;        /* safe (-1), or a zero distance */       \
-        for (ptrdiff_t q = 0; q < k; q++) {                                               \
-            double tq = (double)g[j] * (((double)a[q] - (double)bt[q * ldb + j]) / acc[j]); \
-            ga[q] += tq;                                                                  \
-            if (pb) pb[q * ldp + j] -= tq;                                                \
-        }                                                                                 \
-    }                                                                                     \
+    for (ptrdiff_t j = 0; nu && j < nb; j++)                                              \
+        if (acc[j] != 0.0)                                                                \
+            fl_term_scaled_##SFX((double)g[j], a, bt + j, ldb, k, ga, pb ? pb + j : NULL, ldp); \
 }
 
 FL_BWD_DIRECT_TPL(double, d)
@@ -799,17 +820,19 @@ FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c, 
         double s = na + nbv[j];                                                           \
         double d2 = s + (double)c[j];                                                     \
         if (d2 >= tau * s || W[j] == 0) continue;                                         \
-        double wj = (double)W[j], gj = (double)g[j], dj = 0.0;                            \
+        double wj = (double)W[j], gj = (double)g[j];                                      \
         W[j] = 0;                                                                         \
         const T *bj = b0 + j * k;                                                         \
         double *tbj = tb + j * k;                                                         \
-        /* g / d overflowed (a subnormal distance, helper-22): the terms as   \
-           g ((a - b) / d), d recomputed as the forward did */                \
-        if (isinf(wj) && isfinite(gj))                                                    \
-            dj = fl_pair_dist_##SFX(fl_sqdist_exact_##SFX(a0, bj, k, NULL, NULL), a0, bj, k); \
+        /* g / d overflowed, or d's square left double's range (subnormal     \
+           distances, helper-22/23): the term from the scaled differences */  \
+        if (isfinite(gj) && (isinf(wj)                                                    \
+                             || fl_sq_unsafe(fl_sqdist_exact_##SFX(a0, bj, k, NULL, NULL)))) { \
+            fl_term_scaled_##SFX(gj, a0, bj, 1, k, ta, tbj, 1);                           \
+            continue;                                                                     \
+        }                                                                                 \
         for (ptrdiff_t q = 0; q < k; q++) {                                               \
-            double diff = (double)a0[q] - (double)bj[q];                                  \
-            double t = dj > 0.0 ? gj * (diff / dj) : wj * diff;                           \
+            double t = wj * ((double)a0[q] - (double)bj[q]);                              \
             ta[q] += t;                                                                   \
             tbj[q] -= t;                                                                  \
         }                                                                                 \
@@ -891,11 +914,16 @@ FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w, 
         T wj = g[j] / d[j];                                                               \
         if (wj == 0) continue;                                                            \
         const T *bj = b0 + j * k;                                                         \
-        /* g / d overflowed (a subnormal distance): g ((a - b) / d) */        \
-        int over = isinf((double)wj) && isfinite((double)g[j]) && isfinite((double)d[j]); \
+        /* g / d overflowed, or the given d is subnormal (its digits are      \
+           gone): the term from the rows' scaled differences instead */      \
+        if (isfinite((double)g[j]) && isfinite((double)d[j])                              \
+            && (isinf((double)wj) || fabs((double)d[j]) < (sizeof(T) == 4 ? FLT_MIN : DBL_MIN))) { \
+            fl_term_scaled_##SFX((double)g[j], a0, bj, 1, k, ta, tb ? tb + j * k : NULL, 1); \
+            continue;                                                                     \
+        }                                                                                 \
         for (ptrdiff_t q = 0; q < k; q++) {                                               \
             double diff = (double)a0[q] - (double)bj[q];                                  \
-            double t = over ? (double)g[j] * (diff / (double)d[j]) : (double)wj * diff;   \
+            double t = (double)wj * diff;                                                 \
             if (ta) ta[q] += t;                                                           \
             if (tb) tb[j * k + q] -= t;                                                   \
         }                                                                                 \
