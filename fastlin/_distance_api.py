@@ -583,11 +583,12 @@ def _spot_check(got, a, b, i, j):
 
 
 # pdist_backward uses a given dist only from this many columns on: it must
-# first be expanded to the square (m, m) matrix the tiles read, which costs
+# first be expanded to the square (m, m) matrix the kernels read, which costs
 # more than recomputing the distances with the GEMM at few columns -- at
-# (8192, 64) the given dist made the call 20% slower (810 against 670 ms,
-# float64, one thread) -- and the recomputed distances are the forward's to
-# the bit (same sums, same epilogue), so the gradient is the same either way.
+# (8192, 64) float64, t=2, 287-288 ms through the given-distance path against
+# 249-273 recomputing (with the tile path it replaced: 810 against 670 ms at
+# t=1) -- and the recomputed distances are the forward's to the bit (same sums,
+# same epilogue), so the gradient is the same either way.
 _PDIST_DIST_MIN_COLS = 256
 
 

@@ -40,12 +40,11 @@ static inline int fl_sq_unsafe(double e)
 
 /* The distance sqrt(scale sum_q w_q (a_q - b_q)^2) (w NULL: all ones), or
    with L (k x k lower triangular, VI = L L^T) sqrt(scale |L^T (a - b)|^2),
-   for a pair whose plain sum of squares is unsafe: the differences divided
-   by the largest of them first, the root taken, then multiplied back (as
-   hypot does), so distances from ~1e-308 to ~1e308 keep their digits where
-   scipy's and torch's give 0 or inf.  The differences are divided by the
-   largest one, then the terms (weighted, or whitened by L) by the largest of
-   them, the root taken, then both multiplied back.  b's elements bs apart.
+   for a pair whose plain sum of squares is unsafe, as hypot does: the
+   differences divided by the largest one (zero weights left out), then the
+   terms (weighted, or whitened by L) by the largest of them, the root taken,
+   then both multiplied back.  Distances from ~1e-308 to ~1e308 keep their
+   digits where scipy's and torch's give 0 or inf.  b's elements bs apart.
    An infinite difference gives inf, all-zero differences 0. */
 #define FL_SCALED_TPL(T, SFX)                                                             \
 /* u_j of the scaled pair: L^T (d / m) or sqrt(w) d / m (d = a - b) */          \
@@ -361,13 +360,6 @@ FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, con
     }
 }
 
-/*
- * The weights W = G / D of the Euclidean backward given the forward's
- * distances, one row, AVX-512 (fl_bwd_weights_row's fast path, same
- * arithmetic): w = g / d (0 where d == 0), the near pairs' w set to 0, the
- * column sums cs += w and the row's sum in double.  float32: w in float32
- * (as the GEMMs read it), the trust test and the sums in double.
- */
 /* Store a vector of weights, add it to the column sums cs and to the row's
    accumulators (float32: the two halves in double), under the tail mask. */
 static inline FL_T512 __attribute__((always_inline)) void
@@ -390,6 +382,13 @@ fl_wsum16(float *w, double *cs, __mmask16 m, __m512 wv, __m512d *acc0, __m512d *
     *acc1 = _mm512_add_pd(*acc1, w1);
 }
 
+/*
+ * The weights W = G / D of the Euclidean backward given the forward's
+ * distances, one row, AVX-512 (fl_bwd_weights_row's fast path, same
+ * arithmetic): w = g / d (0 where d == 0), the near pairs' w set to 0, the
+ * column sums cs += w and the row's sum in double.  float32: w in float32
+ * (as the GEMMs read it), the trust test and the sums in double.
+ */
 FL_T512 static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *w, ptrdiff_t n,
                                      double na, const double *nbv, double tau, double *cs,
                                      double *rs)
@@ -483,8 +482,9 @@ FL_T512 static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double
 /* w[j] = g[j] / sqrt(s[j]) (0 where s[j] == 0), the few-columns backward's
    weights: g times the reciprocal square root, from the 14-bit estimate and
    two Newton steps on the FMA ports (as fl_vsqrt8_d) instead of a square root
-   and a division, which both queue on the divider (half the time of a
-   (10000, 3) float64 backward).  Within 2 ulp of g / sqrt(s).  A vector with
+   and a division, which both queue on the divider: (10000, 3) float32 t=1
+   232 -> 165 ms (float64 245 -> 226: bound by reading its grad).  Within 2 ulp
+   of g / sqrt(s).  A vector with
    a lane outside [2^-960, inf) -- 0, tiny (fl_sq_unsafe), inf, nan -- takes
    g / sqrt(s) itself (0 at s == 0); returns whether one did (the caller then
    recomputes the unsafe lanes' distances). */
@@ -492,8 +492,8 @@ FL_T512 static int fl_rsqrtdiv512(double *w, const double *s, const double *g, p
 {
     const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
     const __m512d zero = _mm512_setzero_pd(), tiny = _mm512_set1_pd(0x1p-960);
-    int slow = 0;
     const __m512d inf = _mm512_set1_pd(INFINITY);
+    int slow = 0;
     for (ptrdiff_t j = 0; j < n; j += 8) {
         __mmask8 m = n - j >= 8 ? (__mmask8)0xff : (__mmask8)((1u << (n - j)) - 1);
         __m512d x = _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), m, s + j);
