@@ -6,7 +6,11 @@ Every public function follows one path::
 
     public wrapper (_*_api.py)  ->  validation (_validation.py)
         ->  Cython kernel (_<op>.pyx, OpenMP over rows / column tiles)
-            ->  C inner loops (src/fl_<op>*.h, SIMD via target_clones)
+            ->  C inner loops (src/fl_<op>*.h)
+
+* SIMD has one seam (``_simd.py``): every kernel module is built once per
+  level (avx512, avx2, baseline) into ``fastlin._<level>``, and the level is
+  chosen once, at import -- the best the CPU runs, or ``FASTLIN_SIMD``.
 
 * Wrappers promote dtypes, normalise axes and check ``out=``; they never
   loop over elements.  Kernels never validate.
@@ -51,7 +55,9 @@ def show_config(file=None):
     """Print how fastlin was built and how it will run.
 
     Shows the version, whether OpenMP is on, the thread count kernels will
-    use, the SIMD dispatch, the compiler flags, and the numpy/scipy versions.
+    use, the SIMD level that runs (and, for each level, whether this machine
+    can run it or why not), the compiler and its flags, and the numpy/scipy
+    versions.
     """
     import platform
     import sys
@@ -59,7 +65,7 @@ def show_config(file=None):
     import numpy
     import scipy
 
-    from ._distance import own_gemm_enabled
+    from . import _simd
     from ._openmp_helpers import openmp_enabled
     try:
         from . import _build_config as bc
@@ -69,6 +75,8 @@ def show_config(file=None):
     def get(name):
         return getattr(bc, name, "unknown") if bc is not None else "unknown"
 
+    own_gemm = _simd.kernels("_distance").own_gemm_enabled()
+    how = f"forced by {_simd.ENV}" if _simd.FORCED else "the best this CPU runs"
     lines = [
         f"fastlin {__version__}",
         f"  python        : {sys.version.split()[0]} ({platform.machine()})",
@@ -76,11 +84,15 @@ def show_config(file=None):
         f"  scipy         : {scipy.__version__}",
         f"  openmp        : {'on' if openmp_enabled() else 'OFF (single-threaded build)'}",
         f"  threads       : {get_num_threads()}",
-        f"  simd dispatch : {'target_clones (x86-64-v4 / v3 / baseline)' if get('TARGET_CLONES') is True else 'none: -march=native' if get('NATIVE') is True else 'baseline only'}",
-        f"  tile GEMM     : {'fastlin AVX-512 kernel (src/fl_gemm.h)' if own_gemm_enabled() else 'scipy BLAS (no AVX-512 kernel on this CPU or build)'}",
+        f"  simd level    : {_simd.LEVEL} ({how})",
+    ]
+    for level in _simd.LEVELS:
+        lines.append(f"    {level:<9}   : {_simd.WHY[level] or 'available'}")
+    lines += [
+        f"  tile GEMM     : {'fastlin AVX-512 kernel (src/fl_gemm.h)' if own_gemm else 'scipy BLAS'}",
         f"  result cache  : {get_memory_cache()[0]} bytes (set_memory_cache)",
-        f"  native build  : {get('NATIVE')}",
-        f"  compiler      : {get('COMPILER')}",
+        f"  compiler      : {get('COMPILER')} ({get('COMPILER_COMMAND')})",
         f"  cflags        : {get('CFLAGS')}",
+        f"  level flags   : {get('LEVEL_FLAGS')}",
     ]
     print("\n".join(lines), file=file)

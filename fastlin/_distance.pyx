@@ -121,21 +121,6 @@ cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
         fl_dist_direct_row_f(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
 
 
-cdef extern from "fl_distance.h" nogil:
-    """
-    #ifdef FL_HAVE_AVX512_TARGET
-    static void fl_distance_init(void) { (void)fl_have_512(); }
-    #else
-    static void fl_distance_init(void) {}
-    #endif
-    """
-    void fl_distance_init()
-
-# the lazily cached CPU checks, made once here, before any parallel region
-fl_gemm_ok()
-fl_distance_init()
-
-
 def own_gemm_enabled():
     """True when the tile products use fastlin's AVX-512 GEMM (src/fl_gemm.h),
     False when they use scipy's BLAS."""

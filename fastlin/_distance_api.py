@@ -1,13 +1,14 @@
 """Public cdist, pdist, squareform and the distance backward passes."""
 import numpy as np
 
-from . import _distance as _k
-from . import _memory
+from . import _memory, _simd
 from ._common import STREAM_BYTES
 from ._mahalanobis_api import _factor
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
 from ._validation import as_array, check_out, real_array, result_dtype
+
+_k = _simd.kernels("_distance")
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
 

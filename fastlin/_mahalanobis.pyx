@@ -16,7 +16,6 @@ from cython.parallel cimport prange, threadid
 
 from fastlin._blas cimport fl_gemm_ok, fl_gemm_wanted, gemm_atb
 
-fl_gemm_ok()     # the lazily cached CPU check, made once here, before any parallel region
 
 
 def _use_own_gemm(bint on):

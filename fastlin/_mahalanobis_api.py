@@ -2,11 +2,12 @@
 import numpy as np
 from scipy.linalg import lapack, solve_triangular
 
-from . import _mahalanobis as _k
-from . import _memory
+from . import _memory, _simd
 from ._threads import _for_work, blas_single_thread
 from ._validation import as_array, dtype_eps, result_dtype, symmetric_part
 from ._validation import regularise_hint as _regularise
+
+_k = _simd.kernels("_mahalanobis")
 
 __all__ = ["mahalanobis", "mahalanobis_backward"]
 

@@ -3,10 +3,11 @@ import numbers
 
 import numpy as np
 
-from . import _margin as _k
-from . import _memory
+from . import _memory, _simd
 from ._threads import _for_work
 from ._validation import as_array, result_dtype
+
+_k = _simd.kernels("_margin")
 
 __all__ = ["max_margin_loss", "max_margin_loss_backward"]
 

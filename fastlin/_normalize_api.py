@@ -1,7 +1,9 @@
 """Public normalize and normalize_backward."""
-from . import _normalize as _k
+from . import _simd
 from ._common import backward_same_shape, forward_same_shape
 from ._validation import check_eps
+
+_k = _simd.kernels("_normalize")
 
 __all__ = ["normalize", "normalize_backward"]
 

@@ -1,11 +1,13 @@
 """Public softmax, log_softmax, logsumexp and their backward passes."""
 import numpy as np
 
-from . import _softmax as _k
+from . import _simd
 from ._common import backward_same_shape, forward_same_shape, scalar_if_0d
 from ._threads import _for_work
 from ._validation import (Plan, as_array, is_weak_scalar, normalize_axes,
                           result_dtype)
+
+_k = _simd.kernels("_softmax")
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward",
            "log_softmax_backward", "logsumexp_backward"]

@@ -16,7 +16,9 @@ import test_distance as td
 import test_distance_backward as tdb
 
 import fastlin
-from fastlin import _distance as _k
+from fastlin import _simd
+
+_k = _simd.kernels("_distance")
 
 BACKENDS = ["own", "blas"]
 
@@ -261,7 +263,7 @@ def test_backward_prepacked_operands_change_no_bit(monkeypatch, dt, shape):
     """cdist_backward packs its operands once (bwd_panels_len, bwd_dist_panels_len);
     without those buffers every tile product packs its own: the same sums in the
     same order, so the gradients must agree bit for bit (near pairs included)."""
-    from fastlin import _distance as K
+    K = _k
     if not K.own_gemm_enabled():
         pytest.skip("fastlin's GEMM is not in use on this machine")
     mA, mB, n = shape

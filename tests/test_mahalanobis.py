@@ -953,8 +953,9 @@ def test_backward_large_d_gemm_path(kind, d, backend):
     d x d gradient with blocked GEMMs: same gradients as the closed form, and
     bitwise the same for 1 and 2 threads, with fastlin's AVX-512 GEMM and
     with scipy's BLAS (tests/test_gemm.py)."""
-    from fastlin import _mahalanobis as _mk
-    from fastlin._distance import own_gemm_enabled
+    from fastlin import _simd
+    _mk = _simd.kernels("_mahalanobis")
+    own_gemm_enabled = _simd.kernels("_distance").own_gemm_enabled
     if backend == "own" and not own_gemm_enabled():
         pytest.skip("no AVX-512 here: the GEMMs always use BLAS")
     old = _mk._use_own_gemm(backend == "own")

@@ -5,13 +5,18 @@
  * and its scalar reductions do not vectorize.  The loops below are written
  * with explicit 64-byte vectors (see the vector layer below), so that the
  * summation order is fixed by the source, not by the compiler or the vector
- * width: the avx512, avx2 and baseline clones all add in the same order.
+ * width: the avx512, avx2 and baseline builds all add in the same order.
  *
- * Runtime dispatch: the per-row / per-tile entry points carry FL_CLONES, which
- * expands to gcc's target_clones (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA,
- * baseline).  A default build therefore runs on any x86-64 machine and still
- * uses the wide units where they exist.  setup.py defines FL_NO_CLONES when
- * the compiler cannot do this.
+ * SIMD levels: setup.py compiles each kernel module once per level, with
+ * that level's compiler flags (x86-64: -march=x86-64-v4 for avx512,
+ * -march=x86-64-v3 for avx2, nothing for baseline), into fastlin/_<level>/,
+ * and fastlin/_simd.py imports one of them (the best the CPU has, or the one
+ * FASTLIN_SIMD forces).  Inside a module the level is a compile-time fact:
+ * FL_AVX512 selects the AVX-512 intrinsics paths (the distance epilogues,
+ * 64-byte streaming stores, the own GEMM), and the generic 64-byte vectors
+ * below lower to the level's registers.  No ifunc, no target attributes and
+ * no CPU test inside the kernels: forcing a level on one machine runs exactly
+ * the code a CPU of that level runs.
  *
  * Never -ffast-math: it would flush subnormals for the whole process and
  * break NaN/inf semantics.  The exp below is plain arithmetic, so it
@@ -20,29 +25,48 @@
 #ifndef FL_COMMON_H
 #define FL_COMMON_H
 
+/* The kernels are written with GCC/Clang vector extensions (see the vector
+   layer below); these are the oldest compilers that build them.  MSVC's cl
+   has no vector extensions: on Windows, build with clang-cl. */
+#if defined(__clang__)
+#if __clang_major__ < 14
+#error "fastlin needs clang >= 14 (Apple clang >= 14); this clang is older"
+#endif
+#elif defined(__GNUC__)
+#if __GNUC__ < 11
+#error "fastlin needs gcc >= 11; this gcc is older"
+#endif
+#else
+#error "fastlin's kernels need gcc >= 11 or clang >= 14 (clang-cl on Windows): they use GCC/Clang vector extensions"
+#endif
+
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <stddef.h>
 
-#if defined(FL_NATIVE)
-/* FASTLIN_NATIVE=1: built for this machine (-march=native), nothing to
-   dispatch; gcc 12 also fails (internal compiler error) on target_clones
-   under -march=native */
-#define FL_CLONES
-#elif !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
-#define FL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define FL_AVX512 1
+#include <immintrin.h>
 #else
-#define FL_CLONES
+#define FL_AVX512 0
 #endif
 
-#if defined(__GNUC__)
+/* Two-source shuffles with constant indices: FL_SHUFFLE(IT, a, b, i0, i1, ...)
+   picks lane i of (a, b) concatenated; IT is an integer vector type with a's
+   lane count and lane width (gcc 11's __builtin_shuffle takes the indices as
+   such a vector; clang and gcc >= 12 have __builtin_shufflevector). */
+#if defined(__clang__) || __GNUC__ >= 12
+#define FL_HAVE_SHUFFLEVECTOR 1
+#define FL_SHUFFLE(IT, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define FL_HAVE_SHUFFLEVECTOR 0
+#define FL_SHUFFLE(IT, a, b, ...) __builtin_shuffle(a, b, (IT){__VA_ARGS__})
+#endif
+#define FL_UNPAREN(...) __VA_ARGS__
+
 #define FL_INLINE static inline __attribute__((always_inline))
 #define FL_RESTRICT __restrict__
-#else
-#define FL_INLINE static inline
-#define FL_RESTRICT
-#endif
 
 /*
  * Rows are processed one after another by the same thread (static schedule),
@@ -166,15 +190,11 @@ FL_INLINE float fl_exp_f(float x)
 /* ------------------------------------------------------ vector layer */
 /*
  * The inner loops are written with GCC/Clang vector extensions: one vector
- * is 64 bytes (8 doubles or 16 floats).  Each target clone lowers it to its
- * own registers (1 zmm, 2 ymm or 4 xmm), the arithmetic and the lane order
- * being those written here.  gcc's auto-vectorizer alone left the mixed
+ * is 64 bytes (8 doubles or 16 floats).  Each SIMD level's build lowers it
+ * to its own registers (1 zmm, 2 ymm, 4 xmm, or 4 NEON q registers), the
+ * arithmetic and the lane order being those written here.  gcc's auto-vectorizer alone left the mixed
  * float/double loops and the max reductions scalar (3-5x slower).
  */
-#if !defined(__GNUC__)
-#error "fastlin's kernels need GCC or Clang vector extensions"
-#endif
-
 typedef double   fl_vd  __attribute__((vector_size(64)));
 typedef int64_t  fl_vdi __attribute__((vector_size(64)));
 typedef uint64_t fl_vdu __attribute__((vector_size(64)));
@@ -341,15 +361,25 @@ typedef struct { fl_vd lo, hi; } acc_t_f;
 FL_INLINE acc_t_d acc_zero_d(void) { acc_t_d a = {0}; return a; }
 FL_INLINE acc_t_f acc_zero_f(void) { acc_t_f a = {{0}, {0}}; return a; }
 typedef double fl_vd16 __attribute__((vector_size(128)));
+/* the two 8-double halves of a 16-double vector (gcc 11's shuffle cannot
+   narrow: the halves then go through memory) */
+FL_INLINE void fl_halves(fl_vd16 w, fl_vd *lo, fl_vd *hi)
+{
+#if FL_HAVE_SHUFFLEVECTOR
+    *lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
+    *hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    memcpy(lo, &w, sizeof *lo);
+    memcpy(hi, (const char *)&w + sizeof *lo, sizeof *hi);
+#endif
+}
 FL_INLINE void fl_widen(fl_vf v, fl_vd *lo, fl_vd *hi)
 {
     /* the whole vector converted to one 16-double vector, then halved: on
        AVX-512 two vcvtps2pd ymm -> zmm and one extract.  Converting 8-float
        halves made gcc 12 split each conversion into 128-bit pieces (6 extra
        shuffles per vector), as did going through memory. */
-    fl_vd16 w = __builtin_convertvector(v, fl_vd16);
-    *lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
-    *hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+    fl_halves(__builtin_convertvector(v, fl_vd16), lo, hi);
 }
 FL_INLINE void acc_add_d(acc_t_d *a, fl_vd v) { *a += v; }
 FL_INLINE void acc_add_f(acc_t_f *a, fl_vf v)

@@ -131,10 +131,9 @@ FL_SCALED_TPL(float, f)
    lanes with x == 0, inf or NaN keep x (= their square root); a vector with
    a subnormal lane (whose x/2 would round) takes vsqrtpd.  Elsewhere, and
    for the tail of a row, libm's sqrt. */
-#ifdef FL_HAVE_AVX512_TARGET
-#define FL_T512 __attribute__((target("avx512f,avx512dq")))
+#if FL_AVX512
 /* the square root of 8 doubles, as described above */
-static inline FL_T512 __attribute__((always_inline)) __m512d fl_vsqrt8_d(__m512d x)
+static inline __attribute__((always_inline)) __m512d fl_vsqrt8_d(__m512d x)
 {
     const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
     const __m512d zero = _mm512_setzero_pd(), inf = _mm512_set1_pd(INFINITY);
@@ -151,20 +150,12 @@ static inline FL_T512 __attribute__((always_inline)) __m512d fl_vsqrt8_d(__m512d
     return _mm512_mask_blend_pd(ok, x, y);
 }
 
-FL_T512 static ptrdiff_t fl_sqrt512_d(double *r, ptrdiff_t n)
+static ptrdiff_t fl_sqrt512_d(double *r, ptrdiff_t n)
 {
     ptrdiff_t j = 0;
     for (; j + 8 <= n; j += 8)
         _mm512_storeu_pd(r + j, fl_vsqrt8_d(_mm512_loadu_pd(r + j)));
     return j;
-}
-
-static int fl_have_512(void)
-{
-    static int ok = -1;
-    if (ok < 0)
-        ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-    return ok;
 }
 
 /* 16 floats <-> two vectors of 8 doubles */
@@ -184,7 +175,7 @@ static int fl_have_512(void)
    helper-21); a lane whose square is exactly 0 takes the double root too,
    which is also 0.  Lane by lane, so an entry's value never
    depends on its neighbours; the double roots only when a lane needs one. */
-FL_T512 static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
+static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
 {
     const __m512 lo = _mm512_set1_ps(FLT_MIN), hi = _mm512_set1_ps(FLT_MAX);
     __m512 r = _mm512_sqrt_ps(v);
@@ -204,7 +195,7 @@ FL_T512 static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
  * runs through the same vector code under a mask, so every entry of a row
  * gets the same treatment wherever the row starts.
  */
-FL_T512 static int64_t fl_dist512_d(double *r, const double *c, ptrdiff_t nb, double na,
+static int64_t fl_dist512_d(double *r, const double *c, ptrdiff_t nb, double na,
                                    const double *nbv, double tau, int take_sqrt, double scale)
 {
     const __m512d vna = _mm512_set1_pd(na), vtau = _mm512_set1_pd(tau);
@@ -224,7 +215,7 @@ FL_T512 static int64_t fl_dist512_d(double *r, const double *c, ptrdiff_t nb, do
     return nflag;
 }
 
-FL_T512 static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, double na,
+static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, double na,
                                    const double *nbv, double tau, int take_sqrt, double scale)
 {
     const __m512d vna = _mm512_set1_pd(na), vtau = _mm512_set1_pd(tau);
@@ -275,7 +266,7 @@ static __attribute__((noinline, cold)) void fl_direct_fix_d(double *r, ptrdiff_t
    without the running min and max of the squares that take_sqrt 2 asks for
    (even these two operations a vector cost ~10% at (10000, 3), one thread,
    so only data that can have such pairs asks for them). */
-static inline FL_T512 __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) void
 fl_direct512_loop_d(double *r, ptrdiff_t nb, const double *a, const double *bt, ptrdiff_t ldb,
                     ptrdiff_t k, const double *w, int take_sqrt, double scale, const int check,
                     __m512d *pmn, __m512d *pmx)
@@ -303,7 +294,7 @@ fl_direct512_loop_d(double *r, ptrdiff_t nb, const double *a, const double *bt, 
     *pmx = vmx;
 }
 
-FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, const double *bt,
+static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, const double *bt,
                                    ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
                                    double scale)
 {
@@ -324,7 +315,7 @@ FL_T512 static void fl_direct512_d(double *r, ptrdiff_t nb, const double *a, con
    the first 64-byte boundary of dst, then whole lines -- written with
    non-temporal stores when streaming -- and a masked tail, all straight into
    dst (no row buffer, no copy pass). */
-FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, const float *bt,
+static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, const float *bt,
                                    ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
                                    double scale, int stream)
 {
@@ -362,7 +353,7 @@ FL_T512 static void fl_direct512_f(float *dst, ptrdiff_t nb, const float *a, con
 
 /* Store a vector of weights, add it to the column sums cs and to the row's
    accumulators (float32: the two halves in double), under the tail mask. */
-static inline FL_T512 __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) void
 fl_wsum8(double *w, double *cs, __mmask8 m, __m512d wv, __m512d *acc)
 {
     _mm512_mask_storeu_pd(w, m, wv);
@@ -370,7 +361,7 @@ fl_wsum8(double *w, double *cs, __mmask8 m, __m512d wv, __m512d *acc)
     *acc = _mm512_add_pd(*acc, wv);
 }
 
-static inline FL_T512 __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) void
 fl_wsum16(float *w, double *cs, __mmask16 m, __m512 wv, __m512d *acc0, __m512d *acc1)
 {
     __mmask8 m0 = (__mmask8)(m & 0xff), m1 = (__mmask8)(m >> 8);
@@ -389,7 +380,7 @@ fl_wsum16(float *w, double *cs, __mmask16 m, __m512 wv, __m512d *acc0, __m512d *
  * column sums cs += w and the row's sum in double.  float32: w in float32
  * (as the GEMMs read it), the trust test and the sums in double.
  */
-FL_T512 static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *w, ptrdiff_t n,
+static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *w, ptrdiff_t n,
                                      double na, const double *nbv, double tau, double *cs,
                                      double *rs)
 {
@@ -413,7 +404,7 @@ FL_T512 static ptrdiff_t fl_bwdw512_d(const double *g, const double *d, double *
     return nflag;
 }
 
-FL_T512 static ptrdiff_t fl_bwdw512_f(const float *g, const float *d, float *w, ptrdiff_t n,
+static ptrdiff_t fl_bwdw512_f(const float *g, const float *d, float *w, ptrdiff_t n,
                                      double na, const double *nbv, double tau, double *cs,
                                      double *rs)
 {
@@ -448,7 +439,7 @@ FL_T512 static ptrdiff_t fl_bwdw512_f(const float *g, const float *d, float *w, 
    d := g / d (0 where d == 0; fl_grad_over_dist_row's values), cs += d in
    double, *rs = the row's sum.  Two passes (the division, then the column
    sums) took 10% of a (2048, 512) float32 backward at t=2. */
-FL_T512 static void fl_gdivcs512_d(const double *g, double *d, ptrdiff_t n, double *cs,
+static void fl_gdivcs512_d(const double *g, double *d, ptrdiff_t n, double *cs,
                                    double *rs)
 {
     const __m512d zero = _mm512_setzero_pd();
@@ -463,7 +454,7 @@ FL_T512 static void fl_gdivcs512_d(const double *g, double *d, ptrdiff_t n, doub
     *rs = _mm512_reduce_add_pd(acc);
 }
 
-FL_T512 static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double *cs,
+static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double *cs,
                                    double *rs)
 {
     const __m512 zf = _mm512_setzero_ps();
@@ -488,7 +479,7 @@ FL_T512 static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double
    a lane outside [2^-960, inf) -- 0, tiny (fl_sq_unsafe), inf, nan -- takes
    g / sqrt(s) itself (0 at s == 0); returns whether one did (the caller then
    recomputes the unsafe lanes' distances). */
-FL_T512 static int fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t n)
+static int fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t n)
 {
     const __m512d half = _mm512_set1_pd(0.5), three_half = _mm512_set1_pd(1.5);
     const __m512d zero = _mm512_setzero_pd(), tiny = _mm512_set1_pd(0x1p-960);
@@ -518,8 +509,8 @@ FL_T512 static int fl_rsqrtdiv512(double *w, const double *s, const double *g, p
 static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
 {
     ptrdiff_t j = 0;
-#ifdef FL_HAVE_AVX512_TARGET
-    if (fl_have_512()) j = fl_sqrt512_d(r, n);
+#if FL_AVX512
+    j = fl_sqrt512_d(r, n);
 #endif
     for (; j < n; j++) r[j] = sqrt(r[j]);
 }
@@ -530,8 +521,8 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
     for (ptrdiff_t j = 0; j < n; j++) r[j] = sqrtf(r[j]);
 }
 
-#ifdef FL_HAVE_AVX512_TARGET
-#define FL_USE_512 fl_have_512()
+#if FL_AVX512
+#define FL_USE_512 1
 #define FL_512_CALL(x) (x)
 /* float64 goes through the row buffer (its vectors start at the row's first
    entry: the square root's vector path is shared by 8 lanes), float32
@@ -591,7 +582,7 @@ static double fl_sqdist_exact_##SFX(const T *a, const T *b, ptrdiff_t k, const d
    b0 + j*k are the rows the exact path reads.  stream: write dst with          \
    non-temporal stores (a large output that will not be read back soon).       \
    Returns how many entries it recomputed. */                                   \
-FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c,         \
+static ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c,         \
                                       ptrdiff_t nb, double na,                            \
                                       const double *FL_RESTRICT nbv,                      \
                                       const T *a0, const T *b0, ptrdiff_t k,              \
@@ -644,7 +635,7 @@ FL_CLONES ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c
 /* Few columns (k <= FL_DIRECT_K): GEMM cannot pay for itself, and the    \
    direct sum is exact anyway.  c[j] = dist(a, b_j) with the k x ldb       \
    transposed rows bt, vectorized across j; accumulated in double. */      \
-FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,                  \
+static void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,                  \
                                         const T *FL_RESTRICT a,                            \
                                         const T *FL_RESTRICT bt, ptrdiff_t ldb,            \
                                         ptrdiff_t k, const double *w, int take_sqrt,       \
@@ -678,7 +669,7 @@ FL_CLONES void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,         
 }
 
 /* sum of t[0..n) in a fixed order: 8 lanes, then the lanes pairwise, then
-   the tail (the same for every clone). */
+   the tail (the same at every SIMD level). */
 static inline double fl_lanesum(const double *t, ptrdiff_t n)
 {
     fl_vd acc = {0};
@@ -706,7 +697,7 @@ static inline double fl_lanesum(const double *t, ptrdiff_t n)
  *   pb[q * ldp + j] -= w_j (a_q - b_jq)      (pb NULL: skipped)
  */
 #define FL_BWD_DIRECT_TPL(T, SFX)                                                         \
-FL_CLONES void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT bt,   \
+static void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT bt,   \
                                        ptrdiff_t ldb, ptrdiff_t nb, ptrdiff_t k,          \
                                        const T *FL_RESTRICT g, double *FL_RESTRICT ga,    \
                                        double *FL_RESTRICT pb, ptrdiff_t ldp)             \
@@ -782,7 +773,7 @@ FL_DIST_TPL(float, f)
  * loop: the division runs on every lane and the select drops the d == 0 ones.
  */
 #define FL_GDIV_TPL(T, SFX, VT, VL, ACC)                                                  \
-FL_CLONES double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT d,    \
+static double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT d,    \
                                              ptrdiff_t n)                                 \
 {                                                                                         \
     const VT zero = vsplat_##SFX(0);                                                      \
@@ -810,7 +801,7 @@ FL_CLONES double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTR
    W_ij != 0 is taken out of W (set to 0 before the GEMMs and the sums) and   \
    its term t = W_ij (a_i - b_j) formed from the difference in double:        \
    ta[0..k) += t (row i's share), tb[j*k..] -= t (column j's). */             \
-FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c,          \
+static void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c,          \
                                       const T *g, ptrdiff_t nb, double na,                \
                                       const double *FL_RESTRICT nbv, double tau,          \
                                       const T *a0, const T *b0, ptrdiff_t k,              \
@@ -840,7 +831,7 @@ FL_CLONES void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c, 
 }                                                                                         \
                                                                                           \
 /* sum of w[0..n) in double (rows with exact-path entries only: scalar) */     \
-FL_CLONES double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                                \
+static double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                                \
 {                                                                                         \
     double s = 0.0;                                                                       \
     for (ptrdiff_t j = 0; j < n; j++) s += (double)w[j];                                  \
@@ -850,7 +841,7 @@ FL_CLONES double fl_row_sum_##SFX(const T *w, ptrdiff_t n)                      
 /* sum_j x[j]^2 in double, the GEMM rows' squared norms: the vector layer's  */          \
 /* accumulator (as normalize's sum of squares), the tail zero padded.  The    */          \
 /* order depends on k only, never on the thread or the row's place.          */          \
-FL_CLONES double fl_sqnorm_##SFX(const T *FL_RESTRICT x, ptrdiff_t k)                     \
+static double fl_sqnorm_##SFX(const T *FL_RESTRICT x, ptrdiff_t k)                     \
 {                                                                                         \
     ACC acc = acc_zero_##SFX();                                                           \
     ptrdiff_t j = 0;                                                                      \
@@ -873,7 +864,7 @@ FL_CLONES double fl_sqnorm_##SFX(const T *FL_RESTRICT x, ptrdiff_t k)           
    difference instead (fl_bwd_given_exact_row finds them as w == 0 while      \
    g / d != 0).  cs[j] += w[j] (the row block's column sums) and *rs = the    \
    row's sum, in double.  Returns the number of near pairs. */                \
-FL_CLONES ptrdiff_t fl_bwd_weights_row_##SFX(const T *FL_RESTRICT g,                      \
+static ptrdiff_t fl_bwd_weights_row_##SFX(const T *FL_RESTRICT g,                      \
                                              const T *FL_RESTRICT d, T *FL_RESTRICT w,    \
                                              ptrdiff_t n, double na,                      \
                                              const double *FL_RESTRICT nbv, double tau,   \
@@ -904,7 +895,7 @@ FL_CLONES ptrdiff_t fl_bwd_weights_row_##SFX(const T *FL_RESTRICT g,            
    weight has g / d == 0 too; a nan one is not 0 and stays in W).  Their      \
    terms t = (g / d) (a_i - b_j), from the difference in double, go to        \
    ta[0..k) += t (ta not NULL) and tb[j * k..] -= t (tb not NULL). */          \
-FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w,           \
+static void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w,           \
                                             ptrdiff_t j0, ptrdiff_t j1, const T *a0,      \
                                             const T *b0, ptrdiff_t k, double *ta,         \
                                             double *tb)                                   \
@@ -936,20 +927,20 @@ FL_CLONES void fl_bwd_given_exact_row_##SFX(const T *g, const T *d, const T *w, 
    differ between CPUs, never between thread counts),                         \
    and gB's from one share p = (W^T A)_j: out[q] = c b[q] - p[q] in double,    \
    rounded once (c = colsum(W)_j). */                                          \
-FL_CLONES void fl_grad_a_row_##SFX(T *out, T r, const T *FL_RESTRICT a, const T *w,      \
+static void fl_grad_a_row_##SFX(T *out, T r, const T *FL_RESTRICT a, const T *w,      \
                                    ptrdiff_t n)    /* out may be w (in place) */          \
 {                                                                                         \
     for (ptrdiff_t q = 0; q < n; q++) out[q] = r * a[q] - w[q];                           \
 }                                                                                         \
                                                                                           \
-FL_CLONES void fl_grad_b_row_##SFX(T *FL_RESTRICT out, double c, const T *FL_RESTRICT b,  \
+static void fl_grad_b_row_##SFX(T *FL_RESTRICT out, double c, const T *FL_RESTRICT b,  \
                                    const T *FL_RESTRICT p, ptrdiff_t n)                   \
 {                                                                                         \
     for (ptrdiff_t q = 0; q < n; q++) out[q] = (T)(c * (double)b[q] - (double)p[q]);      \
 }                                                                                         \
                                                                                           \
 /* acc[0..n) += w[0..n) in double: the column sums of one tile row. */                   \
-FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,          \
+static void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,          \
                                 ptrdiff_t n)                                              \
 {                                                                                         \
     for (ptrdiff_t j = 0; j < n; j++) acc[j] += (double)w[j];                             \
@@ -957,7 +948,7 @@ FL_CLONES void fl_add_row_##SFX(double *FL_RESTRICT acc, const T *FL_RESTRICT w,
                                                                                           \
 /* d := g / d (0 where d == 0), cs += d, returning the row's sum: the two     \
    passes above in one (fl_gdivcs512) where AVX-512 is. */                     \
-FL_CLONES double fl_gdiv_colsum_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT d,       \
+static double fl_gdiv_colsum_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT d,       \
                                           ptrdiff_t n, double *FL_RESTRICT cs)           \
 {                                                                                         \
     double s;                                                                             \

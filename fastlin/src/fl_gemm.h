@@ -20,9 +20,9 @@
  * FMA per k within a KC slice, slices added in order: the result depends on
  * the shapes only, never on the thread count or on where a tile sits.
  *
- * Used only where the CPU has AVX-512F (checked at run time, fl_gemm_ok);
- * elsewhere, and in builds without gcc's target attributes (FL_NO_CLONES),
- * the callers (_blas.pxd) use scipy's BLAS as before.
+ * Built only into the avx512 level's modules (FL_AVX512, see fl_common.h),
+ * and not on Windows (its per-thread packing buffers use pthread keys); the
+ * other levels' callers (_blas.pxd) use scipy's BLAS.
  *
  * C is row-major (m x n, row stride ldc).  op(A) is m x k: A row-major m x k
  * (ta = 0) or A row-major k x m, read transposed (ta = 1).  op(B) is k x n:
@@ -36,9 +36,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#include "fl_common.h"
+
+#if FL_AVX512 && !defined(_WIN32)
 #define FL_HAVE_GEMM 1
-#include <immintrin.h>
 #include <pthread.h>
 #include "fl_transpose.h"
 #else
@@ -78,12 +79,7 @@ static int fl_gemm_wanted = 1;
 
 static int fl_gemm_ok(void)
 {
-    static int cpu = -1;
-    if (cpu < 0) {
-        __builtin_cpu_init();
-        cpu = __builtin_cpu_supports("avx512f") ? 1 : 0;
-    }
-    return cpu && fl_gemm_wanted;
+    return fl_gemm_wanted;
 }
 
 /*
@@ -156,7 +152,6 @@ typedef long long fl_gemm_v8l __attribute__((vector_size(64)));
 typedef int fl_gemm_v16i __attribute__((vector_size(64)));
 
 #define FL_GEMM_TRPACK(SUF, T, VT, IT, VL, MT, LOADZ, STOREM, ZERO, TRANSPOSE)             \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_trpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
                                  ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
 {                                                                                         \
@@ -191,7 +186,6 @@ FL_GEMM_TRPACK(f, float, fl_gemm_v16f, fl_gemm_v16i, 16, __mmask16, _mm512_maskz
  * operands of a (2048, 2048) x (2048, 512) float64 product took ~4 ms.
  */
 #define FL_GEMM_ALPACK(SUF, T, VL, MT, LOADZ, STOREM)                                     \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_alpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
                                  ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
 {                                                                                         \
@@ -219,7 +213,6 @@ FL_GEMM_ALPACK(f, float, 16, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_store
    bytes at a time: the W^T A product of cdist_backward(dist=) spent 6% of
    its time there at (2048, 512) float32.  Same values in the same places. */
 #define FL_GEMM_ALPACK_BLOCK(SUF, T, VL, MT, LOADZ, STOREM)                               \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_alpack_block_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t mc, \
                                        ptrdiff_t p0, ptrdiff_t kc, T *P)                  \
 {                                                                                         \
@@ -270,7 +263,6 @@ static void fl_gemm_pack_##SUF(const T *X, size_t ldx, int along, ptrdiff_t r0, 
 }                                                                                         \
                                                                                           \
 /* C[r, :NR] = alpha * sum_p Ap[p, r] Bp[p, :] (+ C[r, :NR] if load_c). */                \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_ukr_##SUF(ptrdiff_t kc, const T *FL_GEMM_RESTRICT ap,                 \
                               const T *FL_GEMM_RESTRICT bp, T *c, size_t ldc, T alpha,   \
                               int load_c)                                                 \
@@ -317,7 +309,6 @@ static void fl_gemm_ukr_##SUF(ptrdiff_t kc, const T *FL_GEMM_RESTRICT ap,       
 /* C (m x n) (+)= alpha * the product of packed blocks: Ap holds the MR-row   */        \
 /* panels of m rows, Bp the NR-column panels of n columns, each kc deep and   */         \
 /* consecutive.  Full panels go straight to C; edge panels through a buffer.  */         \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_macro_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t kc, const T *Ap,      \
                                 const T *Bp, T *C, size_t ldc, T alpha, int load_c)       \
 {                                                                                         \
@@ -354,7 +345,6 @@ static void fl_gemm_beta_only_##SUF(ptrdiff_t m, ptrdiff_t n, T beta, T *C, size
 /* One KC slice (depths pc .. pc + kc) of C (m x nc) (+)= alpha op(A) op(B),  */          \
 /* op(B)'s panels of the slice at Bp: op(A) packed MC rows at a time into Ap  */          \
 /* (the thread's scratch), each block through the macro-kernel.               */          \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_slice_##SUF(int ta, ptrdiff_t m, ptrdiff_t nc, ptrdiff_t pc,          \
                                 ptrdiff_t kc, T alpha, const T *A, size_t lda,            \
                                 const T *Bp, T *C, size_t ldc, int load_c, T *Ap)         \
@@ -374,7 +364,6 @@ static void fl_gemm_slice_##SUF(int ta, ptrdiff_t m, ptrdiff_t nc, ptrdiff_t pc,
                                                                                           \
 /* Returns 0, or -1 when the packing buffers could not be allocated (then     */         \
 /* nothing was written and the caller falls back to BLAS).                     */         \
-__attribute__((target("avx512f")))                                                        \
 static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha, \
                          const T *A, size_t lda, const T *B, size_t ldb, T beta, T *C,   \
                          size_t ldc)                                                      \
@@ -416,7 +405,6 @@ static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, 
 /* so the result is fl_gemm's bit for bit.  For a product split into row      */          \
 /* blocks on several threads: B is packed once for all of them.  Returns 0,   */          \
 /* or -1 when the packing buffer could not be allocated (nothing written).    */          \
-__attribute__((target("avx512f")))                                                        \
 static int fl_gemm_pb_##SUF(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
                             const T *A, size_t lda, const T *Bp, ptrdiff_t npad, T beta,  \
                             T *C, size_t ldc)                                             \
@@ -468,7 +456,6 @@ static void fl_gemm_pack_panels_##SUF(int is_b, const T *X, size_t ldx, int tx, 
 /* C (m x n) = alpha op(A)[i0:i0+m] op(B)[:, j0:j0+n] + beta C from prepacked */          \
 /* operands (mpad, npad: their padded row / column counts); i0 a multiple   */          \
 /* of MR, j0 of NR.  Same sums in the same order as fl_gemm.                 */          \
-__attribute__((target("avx512f")))                                                        \
 static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
                                     const T *Ap, ptrdiff_t mpad, ptrdiff_t i0,            \
                                     const T *Bp, ptrdiff_t npad, ptrdiff_t j0, T beta,    \

@@ -99,22 +99,14 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, const T *FL_RESTRI
 #endif
 #define FL_MAHA_DMAX 16   /* the register kernel's largest d */
 
-/* z's lanes in double.  For float the widening goes through one 16-double
-   vector: fl_widen's two 8-float halves made gcc 12 split each conversion
-   into 128-bit pieces (6 extra shuffles per vector, as many uops as the
-   solve's FMAs at d = 16). */
-#if !FL_IS_DOUBLE
-typedef double fl_maha_vd16 __attribute__((vector_size(128)));
-#endif
+/* z's lanes in double (fl_widen: one 16-double conversion, then halved) */
 FL_INLINE ACC FL(maha_wide)(VT z)
 {
 #if FL_IS_DOUBLE
     return z;
 #else
-    fl_maha_vd16 w = __builtin_convertvector(z, fl_maha_vd16);
     ACC r;
-    r.lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
-    r.hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+    fl_widen(z, &r.lo, &r.hi);
     return r;
 #endif
 }
@@ -448,29 +440,25 @@ static inline void FL(fl_maha_prep)(const T *FL_RESTRICT L, const T *FL_RESTRICT
  * (same d, mu and solve); scratch: fl_maha_scratch(d) elements, private to
  * the calling thread.
  */
-FL_CLONES void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
+static void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
                                 const T *FL_RESTRICT mu, const T *FL_RESTRICT P, int solve,
                                 int squared, T *FL_RESTRICT out, T *FL_RESTRICT scratch)
 {
     /* 64-byte aligned: every vector of a block is then one cache line */
     T *zs = (T *)(((uintptr_t)scratch + 63) & ~(uintptr_t)63);
     if (d > FL_MAHA_DMAX) {
-        /* The register tile by the registers of the clone running: the 16
+        /* The register tile by the registers of the SIMD level: the 16
            accumulators fit AVX-512's 32 zmm; where a vector is 2 ymm (AVX2)
            or 4 xmm (baseline) of 16, that tile spilled (2-3x slower than the
            old one-group kernel), hence (G, J) = (1, 4) and (1, 2) there.
            Each row's arithmetic does not depend on the tile. */
         T *tb = zs + d * FL_MAHA_G * VL;
-#if defined(__x86_64__) && !defined(FL_NO_CLONES) && defined(__GNUC__) && defined(__linux__)
-        int wide = __builtin_cpu_supports("x86-64-v4"), mid = __builtin_cpu_supports("x86-64-v3");
-#else
-#ifdef __AVX512F__
+#if FL_AVX512
         int wide = 1, mid = 1;
 #elif defined(__AVX2__)
         int wide = 0, mid = 1;
 #else
         int wide = 0, mid = 0;
-#endif
 #endif
         if (wide)
             FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, FL_MAHA_G,
@@ -504,7 +492,7 @@ FL_CLONES void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d
  *         traffic would dominate).
  * The caller applies the sign / factor 2 / tril and sums the per-block gm.
  */
-FL_CLONES void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
+static void FL(fl_maha_bwd_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
                                     const T *FL_RESTRICT mu, const T *FL_RESTRICT L,
                                     const T *FL_RESTRICT g, int squared, int chol,
                                     T *FL_RESTRICT gX, double *FL_RESTRICT gm,

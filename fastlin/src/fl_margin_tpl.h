@@ -13,7 +13,7 @@
  */
 
 /* sum over one row of the hinge; nothing is stored. */
-FL_CLONES double FL(fl_margin_row_sum)(const T *FL_RESTRICT neg, ptrdiff_t n, T p, T m)
+static double FL(fl_margin_row_sum)(const T *FL_RESTRICT neg, ptrdiff_t n, T p, T m)
 {
     const VT zero = FL(vsplat)(0);
     ACC acc = FL(acc_zero)();
@@ -31,7 +31,7 @@ FL_CLONES double FL(fl_margin_row_sum)(const T *FL_RESTRICT neg, ptrdiff_t n, T 
 }
 
 /* the row of losses */
-FL_CLONES void FL(fl_margin_row)(const T *FL_RESTRICT neg, T *FL_RESTRICT out, ptrdiff_t n, T p,
+static void FL(fl_margin_row)(const T *FL_RESTRICT neg, T *FL_RESTRICT out, ptrdiff_t n, T p,
                                  T m)
 {
     for (ptrdiff_t i = 0; i < n; i++) {
@@ -45,7 +45,7 @@ FL_CLONES void FL(fl_margin_row)(const T *FL_RESTRICT neg, T *FL_RESTRICT out, p
  * is 0), returns gpos = -sum_j gneg[j].  The subgradient at the kink
  * (v == 0, the margin met exactly) is 0; a nan v gives a nan gradient.
  */
-FL_CLONES double FL(fl_margin_row_bwd)(const T *FL_RESTRICT neg, const T *FL_RESTRICT g,
+static double FL(fl_margin_row_bwd)(const T *FL_RESTRICT neg, const T *FL_RESTRICT g,
                                        ptrdiff_t gstride, T *FL_RESTRICT gneg, ptrdiff_t n, T p,
                                        T m)
 {

@@ -86,7 +86,7 @@ FL_INLINE void FL(scale_row)(const T *FL_RESTRICT x, T *FL_RESTRICT y, ptrdiff_t
     for (; i < n; i++) y[i] = x[i] * s;
 }
 
-FL_CLONES void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
+static void FL(fl_normalize_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                     ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w, double eps)
 {
     if (ld == 1) {
@@ -161,7 +161,7 @@ static void FL(nb_strided)(const T *g, const T *x, T *gx, ptrdiff_t n, ptrdiff_t
         gx[i * stride] = (T)(((double)g[i * stride] - ((double)x[i * stride] / nrm) * dot) / nrm);
 }
 
-FL_CLONES void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT x,
+static void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT x,
                                     T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w,
                                     double eps)
 {

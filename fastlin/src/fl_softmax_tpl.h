@@ -210,7 +210,7 @@ FL_INLINE void FL(lse_cols)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, p
 
 /* ------------------------------------------------------------- forward */
 
-FL_CLONES void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
+static void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                   ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
@@ -246,7 +246,7 @@ FL_CLONES void FL(fl_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
 }
 
 /* scipy's log_softmax: a non-finite maximum is replaced by 0 before the shift. */
-FL_CLONES void FL(fl_log_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
+static void FL(fl_log_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
                                       ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
@@ -308,7 +308,7 @@ FL_CLONES void FL(fl_log_softmax_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT y,
 }
 
 /* out[0..w) receives the log-sum-exp of the row (w == 1) or of each column. */
-FL_CLONES void FL(fl_logsumexp_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT out,
+static void FL(fl_logsumexp_fwd)(const T *FL_RESTRICT x, T *FL_RESTRICT out,
                                     ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
@@ -376,7 +376,7 @@ FL_INLINE double FL(lse_w_row)(const T *FL_RESTRICT x, const T *FL_RESTRICT b, p
     return out;
 }
 
-FL_CLONES void FL(fl_logsumexp_w_fwd)(const T *FL_RESTRICT x, const T *FL_RESTRICT b,
+static void FL(fl_logsumexp_w_fwd)(const T *FL_RESTRICT x, const T *FL_RESTRICT b,
                                       T *FL_RESTRICT out, T *FL_RESTRICT sgn,
                                       ptrdiff_t n, int return_sign)
 {
@@ -388,7 +388,7 @@ FL_CLONES void FL(fl_logsumexp_w_fwd)(const T *FL_RESTRICT x, const T *FL_RESTRI
 /* ------------------------------------------------------------ backward */
 
 /* gx = y * (g - sum(g * y)) */
-FL_CLONES void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y,
+static void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y,
                                   T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
@@ -439,7 +439,7 @@ FL_CLONES void FL(fl_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y
 }
 
 /* gx = g - exp(y) * sum(g) */
-FL_CLONES void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y,
+static void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT y,
                                       T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
@@ -495,7 +495,7 @@ FL_CLONES void FL(fl_log_softmax_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRI
  * gx = gout * exp(x - lse).  A slice whose lse is -inf (all entries -inf)
  * has no defined softmax weights; it gets the zero gradient.
  */
-FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTRICT x,
+static void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTRICT x,
                                     T *FL_RESTRICT gx, ptrdiff_t n, ptrdiff_t ld, ptrdiff_t w)
 {
     if (ld == 1) {
@@ -544,7 +544,7 @@ FL_CLONES void FL(fl_logsumexp_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTR
 
 /* Weighted: gx = gout * sign * b * exp(x - log|S|); zero where b == 0 and
    for a slice whose weighted sum is 0. */
-FL_CLONES void FL(fl_logsumexp_w_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTRICT x,
+static void FL(fl_logsumexp_w_bwd)(const T *FL_RESTRICT gout, const T *FL_RESTRICT x,
                                       const T *FL_RESTRICT b, T *FL_RESTRICT gx, ptrdiff_t n)
 {
     double sg, ro;

@@ -23,13 +23,11 @@
    whole), up to half the memory traffic of a write-bound cdist.  64-byte
    stores where the CPU has AVX-512 (one store per line; the SSE2 16-byte
    loop costs 4x the instructions, which showed in profiles), else 16-byte
-   SSE2 stores (baseline x86-64: every clone has them), a line per
+   SSE2 stores (baseline x86-64: every level has them), a line per
    iteration.  The caller fences (fl_stream_fence) before the output is
    handed on. */
-#if defined(__x86_64__) && defined(__SSE2__) && defined(__GNUC__) && !defined(FL_NO_CLONES)
-#include <immintrin.h>
-#define FL_HAVE_AVX512_TARGET 1
-__attribute__((target("avx512f"))) static size_t
+#if FL_AVX512
+static size_t
 fl_stream512(char *FL_RESTRICT dst, const char *FL_RESTRICT src, size_t n)
 {
     size_t j = (size_t)(-(uintptr_t)dst & 63);
@@ -47,20 +45,17 @@ static inline void fl_store_bytes(char *FL_RESTRICT dst, const char *FL_RESTRICT
     size_t j = 0;
 #if defined(__SSE2__)
     if (stream) {
-#ifdef FL_HAVE_AVX512_TARGET
-        if (__builtin_cpu_supports("avx512f"))
-            j = fl_stream512(dst, src, n);
-        else
+#if FL_AVX512
+        j = fl_stream512(dst, src, n);
+#else
+        j = (size_t)(-(uintptr_t)dst & 15);
+        if (j > n) j = n;
+        memcpy(dst, src, j);
+        for (; j + 64 <= n; j += 64)
+            for (int q = 0; q < 64; q += 16)
+                _mm_stream_si128((__m128i *)(dst + j + q),
+                                 _mm_loadu_si128((const __m128i *)(src + j + q)));
 #endif
-        {
-            j = (size_t)(-(uintptr_t)dst & 15);
-            if (j > n) j = n;
-            memcpy(dst, src, j);
-            for (; j + 64 <= n; j += 64)
-                for (int q = 0; q < 64; q += 16)
-                    _mm_stream_si128((__m128i *)(dst + j + q),
-                                     _mm_loadu_si128((const __m128i *)(src + j + q)));
-        }
     }
 #endif
     memcpy(dst + j, src + j, n - j);

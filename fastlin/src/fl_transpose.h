@@ -12,39 +12,38 @@
  */
 #ifndef FL_TRANSPOSE_H
 #define FL_TRANSPOSE_H
+#include "fl_common.h"
 
-#define FL_TR_STAGE(VT, N, v, st, mx, my)                                                 \
+/* MX, MY: the index lists of the two shuffles, parenthesized */
+#define FL_TR_STAGE(VT, IT, N, v, st, MX, MY)                                             \
     for (int fl_i_ = 0; fl_i_ < (N); fl_i_++)                                             \
         if (!(fl_i_ & (st))) {                                                            \
             VT fl_a_ = (v)[fl_i_], fl_b_ = (v)[fl_i_ + (st)];                             \
-            (v)[fl_i_] = __builtin_shuffle(fl_a_, fl_b_, mx);                             \
-            (v)[fl_i_ + (st)] = __builtin_shuffle(fl_a_, fl_b_, my);                      \
+            (v)[fl_i_] = FL_SHUFFLE(IT, fl_a_, fl_b_, FL_UNPAREN MX);                     \
+            (v)[fl_i_ + (st)] = FL_SHUFFLE(IT, fl_a_, fl_b_, FL_UNPAREN MY);              \
         }
 
 #define FL_TRANSPOSE8(VT, IT, v)                                                          \
     do {                                                                                  \
-        const IT fl_x1_ = {0, 8, 2, 10, 4, 12, 6, 14}, fl_y1_ = {1, 9, 3, 11, 5, 13, 7, 15}; \
-        const IT fl_x2_ = {0, 1, 8, 9, 4, 5, 12, 13}, fl_y2_ = {2, 3, 10, 11, 6, 7, 14, 15}; \
-        const IT fl_x4_ = {0, 1, 2, 3, 8, 9, 10, 11}, fl_y4_ = {4, 5, 6, 7, 12, 13, 14, 15}; \
-        FL_TR_STAGE(VT, 8, v, 1, fl_x1_, fl_y1_)                                          \
-        FL_TR_STAGE(VT, 8, v, 2, fl_x2_, fl_y2_)                                          \
-        FL_TR_STAGE(VT, 8, v, 4, fl_x4_, fl_y4_)                                          \
+        FL_TR_STAGE(VT, IT, 8, v, 1, (0, 8, 2, 10, 4, 12, 6, 14), (1, 9, 3, 11, 5, 13, 7, 15)) \
+        FL_TR_STAGE(VT, IT, 8, v, 2, (0, 1, 8, 9, 4, 5, 12, 13), (2, 3, 10, 11, 6, 7, 14, 15)) \
+        FL_TR_STAGE(VT, IT, 8, v, 4, (0, 1, 2, 3, 8, 9, 10, 11), (4, 5, 6, 7, 12, 13, 14, 15)) \
     } while (0)
 
 #define FL_TRANSPOSE16(VT, IT, v)                                                         \
     do {                                                                                  \
-        const IT fl_x1_ = {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30};    \
-        const IT fl_y1_ = {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31};    \
-        const IT fl_x2_ = {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29};     \
-        const IT fl_y2_ = {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31};   \
-        const IT fl_x4_ = {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27};     \
-        const IT fl_y4_ = {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31};   \
-        const IT fl_x8_ = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};       \
-        const IT fl_y8_ = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31}; \
-        FL_TR_STAGE(VT, 16, v, 1, fl_x1_, fl_y1_)                                         \
-        FL_TR_STAGE(VT, 16, v, 2, fl_x2_, fl_y2_)                                         \
-        FL_TR_STAGE(VT, 16, v, 4, fl_x4_, fl_y4_)                                         \
-        FL_TR_STAGE(VT, 16, v, 8, fl_x8_, fl_y8_)                                         \
+        FL_TR_STAGE(VT, IT, 16, v, 1,                                                     \
+                    (0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30),          \
+                    (1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31))          \
+        FL_TR_STAGE(VT, IT, 16, v, 2,                                                     \
+                    (0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29),           \
+                    (2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31))         \
+        FL_TR_STAGE(VT, IT, 16, v, 4,                                                     \
+                    (0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27),           \
+                    (4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31))         \
+        FL_TR_STAGE(VT, IT, 16, v, 8,                                                     \
+                    (0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23),             \
+                    (8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31))       \
     } while (0)
 
 #endif /* FL_TRANSPOSE_H */
