@@ -241,7 +241,9 @@ def machine_facts(peers, threads, mode, threads_note=None):
             "run these ops on one thread whatever t"),
         "mode": mode,
         "env": {v: os.environ.get(v) for v in
-                OPENBLAS_VARS + ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE")},
+                OPENBLAS_VARS + ("OMP_NUM_THREADS", "THP_MEM_ALLOC_ENABLE", "FASTLIN_SIMD",
+                                 "ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                 "NPY_DISABLE_CPU_FEATURES")},
         "torch_extra": _torch_extra(peers),
     }
 

@@ -14,20 +14,89 @@ before anything imports torch.  Run it with the OpenBLAS tuning variables
 unset::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.run
+
+``--simd avx2`` (or ``baseline``) runs fastlin at that SIMD level and its
+peers as on a CPU of that level (torch, MKL, NumPy and OpenBLAS are told
+through their environment variables, set by the same re-execution).
 """
 import os
 import sys
 
 
-def _reexec_with_thp():
-    """Replace this process by itself with THP_MEM_ALLOC_ENABLE=1 (if unset).
+SIMD_LEVELS = ("avx512", "avx2", "baseline")   # fastlin._simd.LEVELS
 
-    An explicit value (``THP_MEM_ALLOC_ENABLE=0`` to see torch without huge
-    pages) is respected; the header reports it either way.
+
+def _simd_arg(argv):
+    """The value of --simd in argv, or None."""
+    for i, a in enumerate(argv):
+        if a == "--simd" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--simd="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _numpy_features_above(level):
+    """NumPy's dispatched CPU features beyond `level` (for
+    NPY_DISABLE_CPU_FEATURES), asked of a child so that this process has not
+    imported NumPy yet; and NumPy's baseline (it cannot be disabled)."""
+    import json
+    import subprocess
+    code = ("import json\n"
+            "try:\n from numpy._core._multiarray_umath import __cpu_dispatch__ as d, "
+            "__cpu_baseline__ as b\n"
+            "except ImportError:\n from numpy.core._multiarray_umath import "
+            "__cpu_dispatch__ as d, __cpu_baseline__ as b\n"
+            "print(json.dumps([list(d), list(b)]))")
+    env = {k: v for k, v in os.environ.items() if k != "NPY_DISABLE_CPU_FEATURES"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    dispatch, baseline = json.loads(out)
+    if level == "avx2":
+        above = [f for f in dispatch if f.startswith("AVX512")]
+    else:
+        above = [f for f in dispatch if f not in baseline]
+    return above, baseline
+
+
+def _level_env(level):
+    """Environment that runs fastlin and its peers as on a CPU of `level`:
+    fastlin (FASTLIN_SIMD), torch's ATen kernels (ATEN_CPU_CAPABILITY) and
+    MKL (MKL_ENABLE_INSTRUCTIONS), NumPy (NPY_DISABLE_CPU_FEATURES, down to
+    its own baseline) and OpenBLAS (the kernel of that CPU class)."""
+    env = {"FASTLIN_SIMD": level}
+    if level == "avx512":
+        env["ATEN_CPU_CAPABILITY"] = "avx512"
+        return env
+    above, _ = _numpy_features_above(level)
+    env.update({
+        "ATEN_CPU_CAPABILITY": "avx2" if level == "avx2" else "default",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX2" if level == "avx2" else "SSE4_2",
+        "NPY_DISABLE_CPU_FEATURES": " ".join(above),
+        "OPENBLAS_CORETYPE": "Haswell" if level == "avx2" else "Nehalem",
+    })
+    return env
+
+
+def _reexec():
+    """Replace this process by itself with THP_MEM_ALLOC_ENABLE=1 (if unset)
+    and, under --simd LEVEL, the environment of _level_env (these are read
+    when the libraries load, so they must be set before any is imported).
+
+    An explicit THP_MEM_ALLOC_ENABLE (0 to see torch without huge pages) is
+    respected; the header reports the environment either way.
     """
-    if "THP_MEM_ALLOC_ENABLE" in os.environ:
+    want = {}
+    if "THP_MEM_ALLOC_ENABLE" not in os.environ:
+        want["THP_MEM_ALLOC_ENABLE"] = "1"
+    level = _simd_arg(sys.argv[1:])
+    if level in SIMD_LEVELS:
+        want.update(_level_env(level))
+    if all(os.environ.get(k) == v for k, v in want.items()):
         return
-    env = dict(os.environ, THP_MEM_ALLOC_ENABLE="1")
+    env = dict(os.environ, **want)
+    if level in SIMD_LEVELS and level != "avx512":
+        env.pop("OPENBLAS_L2_SIZE", None)
     argv = list(getattr(sys, "orig_argv", None) or
                 [sys.executable, "-m", "bench.run", *sys.argv[1:]])
     sys.stdout.flush()
@@ -36,7 +105,7 @@ def _reexec_with_thp():
 
 
 if __name__ == "__main__":
-    _reexec_with_thp()   # before numpy, scipy or torch are imported
+    _reexec()   # before numpy, scipy or torch are imported
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -142,6 +211,12 @@ def parse_args(argv=None):
                    help="turn fastlin's result-buffer cache off (fastlin.set_memory_cache(0)): "
                         "every large result then comes fresh from the OS and pays its page "
                         "faults, as for a caller that keeps every result")
+    p.add_argument("--simd", choices=SIMD_LEVELS, default=None,
+                   help="run fastlin at this SIMD level (FASTLIN_SIMD) and force the peers to "
+                        "it where they allow: torch ATEN_CPU_CAPABILITY and "
+                        "MKL_ENABLE_INSTRUCTIONS, NumPy NPY_DISABLE_CPU_FEATURES (down to its "
+                        "own baseline), OpenBLAS's Haswell / Nehalem kernel for avx2 / "
+                        "baseline; the header shows the environment")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
                    help="where to save the results (default bench/results.json); "
                         "'-' to skip")

@@ -509,7 +509,9 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     """
     cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
     cdef Py_ssize_t ntm = (mA + TILE - 1) // TILE, ntn = (mB + TILE - 1) // TILE
-    if floating is double and share_t is float:
+    # sizeof, not a fused-type test: Cython would flag the rest of the
+    # (float64, float32) specialisation as unreachable code
+    if sizeof(share_t) < sizeof(floating):
         raise TypeError("P must be float64 for float64 operands")
     cdef Py_ssize_t bpg = blocks_per_group
     cdef Py_ssize_t ngroups = (ntm + bpg - 1) // bpg

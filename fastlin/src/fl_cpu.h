@@ -22,7 +22,7 @@
 static void fl_cpuid(unsigned leaf, unsigned sub, unsigned r[4])
 {
     r[0] = r[1] = r[2] = r[3] = 0;
-    if (__get_cpuid_max(leaf & 0x80000000u, 0) < leaf) return;
+    if ((unsigned)__get_cpuid_max(leaf & 0x80000000u, 0) < leaf) return;
     __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
 }
 
