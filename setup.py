@@ -138,6 +138,28 @@ def _compiler_name(compiler):
     return "clang" if "clang" in out else "gcc"
 
 
+def _openmp_candidates(msvc_like):
+    """(compile flags, link flags) to try for OpenMP, in order."""
+    if "FASTLIN_OPENMP_CFLAGS" in os.environ or "FASTLIN_OPENMP_LDFLAGS" in os.environ:
+        return [(shlex.split(os.environ.get("FASTLIN_OPENMP_CFLAGS", "")),
+                 shlex.split(os.environ.get("FASTLIN_OPENMP_LDFLAGS", "")))]
+    if msvc_like:
+        # clang-cl's objects ask for libomp.lib, which LLVM keeps in its lib/
+        clang = shutil.which(os.environ.get("CC", "clang-cl")) or ""
+        lib = os.path.join(os.path.dirname(os.path.dirname(clang)), "lib")
+        return [(["/openmp"], [f"/LIBPATH:{lib}"] if os.path.isdir(lib) else [])]
+    found = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":
+        # Apple clang has no -fopenmp driver flag: the frontend's, and
+        # Homebrew's libomp (arm64 and x86_64 prefixes)
+        for prefix in (os.environ.get("LIBOMP_PREFIX", ""), "/opt/homebrew/opt/libomp",
+                       "/usr/local/opt/libomp"):
+            if prefix and os.path.isdir(prefix):
+                found.append((["-Xpreprocessor", "-fopenmp", f"-I{prefix}/include"],
+                              [f"-L{prefix}/lib", "-lomp", f"-Wl,-rpath,{prefix}/lib"]))
+    return found
+
+
 class BuildExt(build_ext):
     def finalize_options(self):
         super().finalize_options()
@@ -196,24 +218,23 @@ class BuildExt(build_ext):
         if _env_flag("FASTLIN_NO_OPENMP"):
             print("fastlin: FASTLIN_NO_OPENMP set: building without OpenMP (single-threaded)")
         else:
-            if "FASTLIN_OPENMP_CFLAGS" in os.environ or "FASTLIN_OPENMP_LDFLAGS" in os.environ:
-                omp_c = shlex.split(os.environ.get("FASTLIN_OPENMP_CFLAGS", ""))
-                omp_l = shlex.split(os.environ.get("FASTLIN_OPENMP_LDFLAGS", ""))
-            elif msvc_like:
-                omp_c, omp_l = ["/openmp"], []
-            else:
-                omp_c, omp_l = ["-fopenmp"], ["-fopenmp"]
-            openmp, _ = _try_compile(self.compiler, OPENMP_TEST, compile_args + omp_c, omp_l)
-            if openmp:
-                compile_args += omp_c
-                link_args += omp_l
+            tried = []
+            for omp_c, omp_l in _openmp_candidates(msvc_like):
+                tried.append(" ".join(omp_c + omp_l))
+                openmp, _ = _try_compile(self.compiler, OPENMP_TEST, compile_args + omp_c, omp_l)
+                if openmp:
+                    compile_args += omp_c
+                    link_args += omp_l
+                    break
             else:
                 self.warn(
                     "\n" + "*" * 72 + "\n"
-                    "fastlin: the C compiler does not support OpenMP (with the flags\n"
-                    f"{' '.join(omp_c + omp_l)}).\n"
+                    "fastlin: the C compiler does not support OpenMP (tried: "
+                    f"{'; '.join(tried)}).\n"
                     "Building single-threaded kernels: results are identical,\n"
-                    "but set_num_threads() will have no effect.\n" + "*" * 72)
+                    "but set_num_threads() will have no effect.  On macOS: brew install\n"
+                    "libomp, or set FASTLIN_OPENMP_CFLAGS / FASTLIN_OPENMP_LDFLAGS.\n"
+                    + "*" * 72)
 
         wanted = os.environ.get("FASTLIN_SIMD_LEVELS", "")
         wanted = [w.strip().lower() for w in wanted.split(",") if w.strip()] or list(LEVELS)

@@ -196,9 +196,11 @@ def _blas_info():
 
 
 def openblas_env_warning():
-    """A warning line if OpenBLAS tuning variables are set, else None."""
+    """A warning line if OpenBLAS tuning variables are set, else None (also
+    when ``bench.run --simd`` chose the kernel of the forced level)."""
     set_vars = [f"{v}={os.environ[v]}" for v in OPENBLAS_VARS if v in os.environ]
-    if not set_vars:
+    forced = {"avx2": "Haswell", "baseline": "Nehalem"}.get(os.environ.get("FASTLIN_SIMD", ""))
+    if not set_vars or (forced and set_vars == [f"OPENBLAS_CORETYPE={forced}"]):
         return None
     return ("WARNING: " + ", ".join(set_vars) + " set: BLAS-backed peers may not run "
             "their best kernel. Rerun as: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE "
