@@ -36,6 +36,104 @@ def _semidefinite_factor(VI, n, dtype, vi_dtype):
     return np.linalg.qr(B.T, mode="r").T
 
 
+# A covariance is refused as singular to working precision when the sum of
+# its variables' variance inflation factors, trace(R^-1) for its correlation
+# matrix R, reaches 1 / (SINGULAR_COV_EPS eps) of the matrix's dtype.
+SINGULAR_COV_EPS = 32.0
+
+
+def _refuse_singular_cov(Md, c, name, dtype):
+    """Raise if the covariance Md, whose lower Cholesky factor is c, is
+    singular to working precision.
+
+    Parameters
+    ----------
+    Md : ndarray, shape (d, d)
+        The covariance in float64 (symmetric), d >= 1.
+    c : ndarray, shape (d, d)
+        Its lower Cholesky factor (LAPACK potrf succeeded).
+    name : str
+        The argument's name, for the message.
+    dtype : numpy.dtype
+        The dtype the covariance was given in: its eps sets the line.
+
+    Raises
+    ------
+    ValueError
+        If ``1 / trace(R^-1) <= SINGULAR_COV_EPS * eps``, R the correlation
+        matrix of ``c c^T``.
+
+    Notes
+    -----
+    Rounding makes a singular covariance factor now and then (np.cov's sums
+    and potrf move its zero eigenvalue by a few eps, and the sign decides),
+    and the solve then inflates the distances by ~1e8.  Cholesky's own pivots
+    do not reveal that: the pivot of a dependent column is its variance left
+    unexplained by the *earlier* columns, and when those are themselves
+    nearly collinear the rounding reaching it is amplified by their
+    conditioning (a rank-4 5 x 5 np.cov left a pivot of 800 eps of its
+    variable's variance under one OpenBLAS kernel, with R's smallest
+    eigenvalue at 1.1 eps, and a non-positive pivot under another).  The
+    smallest eigenvalue of the correlation matrix R = D^-1/2 C D^-1/2 (D =
+    diag C) is not amplified: rounding moves it by |v^T E v| for the null
+    vector v and the perturbation E, a few eps of R whatever the
+    conditioning (measured: at most 18 eps for the sample covariances of up
+    to 1e6 points, d 2..1024, exact duplicates, linear combinations, one-hot
+    and compositional columns, under OpenBLAS's Prescott, Nehalem,
+    Sandybridge, Haswell and SkylakeX kernels; at most 4 eps32 for these
+    rounded to float32 or made by a float32 np.cov.  A line at the
+    worst-case bound instead, d^2 eps for potrf alone, would refuse d = 1000
+    covariances of condition 4e9).  R
+    ignores the variables' scales, which Cholesky's rounding does too (van
+    der Sluis), so variables in different units are not singular.  Beyond
+    any test of the matrix alone: rounding that makes a singular covariance
+    nonsingular at the scale of its own variables, as np.cov's centring does
+    for a constant variable (its variance comes out as ~(eps mean)^2 > 0,
+    uncorrelated with the rest) or for d points whose mean exceeds their
+    spread ~1e9 times (the rounded deviations are of full rank).
+
+    ``t = 1 / trace(R^-1)`` lies within ``[lambda_min / d, lambda_min]`` of
+    R's smallest eigenvalue and equals it to a few digits when one direction
+    is nearly null.  It costs one triangular inverse, as much as potrf, and,
+    unlike a condition estimate (pocon), never overstates ``lambda_min``: a
+    singular covariance whose rounding left ``lambda_min <= 32 eps`` is
+    refused without exception.  Where the line sits: a covariance is refused
+    at ``trace(R^-1) >= 1 / (32 eps)`` (1.4e14 in float64, 2.6e5 in float32),
+    so always if ``lambda_min(R) <= 32 eps`` and never if ``lambda_min(R) >
+    32 d eps`` (as where ``cond(R) < 1 / (32 d eps)``); the distances' error
+    bound, ``d eps cond(R)``, is 1/32 to d/32 there.
+
+    The ridge the message proposes passes: ``C' = C + mu I`` with ``mu = lam
+    trace(C) / d`` and ``lam >= 100 d eps`` has ``R' >= mu D'^-1`` (D' =
+    diag C'), so ``trace(R'^-1) <= trace(D') / mu = d / lam + d`` and ``t >=
+    lam / (d (1 + lam)) >= 50 eps`` for ``lam <= 1``.
+
+    R^-1's diagonal, ``1 / (1 - R_k^2)`` of each variable k regressed on the
+    others, also names the variable most nearly a combination of the others.
+    """
+    eps = dtype_eps(dtype)
+    d = c.shape[0]
+    # the factor of R itself: rows of L scaled by 1 / sqrt(C_kk), entries <= 1
+    LR = c / np.sqrt(np.diag(Md))[:, None]
+    inv, info = lapack.dtrtri(LR, lower=1)      # under _factor's one BLAS thread
+    if info != 0:  # pragma: no cover - potrf's factor has a positive diagonal
+        inv = np.full_like(LR, np.inf)
+    # (R^-1)_kk is the squared norm of column k of LR^-1 (R^-1 = LR^-T LR^-1);
+    # a pivot near underflow overflows it: inf, refused
+    with np.errstate(over="ignore", invalid="ignore"):
+        vif = np.einsum("ij,ij->j", inv, inv)
+        t = 1.0 / vif.sum()
+    if t > SINGULAR_COV_EPS * eps:
+        return
+    k = int(np.argmax(np.where(np.isnan(vif), np.inf, vif)))
+    raise ValueError(
+        f"{name} is singular to working precision (the smallest eigenvalue of its "
+        f"correlation matrix is at most {t:.3g}, not above {SINGULAR_COV_EPS:g} eps = "
+        f"{SINGULAR_COV_EPS * eps:.3g}; variable {k} is the one most nearly a combination "
+        f"of the others, all but a share {1.0 / vif[k]:.3g} of its variance explained by "
+        f"them); " + _regularise(name, d, dtype))
+
+
 def _factor(M, name, dtype=None):
     """Lower Cholesky factor of a symmetric positive definite matrix, with the
     failing column named (LAPACK potrf's info); for VI, a lower triangular
@@ -43,11 +141,16 @@ def _factor(M, name, dtype=None):
     # symmetric up to rounding (a float32 covariance is symmetric only to ~1
     # ulp of float32; np.linalg.inv's VI to ~cond eps), then averaged
     Md = symmetric_part(M, name)
-    # one BLAS thread: a d x d factorization gains nothing from more, and
-    # OpenBLAS's woken threads then spin for a while, stealing the cores
-    # from the kernel that follows (half of its time, measured on 2 cores)
+    # one BLAS thread: a d x d factorization (and the singularity check's
+    # triangular inverse) gains nothing from more, and OpenBLAS's woken
+    # threads then spin for a while, stealing the cores from the kernel that
+    # follows (half of its time, measured on 2 cores)
     with blas_single_thread():
         c, info = lapack.dpotrf(Md, lower=1, clean=1)
+        if info == 0 and name == "cov" and c.shape[0]:
+            # rounding often lets a singular covariance factor; a singular VI
+            # is not refused: it only makes some directions cost nothing
+            _refuse_singular_cov(Md, c, name, M.dtype)
     if info > 0 and name == "VI":
         # a singular positive semidefinite VI is a valid quadratic form (a
         # direction that costs nothing; scipy computes it): a triangular
@@ -58,22 +161,6 @@ def _factor(M, name, dtype=None):
                          f"{info - 1}); " + _regularise(name, Md.shape[0], M.dtype, Md))
     if info < 0:  # pragma: no cover - argument error inside LAPACK
         raise ValueError(f"LAPACK potrf rejected {name} (info={info})")
-    if name == "cov" and c.shape[0]:
-        # A singular covariance often factors anyway: rounding leaves its
-        # zero pivots tiny and positive, and the solve then multiplies the
-        # distances by ~1e8 without a sound.  L_kk^2 / cov_kk is the share
-        # of feature k's variance the earlier features do not explain (1 -
-        # R^2, blind to the features' scales); below 4 d eps it is zero to
-        # working precision.  (A singular VI is not rejected here: it only
-        # makes some directions cost nothing.)
-        share = np.diag(c) ** 2 / np.diag(Md)
-        bad = np.flatnonzero(share <= 4 * c.shape[0] * dtype_eps(M.dtype))
-        if bad.size:
-            k = int(bad[0])
-            raise ValueError(
-                f"{name} is singular to working precision (at column {k} of its Cholesky "
-                f"factor, a share {share[k]:.3g} of that variable's variance is left "
-                f"unexplained by the earlier ones); " + _regularise(name, c.shape[0], M.dtype))
     return c
 
 
@@ -158,8 +245,11 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
         not positive definite (naming the column where Cholesky failed; VI:
         not positive semidefinite, naming its most negative eigenvalue); also
         for a covariance singular to working precision, which often factors
-        anyway (a column whose variance the earlier columns explain but for
-        a share below 4 d eps).  A singular covariance must be regularised:
+        anyway: one whose correlation matrix R has ``trace(R^-1)`` (the sum
+        of the variables' variance inflation factors) at or above ``1 / (32
+        eps)`` of its dtype, as it is where R's smallest eigenvalue is at
+        most 32 eps; never where that eigenvalue is above ``32 d eps``.
+        The variables' scales play no part.  A singular covariance must be regularised:
         add a small multiple of the identity (``cov + lam * trace(cov) / d *
         I``; the message gives a lam, 100 d eps of the dtype rounded up to a
         power of 10: 1e-12 in float64 and 1e-3 in float32 for d = 16) or use

@@ -28,6 +28,14 @@ Tolerances (error bounds, with kappa the condition number of cov)
   h = 1e-6 relative, judged to 1e-6 of the largest gradient entry as in
   test_gradients.py (truncation ~1e-12, rounding ~1e-10 relative).
 """
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import scipy.spatial.distance as ssd
@@ -588,6 +596,189 @@ def test_singularity_check_ignores_the_scales_of_the_variables():
         got = fastlin.mahalanobis(np.ones(3, dtype), np.zeros(3, dtype), C, squared=True)
         want = np.ones(3) @ np.linalg.solve(C.astype(np.float64), np.ones(3))
         assert abs(got - want) <= 1e-5 * want
+
+
+# A rank-4 sample covariance of 5 points in 5 dimensions, bit for bit as
+# np.cov rounds it under OpenBLAS's Nehalem kernels: Cholesky gets through it
+# under every kernel, its smallest pivot 1.8e-13 to 2.2e-13 (800 to 1000 eps)
+# of that variable's variance, while its correlation matrix's smallest
+# eigenvalue is ~1 eps.
+RANK4_COV = np.array([[float.fromhex(v) for v in row] for row in [
+    ["0x1.37a45b18c4424p+1", "-0x1.407c6547fe11ap-1", "-0x1.9e2aba995f5d6p-1",
+     "-0x1.3b06e366e1d42p+0", "-0x1.e6634a93b208ap-2"],
+    ["-0x1.407c6547fe11ap-1", "0x1.10d301b7535d5p+0", "0x1.f8090ebfcddfbp-1",
+     "0x1.77cd71b8e8508p-3", "0x1.2713f25c3c9b7p+0"],
+    ["-0x1.9e2aba995f5d6p-1", "0x1.f8090ebfcddfbp-1", "0x1.3a0c97750f717p+0",
+     "0x1.4abbc69e94feep-3", "0x1.8794765d6513ep+0"],
+    ["-0x1.3b06e366e1d42p+0", "0x1.77cd71b8e8508p-3", "0x1.4abbc69e94feep-3",
+     "0x1.67aa8ce9ba986p-1", "-0x1.14a4b0a4e2430p-3"],
+    ["-0x1.e6634a93b208ap-2", "0x1.2713f25c3c9b7p+0", "0x1.8794765d6513ep+0",
+     "-0x1.14a4b0a4e2430p-3", "0x1.0df64b22af62ep+1"]]])
+
+
+def test_singular_cov_with_a_large_pivot_is_rejected():
+    """A singular covariance whose Cholesky pivots are all far above eps (the
+    rounding reaching the dependent column is amplified by the near
+    collinearity of the earlier ones) is refused from its correlation
+    matrix's smallest eigenvalue, forward and backward; the ridge the
+    message proposes is accepted.  (Rounded to float32 it no longer factors:
+    the float32 cases are in test_singular_cov_refused_under_every_blas_kernel.)"""
+    C = RANK4_COV
+    x, mu = np.ones(5), np.zeros(5)
+    # what the check is for: Cholesky gets through, with no small pivot
+    L = np.linalg.cholesky(C)
+    assert np.min(np.diag(L) ** 2 / np.diag(C)) > 100 * EPS64
+    match = (r"cov is singular to working precision \(the smallest eigenvalue of its "
+             r"correlation matrix is at most [-+.e\d]+, not above 32 eps = [-+.e\d]+; "
+             r"variable \d is the one most nearly a combination of the others, all but a "
+             r"share [-+.e\d]+ of its variance explained by them\); regularise it, e.g. "
+             r"cov \+ ")
+    with pytest.raises(ValueError, match=match) as info:
+        fastlin.mahalanobis(x, mu, C)
+    with pytest.raises(ValueError, match=match):
+        fastlin.mahalanobis_backward(np.ones(()), x, mu, C)
+    lam = float(str(info.value).split("cov + ")[1].split(" ")[0])
+    ridged = C + lam * np.trace(C) / 5 * np.eye(5)
+    assert np.isfinite(fastlin.mahalanobis(x, mu, ridged))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_where_the_singularity_line_sits(dtype):
+    """Two variables of correlation rho = 1 - k eps, the others independent,
+    on scales 2^-20 .. 2^20 (exact in either dtype, so the correlation
+    matrix's smallest eigenvalue is 1 - rho = k eps to the last bit):
+    refused at k = 8 (a nonsingular matrix, but below the line of 32 eps),
+    accepted at k = 64, whatever the scales: with one nearly null direction,
+    1 / trace(R^-1) is that eigenvalue times ~(1 + rho) / 2 ~ 1."""
+    e = eps(dtype)
+    d = 6
+    sigma = 2.0 ** np.array([20, -20, 3, 0, -7, 11])
+    for k, refused in ((8, True), (64, False)):
+        R = np.eye(d)
+        R[1, 4] = R[4, 1] = 1 - k * e
+        C = (sigma[:, None] * R * sigma[None, :]).astype(dtype)
+        assert np.all(C.astype(np.float64) == sigma[:, None] * R * sigma[None, :])
+        x, mu = np.ones(d, dtype), np.zeros(d, dtype)
+        if refused:
+            with pytest.raises(ValueError, match=r"singular to working precision.*variable "
+                               r"[14] is the one most nearly"):
+                fastlin.mahalanobis(x, mu, C)
+        else:
+            got = fastlin.mahalanobis(x, mu, C, squared=True)
+            assert np.isfinite(got) and got > 0
+
+
+# Covariances singular by construction, whose rounding by np.cov, the
+# product and potrf differs with the BLAS kernels: each must be refused, in
+# float64 and float32, and the ridge the message proposes accepted.
+# singular_report() gives the BLAS kernels that ran, how many cases potrf
+# refused and how many the singularity check, and the cases that went
+# through or whose ridge was refused.  Run in the test's process and, as a
+# script, in a child per OpenBLAS kernel type (OPENBLAS_CORETYPE is read
+# once, when the library loads).
+SINGULAR_BY_CONSTRUCTION = textwrap.dedent(r"""
+    import json
+    import numpy as np
+    import threadpoolctl
+    import fastlin
+
+    def singular_cases():
+        rng = np.random.default_rng(5)
+        for d in (2, 3, 5, 8, 16, 33):
+            for _ in range(8):
+                r = int(rng.integers(1, d))       # r + 1 <= d points: rank r
+                X = rng.standard_normal((r + 1, d))
+                yield f"np.cov of {r + 1} points, d={d}", np.cov(X.T)
+                s = 10.0 ** rng.uniform(-6, 6, d)
+                yield (f"np.cov of {r + 1} points on scales 1e-6..1e6, d={d}",
+                       np.cov((X * s + 10 * s).T))
+                A = rng.standard_normal((d, r)) * 10.0 ** rng.uniform(-3, 3, (d, 1))
+                yield f"A A^T of rank {r}, d={d}", A @ A.T
+                X32 = X.astype(np.float32)
+                yield f"float32 np.cov of {r + 1} points, d={d}", np.cov(X32.T, dtype=np.float32)
+            X = rng.standard_normal((200, d))
+            k = int(rng.integers(0, d - 1))
+            for what, col in (("a duplicate column", X[:, k]),
+                              ("a scaled copy of a column", -3.5 * X[:, k]),
+                              ("a linear combination", X[:, :-1] @ rng.standard_normal(d - 1))):
+                Y = X.copy()
+                Y[:, -1] = col
+                yield f"np.cov of 200 points with {what}, d={d}", np.cov(Y.T)
+            yield (f"np.cov of one-hot categories, d={d}",
+                   np.cov(np.eye(d)[rng.integers(0, d, 200)].T))
+            yield (f"np.cov of proportions summing to 1, d={d}",
+                   np.cov(rng.dirichlet(np.ones(d), 200).T))
+
+    def singular_report():
+        out = {"kernels": sorted({i["architecture"] for i in threadpoolctl.threadpool_info()
+                                  if i["user_api"] == "blas"}),
+               "potrf": 0, "check": 0, "accepted": [], "ridge_refused": []}
+        for what, C in singular_cases():
+            for dt in ((np.float64, np.float32) if C.dtype == np.float64 else (C.dtype,)):
+                M = C.astype(dt)
+                d = M.shape[0]
+                x, mu = np.ones(d, dt), np.zeros(d, dt)
+                try:
+                    dist = fastlin.mahalanobis(x, mu, M)
+                except ValueError as e:
+                    msg = str(e)
+                    out["check" if "singular to working precision" in msg else "potrf"] += 1
+                    lam = float(msg.split("cov + ")[1].split(" ")[0])
+                    ridged = (M + lam * np.trace(M) / d * np.eye(d)).astype(dt)
+                    try:
+                        fastlin.mahalanobis(x, mu, ridged)
+                    except ValueError as e:
+                        out["ridge_refused"].append(f"{what} ({np.dtype(dt)}): {e}")
+                else:
+                    out["accepted"].append(f"{what} ({np.dtype(dt)}): distance {dist:.3g}")
+        return out
+""")
+
+# OpenBLAS kernel types that a DYNAMIC_ARCH build (numpy's and scipy's
+# wheels) can be made to use; one this CPU cannot run dies of SIGILL
+CORETYPES = {"x86_64": ("Prescott", "Nehalem", "Sandybridge", "Haswell", "SkylakeX"),
+             "aarch64": ("ARMV8", "CORTEXA57", "NEOVERSEN1", "NEOVERSEV1", "NEOVERSEN2")}
+
+
+def _check_singular_report(res, what):
+    assert not res["accepted"], f"{what}: accepted " + "; ".join(res["accepted"][:5])
+    assert not res["ridge_refused"], f"{what}: " + "; ".join(res["ridge_refused"][:3])
+    assert res["check"] > 0, f"{what}: no case got through potrf to the singularity check"
+
+
+def test_singular_cov_refused_under_every_blas_kernel(tmp_path):
+    """Covariances singular by construction (np.cov of fewer points than
+    dimensions, also on very different scales; A A^T of low rank; duplicate,
+    scaled and linearly dependent columns, one-hot categories and
+    proportions among many points) are refused, here and under each
+    OpenBLAS kernel type this CPU runs, the rounding of np.cov and potrf
+    differing between them; under each, some get through potrf and are
+    refused by the singularity check."""
+    pytest.importorskip("threadpoolctl")
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    procs = []
+    for coretype in CORETYPES.get(machine, ()):
+        env = dict(os.environ, OPENBLAS_CORETYPE=coretype,
+                   OPENBLAS_NUM_THREADS="1")     # the children run side by side
+        # cwd outside the checkout: `python -c` puts cwd first on sys.path,
+        # and the checkout's fastlin/ is the uncompiled source
+        procs.append((coretype, subprocess.Popen(
+            [sys.executable, "-c", SINGULAR_BY_CONSTRUCTION
+             + "\nprint(json.dumps(singular_report()))\n"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)))
+    here = {}
+    exec(SINGULAR_BY_CONSTRUCTION, here)
+    res = here["singular_report"]()
+    _check_singular_report(res, f"this process (kernels {res['kernels']})")
+    for coretype, proc in procs:
+        out, err = proc.communicate(timeout=300)
+        if proc.returncode == -signal.SIGILL:
+            continue                    # a kernel for instructions this CPU lacks
+        assert proc.returncode == 0, f"OPENBLAS_CORETYPE={coretype}: {err[-3000:]}"
+        res = json.loads(out.strip().splitlines()[-1])
+        _check_singular_report(res, f"OPENBLAS_CORETYPE={coretype} (kernels {res['kernels']})")
 
 
 def test_vi_symmetric_to_rounding_is_accepted_and_averaged():
