@@ -50,6 +50,15 @@ def as_layout(a, name):
     return r
 
 
+def pytest_report_header(config):
+    # which fastlin is under test, so that a log shows an installed wheel
+    # (.ci/wheels checks this line) and how it was built
+    import io
+    buf = io.StringIO()
+    fastlin.show_config(file=buf)
+    return [f"fastlin: {fastlin.__file__}"] + buf.getvalue().rstrip("\n").splitlines()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20240607)
