@@ -5,7 +5,8 @@ The build degrades gracefully and says so:
 * OpenMP is probed by compiling and linking (never running: cross-builds
   work) a tiny program.  Without it the kernels build single-threaded
   (``prange`` becomes a plain loop) and a warning is printed.
-  ``FASTLIN_NO_OPENMP=1`` skips OpenMP on purpose;
+  ``FASTLIN_NO_OPENMP=1`` skips OpenMP on purpose, ``FASTLIN_REQUIRE_OPENMP=1``
+  makes its absence an error (release builds);
   ``FASTLIN_OPENMP_CFLAGS`` / ``FASTLIN_OPENMP_LDFLAGS`` replace the flags
   (macOS: ``-Xpreprocessor -fopenmp`` and ``-lomp`` with libomp's paths).
 * SIMD dispatch: each kernel module is built once per SIMD level, with that
@@ -178,6 +179,15 @@ class BuildExt(build_ext):
         if not getattr(self.compiler, "initialized", False):
             self.compiler.initialize()
         self.compiler.cc = shutil.which(cc) or cc
+        # MSVC's whole-program optimisation: objects clang-cl cannot emit
+        # and link.exe would then expect
+        for attr in ("compile_options", "compile_options_debug"):
+            opts = getattr(self.compiler, attr, None)
+            if isinstance(opts, list):
+                opts[:] = [o for o in opts if o != "/GL"]
+        for flags in (getattr(self.compiler, "_ldflags", None) or {}).values():
+            if isinstance(flags, list):
+                flags[:] = [f for f in flags if f.upper() != "/LTCG"]
 
     def build_extensions(self):
         self._use_clang_cl()
@@ -227,6 +237,9 @@ class BuildExt(build_ext):
                     link_args += omp_l
                     break
             else:
+                if _env_flag("FASTLIN_REQUIRE_OPENMP"):
+                    sys.exit("fastlin: FASTLIN_REQUIRE_OPENMP is set and the C compiler "
+                             f"does not support OpenMP (tried: {'; '.join(tried)})")
                 self.warn(
                     "\n" + "*" * 72 + "\n"
                     "fastlin: the C compiler does not support OpenMP (tried: "
@@ -290,9 +303,11 @@ class BuildExt(build_ext):
             TARGET = {platform.system() + " " + ("x86_64" if x86 else platform.machine())!r}
         """)
         # build_lib feeds the wheel; the source copy serves in-place and
-        # editable builds (setuptools copies only the .so files there).
-        targets = [os.path.join(self.build_lib, "fastlin"),
-                   os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastlin")]
+        # editable builds (setuptools copies only the .so files there), and
+        # only those: a wheel or sdist build leaves the checkout as it was.
+        targets = [os.path.join(self.build_lib, "fastlin")]
+        if self.inplace:
+            targets.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastlin"))
         for d in targets:
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, "_build_config.py"), "w") as f:
