@@ -3,10 +3,15 @@
 #
 # The three GEMM forms first try fastlin's own packed AVX-512 kernel
 # (src/fl_gemm.h: on Sapphire Rapids 1.2-1.7x faster than scipy's OpenBLAS
-# for the single-threaded tile products these wrappers serve); without
-# AVX-512, in builds without gcc's target attributes, or for a beta other
-# than 0 and 1, they call scipy's BLAS.  Either way the result depends only
-# on the shapes and the machine, never on the thread count.
+# for the single-threaded tile products these wrappers serve); where it is
+# not built (the avx2 and baseline levels, Windows: fl_gemm_ok() is 0), when
+# the testing hook turns it off, or for a beta other than 0 and 1, they call
+# scipy's BLAS.  Either way the result depends only on the shapes and the
+# machine, never on the thread count.
+#
+# The prepacked forms (pack_panels, gemm_prepacked) exist only with
+# fastlin's GEMM: callers take them only when fl_gemm_ok(), and without it
+# they abort (src/fl_gemm.h).  gemm_packed_b checks for itself.
 from cython cimport floating
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
@@ -135,7 +140,8 @@ cdef inline void pack_panels(bint is_b, const floating *X, Py_ssize_t ldx, bint 
                              Py_ssize_t rows, Py_ssize_t k, Py_ssize_t q0, Py_ssize_t q1,
                              floating *P) noexcept nogil:
     """Panels [q0, q1) of a prepacked operand (src/fl_gemm.h): op(A) (is_b
-    False, MR-row panels) or op(B) (NR-column panels), tx: X read transposed."""
+    False, MR-row panels) or op(B) (NR-column panels), tx: X read transposed.
+    Only when fl_gemm_ok() (else it aborts)."""
     if floating is double:
         fl_gemm_pack_panels_d(is_b, X, ldx, tx, rows, k, q0, q1, P)
     else:
@@ -147,7 +153,8 @@ cdef inline void gemm_prepacked(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, floati
                                 const floating *Bp, Py_ssize_t npad, Py_ssize_t j0,
                                 floating beta, floating *C, Py_ssize_t ldc) noexcept nogil:
     """Row-major C (m x n) = alpha op(A)[i0:] op(B)[:, j0:] + beta C (beta 0 or 1)
-    from prepacked operands; i0 a multiple of FL_GEMM_MR, j0 of the panel width."""
+    from prepacked operands; i0 a multiple of FL_GEMM_MR, j0 of the panel width.
+    Only when fl_gemm_ok() (else it aborts)."""
     if floating is double:
         fl_gemm_prepacked_d(m, n, k, alpha, Ap, mpad, i0, Bp, npad, j0, beta, C, ldc)
     else:
@@ -161,7 +168,7 @@ cdef inline bint gemm_packed_b(bint ta, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k
     """Row-major C (m x n) = alpha op(A) op(B) + beta C (beta 0 or 1) with op(B)
     prepacked whole (pack_panels, is_b: npad padded columns, k deep) and op(A)
     = A (m x k) or, ta, A^T (A k x m), packed here: fastlin's GEMM bit for bit.
-    False when it could not run (no AVX-512 GEMM, or no packing buffer):
+    False when it could not run (fastlin's GEMM not in use, or no packing buffer):
     nothing was written and the caller uses gemm_ab / gemm_atb instead."""
     if not fl_gemm_ok():
         return False

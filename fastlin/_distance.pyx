@@ -4,9 +4,10 @@ For rows a of XA and b of XB (centred on a common point, which changes no
 distance and removes the cancellation a large common offset would cause):
 
 1. squared norms |a|^2, |b|^2 in double;
-2. per output tile (rows x TILE columns), one BLAS GEMM writes -2 a.b into
-   a per-thread scratch tile that stays in L2 (BLAS limited to one thread:
-   the OpenMP threads own the tiles);
+2. per output tile (rows x TILE columns), one GEMM writes -2 a.b into a
+   per-thread scratch tile that stays in L2: fastlin's own AVX-512 kernel
+   (src/fl_gemm.h) at the avx512 level, scipy's BLAS at the others (limited
+   to one thread: the OpenMP threads own the tiles);
 3. the epilogue (src/fl_distance.h) adds the norms, detects the entries
    whose GEMM value cannot be trusted (d2 < tau (|a|^2 + |b|^2), or a
    non-finite row) and recomputes those exactly from the original rows,
@@ -59,6 +60,13 @@ cdef extern from "fl_distance.h" nogil:
                              Py_ssize_t nb, Py_ssize_t k, const float *g, double *ga,
                              double *pb, Py_ssize_t ldp)
     int FL_DIRECT_K
+    # the tiles, defined and cross-checked in fl_distance.h (why these sizes).
+    # TILE: the columns of every tile, and the rows of pdist's (BLAS path)
+    # and the backward's.
+    enum:
+        TILE "FL_DIST_TILE"
+        FL_DIST_TILE_BYTES
+        FL_PDIST_PACKED_TILE
     double fl_grad_over_dist_row_d(const double *g, double *d, Py_ssize_t n)
     double fl_grad_over_dist_row_f(const float *g, float *d, Py_ssize_t n)
     double fl_gdiv_colsum_row_d(const double *g, double *d, Py_ssize_t n, double *cs)
@@ -89,12 +97,6 @@ cdef extern from "fl_distance.h" nogil:
     void fl_bwd_given_exact_row_f(const float *g, const float *d, const float *w,
                                   Py_ssize_t j0, Py_ssize_t j1, const float *a0,
                                   const float *b0, Py_ssize_t k, double *ta, double *tb)
-
-# Tile width (columns), and the row count of pdist's and the backward's
-# tiles: a 256 x 256 float64 scratch tile (512 KiB) stays in L2 between the
-# GEMM that writes it and the epilogue that reads it (cdist's row blocks
-# grow to 1 MiB tiles, see cdist_tiles).
-DEF TILE = 256
 
 
 cdef inline Py_ssize_t _epilogue_row(floating *dst, const floating *c, Py_ssize_t tn,
@@ -127,6 +129,25 @@ def own_gemm_enabled():
     return bool(fl_gemm_ok())
 
 
+def tile_width():
+    """Columns of every distance tile, and rows of pdist's (BLAS path) and
+    the backward's (FL_DIST_TILE): the callers size scratch by it."""
+    return TILE
+
+
+def cdist_tile_rows(bint is_double):
+    """Most rows of a cdist tile (FL_DIST_TILE_BYTES of scratch)."""
+    return FL_DIST_TILE_BYTES // (TILE * (8 if is_double else 4))
+
+
+def gemm_blocking():
+    """fastlin's GEMM blocking and the tiles cut to it (src/fl_gemm.h,
+    src/fl_distance.h), for the tests that place operands across their
+    edges."""
+    return {"mr": FL_GEMM_MR, "nr_float64": FL_GEMM_NR_D, "nr_float32": FL_GEMM_NR_F,
+            "kc": FL_GEMM_KC, "tile": TILE, "pdist_packed_tile": FL_PDIST_PACKED_TILE}
+
+
 def packed_len(Py_ssize_t rows, Py_ssize_t k, bint is_b, bint is_double):
     """Elements of a prepacked GEMM operand of `rows` rows (is_b: the column
     operand, else the row operand) and k columns: rows padded to whole panels."""
@@ -137,9 +158,10 @@ def packed_len(Py_ssize_t rows, Py_ssize_t k, bint is_b, bint is_double):
 
 
 def _use_panels(Ap, Bp, Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t k, bint is_double):
-    """Whether the tile kernels take the prepacked path: buffers given, the
-    AVX-512 GEMM available (else its stubs would leave the tiles unwritten),
-    something to multiply, and buffers of the size the packing writes."""
+    """Whether the tile kernels take the prepacked path: buffers given,
+    fastlin's GEMM in use (without it there are no panels: the prepacked
+    entry points abort), something to multiply, and buffers of the size the
+    packing writes."""
     if Ap is None or Bp is None or not fl_gemm_ok() or mA == 0 or mB == 0 or k == 0:
         return False
     if (len(Ap) < packed_len(mA, k, False, is_double)
@@ -270,11 +292,12 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
     cdef Py_ssize_t mpad = (mA + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
     cdef Py_ssize_t npad = (mB + NR - 1) // NR * NR
-    # Row blocks of up to 1 MiB tiles (512 x 256 float64, 1024 x 256 float32):
-    # fewer GEMM calls and packings of B, measured 3-5% faster than 256 x 256
-    # at 4096 x 64; up to 256 rows when that would leave fewer than 32 tiles
-    # to share out.  A function of the shapes only, never of the thread count.
-    cdef Py_ssize_t TM = (512 if floating is double else 1024)
+    # Row blocks of up to FL_DIST_TILE_BYTES tiles (512 x 256 float64,
+    # 1024 x 256 float32): fewer GEMM calls and packings of B, measured 3-5%
+    # faster than 256 x 256 at 4096 x 64; up to TILE rows when that would
+    # leave fewer than 32 tiles to share out.  A function of the shapes only,
+    # never of the thread count.
+    cdef Py_ssize_t TM = FL_DIST_TILE_BYTES // (TILE * sizeof(floating))
     cdef Py_ssize_t step = FL_GEMM_MR if packed else 8
     cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
     if ((mA + TM - 1) // TM) * ntn < 32:
@@ -338,13 +361,13 @@ def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
     row of a tile written straight into its run of the condensed vector.
     na: squared norms (NaN: exact path).  scratch: (n_threads, TILE * TILE),
     one GEMM tile per thread.  Ap, Bp: as cdist_tiles (the tiles are then
-    224 x 224, whole panels both ways)."""
+    FL_PDIST_PACKED_TILE = 224 square, whole panels both ways)."""
     cdef Py_ssize_t m = A.shape[0], k = A.shape[1]
     cdef bint packed = _use_panels(Ap, Bp, m, m, k, floating is double)
     cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
     cdef Py_ssize_t mpad = (m + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
     cdef Py_ssize_t npad = (m + NR - 1) // NR * NR
-    cdef Py_ssize_t T = 224 if packed else TILE
+    cdef Py_ssize_t T = FL_PDIST_PACKED_TILE if packed else TILE
     cdef Py_ssize_t nt = (m + T - 1) // T
     if AT is None and scratch.shape[1] < min(T, m) * min(T, m):
         raise ValueError("scratch too small for the tiles")
@@ -435,8 +458,9 @@ def bwd_panels_len(Py_ssize_t m, Py_ssize_t k, bint is_double):
     """Elements of one operand prepacked for the backward's products (the m
     rows of A or B as op(B) of W @ B / W^T @ A: k columns in panels, m deep),
     and of one thread's W panels (two tiles, W and W^T as op(A)); 0 where
-    fastlin's GEMM is not in use or its depth slice is not the tile."""
-    if not fl_gemm_ok() or FL_GEMM_KC != TILE:
+    fastlin's GEMM is not in use.  A tile's W is one depth slice of the GEMM
+    (FL_GEMM_KC == TILE, asserted in fl_distance.h)."""
+    if not fl_gemm_ok():
         return 0, 0
     cdef Py_ssize_t NR = FL_GEMM_NR_D if is_double else FL_GEMM_NR_F
     cdef Py_ssize_t tpad = (TILE + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
@@ -517,6 +541,13 @@ def cdist_bwd_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef Py_ssize_t ngroups = (ntm + bpg - 1) // bpg
     cdef Py_ssize_t g, bi, bj, i0, j0, tm, tn, i, q, nex
     cdef bint want_b = P.shape[0] > 0     # else only the XA side (pdist_backward)
+    # the caller sizes these by tile_width(): a mismatch would write past them
+    if (scratch.shape[0] < n_threads or tscratch.shape[0] < n_threads
+            or scratch.shape[1] < 2 * TILE * TILE + TILE * k
+            or tscratch.shape[1] < 2 * TILE * k
+            or CS.shape[0] < ngroups or CS.shape[1] < mB
+            or (want_b and P.shape[0] < ngroups * mB)):
+        raise ValueError("scratch, tscratch, CS or P too small for the tiles")
     cdef floating *c
     cdef floating *w
     cdef floating *wta
@@ -702,8 +733,8 @@ def grad_from_row_blocks(const share_t[:, ::1] P, const double[:, ::1] CS,
         for g in range(ng):
             c = c + CS[g, j]
         memset(a, 0, k * sizeof(double))
-        # the shares in group order, each row added by a vector loop in C
-        # (the memoryview loop here took 13.6 of an 85 ms backward)
+        # the shares in group order, each row added by a vector loop in C (a
+        # memoryview loop here took a sixth of the backward)
         for g in range(ng):
             if share_t is double:
                 fl_add_row_d(a, &P[g * mB + j, 0], k)
@@ -804,7 +835,8 @@ def weighted_sums(const floating[:, ::1] W, const floating[:, ::1] A,
 
 # Row blocks of the given-distance backward's column sums: a function of the
 # shapes only, so the sums' order never depends on the thread count.
-DEF WBLK = 128
+cdef enum:
+    WBLK = 128
 
 
 def bwd_weights_block():

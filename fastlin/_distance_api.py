@@ -9,6 +9,9 @@ from ._threads import _for_work, blas_single_thread, empty_output
 from ._validation import as_array, check_out, real_array, result_dtype
 
 _k = _simd.kernels("_distance")
+# the kernels' tile width (FL_DIST_TILE, src/fl_distance.h): scratch and the
+# backward's row blocks are sized by it
+_TILE = _k.tile_width()
 
 __all__ = ["cdist", "pdist", "squareform", "cdist_backward", "pdist_backward"]
 
@@ -194,12 +197,12 @@ _STREAM_BYTES = STREAM_BYTES     # read at call time (the tests lower it)
 
 
 def _scratch(nt, dtype, rows, cols):
-    """One GEMM tile per thread: up to 1 MiB (4096 // itemsize rows x 256,
-    the kernels' tile width), no larger than a `rows` x `cols` output needs.
-    Left unset: fastlin's GEMM writes it with beta = 0, and the kernels zero
-    it first where BLAS accumulates into it."""
-    return np.empty((max(nt, 1), max(1, min(rows, 4096 // np.dtype(dtype).itemsize)
-                                     * min(cols, 256))), dtype)
+    """One GEMM tile per thread: up to cdist_tile_rows x tile_width (1 MiB),
+    no larger than a `rows` x `cols` output needs.  Left unset: fastlin's
+    GEMM writes it with beta = 0, and the kernels zero it first where BLAS
+    accumulates into it."""
+    tile_rows = _k.cdist_tile_rows(np.dtype(dtype) == np.float64)
+    return np.empty((max(nt, 1), max(1, min(rows, tile_rows) * min(cols, _TILE))), dtype)
 
 
 def _panels(rows_a, rows_b, k, dtype):
@@ -305,7 +308,8 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     r"""Distances between each pair of rows of two collections.
 
     A drop-in for :func:`scipy.spatial.distance.cdist` on the metrics below,
-    computed with BLAS GEMM on tiles, and exact where GEMM is not.
+    computed with a GEMM on tiles (fastlin's AVX-512 kernel at the avx512
+    level, BLAS otherwise), and exact where GEMM is not.
 
     Parameters
     ----------
@@ -463,8 +467,8 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
             A, _, na, _ = _gemm_operands(O, None, dtype, nt)
             Ap, Bp = _panels(m, m, n, dtype)
             _k.pdist_tiles(A, O.exact, _exact_marked(na, dtype, A), res,
-                           _scratch(nt, dtype, min(m, 256), m), TAU[dtype], take_sqrt, scale, nt, stream,
-                           wv, None, O.exact_factor(), Ap, Bp)
+                           _scratch(nt, dtype, min(m, _TILE), m), TAU[dtype], take_sqrt,
+                           scale, nt, stream, wv, None, O.exact_factor(), Ap, Bp)
     if metric == "cosine" and O.zero.any():
         sq = squareform(res, checks=False)
         sq[O.zero, :] = np.nan
@@ -587,9 +591,8 @@ def _spot_check(got, a, b, i, j):
 # first be expanded to the square (m, m) matrix the kernels read, which costs
 # more than recomputing the distances with the GEMM at few columns -- at
 # (8192, 64) float64, t=2, 287-288 ms through the given-distance path against
-# 249-273 recomputing (with the tile path it replaced: 810 against 670 ms at
-# t=1) -- and the recomputed distances are the forward's to the bit (same sums,
-# same epilogue), so the gradient is the same either way.
+# 249-273 recomputing -- and the recomputed distances are the forward's to
+# the bit (same sums, same epilogue), so the gradient is the same either way.
 _PDIST_DIST_MIN_COLS = 256
 
 
@@ -739,11 +742,11 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         return _euclidean_backward_given(G, A, B, dtype, want_b, D)
     with blas_single_thread():
         OA, OB, nt, Ac, Bc, na, nb = _bwd_operands(A, B, dtype)
-        # row blocks of 256, in at most 32 groups of consecutive blocks
+        # row blocks of _TILE rows, in at most 32 groups of consecutive blocks
         # (work items for the threads): the XB side keeps one share per group
         # (float64 when a group sums several blocks) -- memory bounded by 32 x
         # the gradient of XB, whatever mA -- summed in double in group order
-        nblk = -(-mA // 256)
+        nblk = -(-mA // _TILE)
         per_group = -(-nblk // 32)
         ngroups = -(-nblk // per_group)
         WB = _memory.empty((mA, n), dtype)[0]
@@ -751,8 +754,8 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
                           dtype if per_group == 1 else np.float64)[0]
         CS = np.zeros((ngroups, mB))
         rows = np.empty(mA)
-        scratch = np.empty((max(nt, 1), 2 * 256 * 256 + 256 * n), dtype)
-        tscratch = np.zeros((max(nt, 1), 2 * 256 * n))
+        scratch = np.empty((max(nt, 1), 2 * _TILE * _TILE + _TILE * n), dtype)
+        tscratch = np.zeros((max(nt, 1), 2 * _TILE * n))
         # A and B packed once for the two products (fastlin's GEMM only)
         la, lw = _k.bwd_panels_len(mA, n, dtype == np.float64)
         lb, _ = _k.bwd_panels_len(mB, n, dtype == np.float64)

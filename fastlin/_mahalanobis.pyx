@@ -48,7 +48,9 @@ cdef extern from "fl_mahal.h" nogil:
     Py_ssize_t fl_maha_scratch_d(Py_ssize_t d)
     Py_ssize_t fl_maha_scratch_f(Py_ssize_t d)
 
-DEF BLOCK = 256
+# rows of X per work item of maha
+cdef enum:
+    BLOCK = 256
 
 
 def scratch_len(Py_ssize_t d, bint is_double):

@@ -41,8 +41,8 @@ def prefault(unsigned char[::1] buf, Py_ssize_t step, int n_threads):
     two threads writing tiles of the same 2 MiB huge page wait on each other's
     fault.  Touching the pages first, in parallel and in address order, is
     measured 2-3x cheaper at 2 threads than the same faults taken from inside
-    the tiles (a fresh 128 MiB output: 62 -> 27 ms with 4 KiB pages, 21 -> 12
-    ms with huge pages, the tiles' streaming stores included).
+    the tiles (a fresh 128 MiB output: 27 ms against 62 with 4 KiB pages, 12
+    against 21 with huge pages, the tiles' streaming stores included).
     """
     cdef Py_ssize_t n = buf.shape[0], npage, p
     if n == 0:

@@ -52,8 +52,8 @@ Deselected, and why:
   <= 16 columns) pass and run.  cosine normalises and mahalanobis whitens the
   rows in float32 first, ~1-1.5 eps32 (1.1e-7 to 1.8e-7 relative here): their
   parametrizations listed in ``DEVIATIONS`` are deselected
-  (mahalanobis now always takes the float32 GEMM path, whose exact path
-  applies L to the difference: about 1 eps32 off scipy's float64 reference).
+  (mahalanobis always takes the float32 GEMM path, whose exact path applies
+  L to the difference: about 1 eps32 off scipy's float64 reference).
   ``test_pdist_cosine_random_float32`` (rtol 1e-7 on float32 cosine) is
   deselected for the same reason.
 
@@ -126,14 +126,12 @@ DEVIATIONS = {
     # rtol 1e-7 is 0.84 eps32 against a reference computed from the float64
     # data before it was rounded to float32: a float32 result passes only by
     # luck (fastlin's is 0.9 eps32 off at worst here, inside the 4 eps32 bound
-    # test_distance.py checks; it passed with OpenBLAS's sgemm rounding)
+    # test_distance.py checks; with OpenBLAS's sgemm rounding it can pass)
     ("test_pdist_cosine_random_float32", None): FLOAT32 + ": float32 cosine at rtol=1e-7",
 }
 
-# (test name, metric or None) -> (exception the bug raises, description)
 # (test name, metric or None) -> (exception the bug raises, description).
-# Empty: the bugs first pinned here (out= dtype error type, VI= with another
-# metric, one-column mahalanobis with VI=None, squareform of []) are fixed.
+# Empty while no scipy test exposes a fastlin bug.
 BUGS = {}
 
 REFERENCE_ONLY = {

@@ -666,15 +666,15 @@ def test_scaled_distances_ignore_zero_weights_and_null_directions(k):
     """The scaled recompute divides by the largest *weighted* term, not the
     largest difference: a difference of 1e100 under a zero weight (or along
     a null direction of a semidefinite VI) next to one of 1e-146 gives
-    1e-146, not 0 (helper-22); and a nan row does not hide another pair's
-    overflow from the few-columns precheck."""
+    1e-146, not 0; and a nan row does not hide another pair's overflow from
+    the few-columns precheck."""
     A = np.zeros((1, k))
     A[0, 0], A[0, 1] = 1e100, 1e-146
     B = np.zeros((1, k))
     w = np.ones(k)
     w[0] = 0
     np.testing.assert_allclose(fastlin.cdist(A, B, w=w), 1e-146, rtol=4 * eps(F64))
-    for small in (1e-240, 1e-300):           # ratios past 1e308 (helper-23)
+    for small in (1e-240, 1e-300):           # 1e100 / small past 1e308
         A[0, 1] = small
         np.testing.assert_allclose(fastlin.cdist(A, B, w=w), small, rtol=4 * eps(F64))
     A[0, 1] = 1e-146

@@ -346,8 +346,9 @@ def test_backward_beyond_the_squares_range(k, scale):
 def test_backward_direction_at_subnormal_distances(k, s):
     """At subnormal distances the terms are formed from the scaled
     differences, never from the rounded subnormal d: the unit directions to
-    1e-15 (dividing by d kept 1.6e-4 of error at 1e-320: helper-23), with
-    dist= and without; float32 at 1e-44 likewise, with dist= as without."""
+    1e-15 (dividing by the rounded d leaves 1.6e-4 of error at 1e-320),
+    with dist= and without; float32 at 1e-44 likewise, with dist= as
+    without."""
     from fastlin import reference as ref
     A = np.zeros((2, k))
     A[0, :2] = s
@@ -373,8 +374,8 @@ def test_backward_direction_at_subnormal_distances(k, s):
 def test_backward_at_subnormal_distances(k):
     """A distance of 3e-310 (subnormal) with grad 1: g / d overflows, so the
     terms are g ((a - b) / d) from the scaled distance -- the gradient is the
-    unit direction, finite, with dist= and without (helper-22: inf and nan),
-    cdist and pdist; against the longdouble twin."""
+    unit direction, finite (not inf or nan), with dist= and without, cdist
+    and pdist; against the longdouble twin."""
     from fastlin import reference as ref
     A = np.zeros((3, k))
     A[0, 0] = 3e-310
@@ -436,8 +437,8 @@ def test_direct_backward_weights_at_edge_values(dtype):
 def test_backward_given_dist_takes_any_grad_layout(layout, metric):
     """grad in any memory layout (Fortran order, a strided view, the
     broadcast ones of D.sum()) gives the gradient of its C-contiguous copy,
-    with dist= as without it (helper-20: the given-distance kernels read rows
-    and raised on a Fortran grad)."""
+    with dist= as without it (the given-distance kernels read rows: a
+    Fortran grad must be copied, not refused)."""
     rng = np.random.default_rng(32)
     A = rng.standard_normal((40, 20))
     B = rng.standard_normal((30, 20))
@@ -552,7 +553,7 @@ def test_backward_uses_the_given_dist(metric):
 def test_pdist_backward_recomputes_at_few_columns(dtype):
     """Below 256 columns pdist_backward checks a given euclidean dist and
     recomputes the distances instead of expanding it to the square matrix
-    (slower than the GEMM there: 810 against 670 ms at (8192, 64)).  The
+    (slower than the GEMM there: see _PDIST_DIST_MIN_COLS).  The
     recomputed distances are the forward's bit for bit, so the gradient is
     the one without dist, bitwise; a dist that is not these points' is still
     refused, naming a condensed entry's pair."""

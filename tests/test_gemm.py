@@ -43,6 +43,21 @@ def _ref_product(ta, tb, m, n, k, alpha, A, B, beta, C0):
     return want, scale
 
 
+
+def test_tile_constants_are_the_ones_the_tests_cut_at():
+    """The shapes here and in test_distance*.py are chosen around the GEMM's
+    blocking and the distance tiles (k across the 256-deep slices, 14-row and
+    16 / 32-column edge panels, 3 x 3 tiles of 256, pdist's 224-row packed
+    tiles).  The extension reports the values src/fl_gemm.h and
+    src/fl_distance.h define (which assert their relations there): a changed
+    constant fails here, not as tests that quietly stop crossing an edge."""
+    assert _k.gemm_blocking() == {"mr": 14, "nr_float64": 16, "nr_float32": 32,
+                                  "kc": 256, "tile": 256, "pdist_packed_tile": 224}
+    assert _k.tile_width() == 256
+    assert (_k.cdist_tile_rows(True), _k.cdist_tile_rows(False)) == (512, 1024)
+    assert _k.direct_k() == 16
+
+
 # (m, n, k): edge panels in both directions (14 rows, 16 / 32 columns per
 # panel), k across the 256-deep slices, single rows and columns
 GEMM_SHAPES = [(1, 1, 1), (13, 15, 5), (14, 16, 256), (15, 17, 257), (29, 33, 300),

@@ -256,6 +256,9 @@ FL_INLINE double fl_pairsum(double *a, int n)
  */
 #define FL_VL_d 8
 #define FL_VL_f 16
+/* the column-tile kernels hold FL_TILE_MAX / VL vectors per tile */
+_Static_assert(FL_TILE_MAX % FL_VL_d == 0 && FL_TILE_MAX % FL_VL_f == 0,
+               "FL_TILE_MAX must be a whole number of vectors");
 
 FL_INLINE fl_vd vsplat_d(double s) { fl_vd z = {0}; return z + s; }
 FL_INLINE fl_vf vsplat_f(float s) { fl_vf z = {0}; return z + s; }

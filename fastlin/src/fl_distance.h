@@ -19,11 +19,47 @@
 #ifndef FL_DISTANCE_H
 #define FL_DISTANCE_H
 #include "fl_common.h"
+#include "fl_gemm.h"
 #include <float.h>
 
 /* rows of at most this many columns skip GEMM (see fl_dist_direct_row) */
 #define FL_DIRECT_K 16
-#define FL_DIRECT_TILE 256   /* = the tile width (columns) of _distance.pyx */
+
+/*
+ * The tiles of _distance.pyx, defined here only: the kernels there read
+ * them through cdef extern, the Python side through _distance.tile_width()
+ * and cdist_tile_rows(), and the row functions below size their buffers by
+ * FL_DIST_TILE.
+ *
+ * FL_DIST_TILE: the columns of every tile, and the rows of pdist's (BLAS
+ * path) and the backward's.  A 256 x 256 float64 scratch tile (512 KiB)
+ * stays in L2 between the GEMM that writes it and the epilogue that reads
+ * it.  The backward packs each tile's W as one depth slice of the GEMM, so
+ * the slice depth must be the tile width.
+ */
+#define FL_DIST_TILE 256
+/* cdist's row blocks grow to scratch tiles of this many bytes (512 x 256
+   float64, 1024 x 256 float32): fewer GEMM calls and packings of B. */
+#define FL_DIST_TILE_BYTES (1 << 20)
+/* pdist's tiles on fastlin's GEMM: square, and whole panels both ways (a
+   tile's first row starts an MR-row panel, its first column an NR-column
+   panel of either dtype), so every tile reads the operands packed once;
+   224 = lcm(14, 32), the largest such size up to FL_DIST_TILE. */
+#define FL_PDIST_PACKED_TILE 224
+
+_Static_assert(FL_DIST_TILE % FL_GEMM_NR_D == 0 && FL_DIST_TILE % FL_GEMM_NR_F == 0,
+               "FL_DIST_TILE: cdist's column tiles must start on whole GEMM panels");
+_Static_assert(FL_GEMM_KC == FL_DIST_TILE,
+               "FL_GEMM_KC must equal FL_DIST_TILE: the backward packs a tile's W as "
+               "one depth slice and reads B's slices at tile offsets");
+_Static_assert(FL_PDIST_PACKED_TILE % FL_GEMM_MR == 0
+               && FL_PDIST_PACKED_TILE % FL_GEMM_NR_D == 0
+               && FL_PDIST_PACKED_TILE % FL_GEMM_NR_F == 0,
+               "FL_PDIST_PACKED_TILE must be a multiple of FL_GEMM_MR and of both NR");
+_Static_assert(FL_PDIST_PACKED_TILE <= FL_DIST_TILE,
+               "FL_PDIST_PACKED_TILE: the row functions hold at most FL_DIST_TILE entries");
+_Static_assert(FL_DIST_TILE_BYTES % (FL_DIST_TILE * 8) == 0,
+               "FL_DIST_TILE_BYTES must hold whole rows of FL_DIST_TILE float64s");
 
 #include "fl_stream.h"
 
@@ -77,8 +113,10 @@ static double fl_dist_parts_##SFX(const T *a, const T *b, ptrdiff_t bs, ptrdiff_
     }                                                                                     \
     *pm = m;                                                                              \
     if (m == 0.0 || m == INFINITY) return 1.0;                                            \
-    /* then by the largest weighted / whitened term: a zero weight or a null  \
-       direction of VI on the largest difference (helper-22) */               \
+    /* then by the largest weighted / whitened term: where a zero weight or a \
+       null direction of VI meets the largest difference, the terms over m  \
+       alone can underflow (a 1e100 difference there left a 1e-146 distance \
+       at 0) */                                                               \
     for (ptrdiff_t j = 0; j < k; j++) {                                                   \
         double u = fabs(fl_scaled_u_##SFX(a, b, bs, k, w, L, m, j));                      \
         if (u > m2) m2 = u;                                                               \
@@ -171,10 +209,10 @@ static ptrdiff_t fl_sqrt512_d(double *r, ptrdiff_t n)
    in float32, one of 1e-25 to 0): those take the root of the double, then
    round.  The test is on v (two float compares, not six double ones: a third
    of the epilogue's compares): v below FLT_MIN or at least FLT_MAX (a square
-   just past FLT_MAX rounds down to it, and its root rounds up to 2^64:
-   helper-21); a lane whose square is exactly 0 takes the double root too,
-   which is also 0.  Lane by lane, so an entry's value never
-   depends on its neighbours; the double roots only when a lane needs one. */
+   just past FLT_MAX rounds down to it, and its root rounds up to 2^64); a
+   lane whose square is exactly 0 takes the double root too, which is also
+   0.  Lane by lane, so an entry's value never depends on its neighbours;
+   the double roots only when a lane needs one. */
 static inline __m512 fl_sqrt16_pd(__m512 v, __m512d s0, __m512d s1)
 {
     const __m512 lo = _mm512_set1_ps(FLT_MIN), hi = _mm512_set1_ps(FLT_MAX);
@@ -473,10 +511,10 @@ static void fl_gdivcs512_f(const float *g, float *d, ptrdiff_t n, double *cs,
 /* w[j] = g[j] / sqrt(s[j]) (0 where s[j] == 0), the few-columns backward's
    weights: g times the reciprocal square root, from the 14-bit estimate and
    two Newton steps on the FMA ports (as fl_vsqrt8_d) instead of a square root
-   and a division, which both queue on the divider: (10000, 3) float32 t=1
-   232 -> 165 ms (float64 245 -> 226: bound by reading its grad).  Within 2 ulp
-   of g / sqrt(s).  A vector with
-   a lane outside [2^-960, inf) -- 0, tiny (fl_sq_unsafe), inf, nan -- takes
+   and a division, which both queue on the divider: measured 1.4x faster for
+   a (10000, 3) float32 backward at one thread (float64 1.08x: bound by
+   reading its grad).  Within 2 ulp of g / sqrt(s).  A vector with a lane
+   outside [2^-960, inf) -- 0, tiny (fl_sq_unsafe), inf, nan -- takes
    g / sqrt(s) itself (0 at s == 0); returns whether one did (the caller then
    recomputes the unsafe lanes' distances). */
 static int fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t n)
@@ -595,7 +633,7 @@ static ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c,  
        a double one and the sqrt pass dominated the epilogue (ties within 1     \
        ulp of the double-sqrt result).  Uniform lanes per loop so each          \
        vectorizes. */                                                           \
-    T r[FL_DIRECT_TILE];                                                                  \
+    T r[FL_DIST_TILE];                                                                  \
     int64_t nflag = 0;      /* int64: the lane width of d2, so the loop vectorizes */      \
     if (FL_USE_512) {                                                                     \
         nflag = FL_512_CALL(fl_dist512_##SFX(r, c, nb, na, nbv, tau, take_sqrt, scale));  \
@@ -641,8 +679,8 @@ static void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,            
                                         ptrdiff_t k, const double *w, int take_sqrt,       \
                                         double scale, int stream)                          \
 {                                                                                         \
-    double acc[FL_DIRECT_TILE];                                                           \
-    T r[FL_DIRECT_TILE];                                                                  \
+    double acc[FL_DIST_TILE];                                                           \
+    T r[FL_DIST_TILE];                                                                  \
     if (FL_USE_512) {                                                                     \
         FL_DIRECT512_##SFX(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream);         \
         return;                                                                           \
@@ -702,7 +740,7 @@ static void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT
                                        const T *FL_RESTRICT g, double *FL_RESTRICT ga,    \
                                        double *FL_RESTRICT pb, ptrdiff_t ldp)             \
 {                                                                                         \
-    double acc[FL_DIRECT_TILE], w[FL_DIRECT_TILE], t[FL_DIRECT_TILE];                     \
+    double acc[FL_DIST_TILE], w[FL_DIST_TILE], t[FL_DIST_TILE];                     \
     for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q];                                                   \
@@ -735,7 +773,7 @@ static void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT
     }                                                                                     \
     for (; jv < nb; jv++) w[jv] = w[jv] != 0.0 ? t[jv] / w[jv] : 0.0;                    \
     /* distances whose squares overflowed or underflowed: out of w (g / d     \
-       itself may overflow for a subnormal d: helper-22), their terms          \
+       itself may overflow for a subnormal d), their terms                    \
        g ((a - b) / d) from the scaled distance after the others */            \
     ptrdiff_t nu = 0;                                                                     \
     if (unsafe)                                                                           \
@@ -816,7 +854,7 @@ static void fl_bwd_exact_row_##SFX(T *FL_RESTRICT W, const T *FL_RESTRICT c,    
         const T *bj = b0 + j * k;                                                         \
         double *tbj = tb + j * k;                                                         \
         /* g / d overflowed, or d's square left double's range (subnormal     \
-           distances, helper-22/23): the term from the scaled differences */  \
+           distances): the term from the scaled differences */                \
         if (isfinite(gj) && (isinf(wj)                                                    \
                              || fl_sq_unsafe(fl_sqdist_exact_##SFX(a0, bj, k, NULL, NULL)))) { \
             fl_term_scaled_##SFX(gj, a0, bj, 1, k, ta, tbj, 1);                           \

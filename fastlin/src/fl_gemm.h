@@ -21,8 +21,12 @@
  * the shapes only, never on the thread count or on where a tile sits.
  *
  * Built only into the avx512 level's modules (FL_AVX512, see fl_common.h),
- * and not on Windows (its per-thread packing buffers use pthread keys); the
- * other levels' callers (_blas.pxd) use scipy's BLAS.
+ * and not on Windows (its per-thread packing buffers use pthread keys).
+ * Elsewhere fl_gemm_ok() is 0 and the callers (_blas.pxd) use scipy's BLAS;
+ * the prepacked entry points, which have no BLAS twin, then abort if called.
+ *
+ * The blocking constants below may be overridden with -D for tuning; the
+ * distance tiles are cut to them (fl_distance.h asserts the relations).
  *
  * C is row-major (m x n, row stride ldc).  op(A) is m x k: A row-major m x k
  * (ta = 0) or A row-major k x m, read transposed (ta = 1).  op(B) is k x n:
@@ -33,6 +37,7 @@
 #define FL_GEMM_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,13 +52,13 @@
 #endif
 
 #ifndef FL_GEMM_MR
-#define FL_GEMM_MR 14
+#define FL_GEMM_MR 14    /* rows per panel of op(A) */
 #endif
-#define FL_GEMM_NR_D (FL_GEMM_NV * 8)    /* columns per panel: float64 */
-#define FL_GEMM_NR_F (FL_GEMM_NV * 16)   /* float32 */
 #ifndef FL_GEMM_NV
-#define FL_GEMM_NV 2
+#define FL_GEMM_NV 2     /* 64-byte vectors per panel row of op(B) */
 #endif
+#define FL_GEMM_NR_D (FL_GEMM_NV * 8)    /* columns per panel of op(B): float64 */
+#define FL_GEMM_NR_F (FL_GEMM_NV * 16)   /* float32 */
 #ifndef FL_GEMM_KC
 #define FL_GEMM_KC 256   /* an NR panel of B (KC x 128 bytes, 32 KiB) stays in L1 */
 #endif
@@ -74,7 +79,8 @@ _Static_assert(FL_GEMM_MC % FL_GEMM_MR == 0, "FL_GEMM_MC must be a whole number 
 
 #if FL_HAVE_GEMM
 
-/* 1: use this kernel where the CPU can; 0: always BLAS (the tests run both) */
+/* 1: use this kernel; 0: always BLAS (the testing hook _use_own_gemm: the
+   tests run both) */
 static int fl_gemm_wanted = 1;
 
 static int fl_gemm_ok(void)
@@ -140,11 +146,11 @@ static void *fl_gemm_scratch(size_t bytes)
  * float64, 16 float32), VL row pieces of VL elements are loaded (rows past
  * w, and depths past kc, as zeros), transposed in registers, and each depth
  * p's VL values stored into P[p * W + g * VL ..] (a masked store where the
- * panel's width W is not a multiple of VL: MR = 14).  The scalar loop it
- * replaces stored one element at a time, W apart: packing both operands of
- * a (2048, 512) float32 cdist took 1.18 ms, now 0.64 ms (of a ~31 ms call at
- * one thread; the backward packs each tile's W this way too).  Same values
- * in the same places, so no product changes.
+ * panel's width W is not a multiple of VL: MR = 14).  In registers because
+ * a scalar loop stores one element at a time, W apart: measured 1.8x slower
+ * packing both operands of a (2048, 512) float32 cdist (the backward packs
+ * each tile's W this way too).  The packing moves values only, so no
+ * product depends on how it is done.
  */
 typedef double fl_gemm_v8d __attribute__((vector_size(64)));
 typedef float fl_gemm_v16f __attribute__((vector_size(64)));
@@ -181,9 +187,9 @@ FL_GEMM_TRPACK(f, float, fl_gemm_v16f, fl_gemm_v16i, 16, __mmask16, _mm512_maskz
  * The copying pack (op(A) = A^T, op(B) = B: a panel's lines run along X's
  * rows), vectorized: per depth p, the row piece X[p0 + p, r0 .. r0 + w) goes
  * to P[p * W ..] in vectors of VL under masks fixed for the panel (lanes past
- * w as zeros).  The scalar loop it replaces copied one element at a time
- * (a panel width of 14 does not vectorize by itself): packing the two
- * operands of a (2048, 2048) x (2048, 512) float64 product took ~4 ms.
+ * w as zeros).  Written with masks because a panel width of 14 does not
+ * vectorize by itself: copied element by element, packing the two operands
+ * of a (2048, 2048) x (2048, 512) float64 product took ~4 ms.
  */
 #define FL_GEMM_ALPACK(SUF, T, VL, MT, LOADZ, STOREM)                                     \
 static void fl_gemm_alpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
@@ -208,10 +214,10 @@ FL_GEMM_ALPACK(f, float, 16, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_store
 
 /* A whole block of op(A) = A^T panels (mc lines, MR per panel, panel q at
    P + q * MR * kc), copied depth by depth: each depth's row piece of mc
-   elements is read once, front to back, and dealt out to the panels.  Panel
-   by panel (fl_gemm_alpack) each depth row was visited once per panel, 56
-   bytes at a time: the W^T A product of cdist_backward(dist=) spent 6% of
-   its time there at (2048, 512) float32.  Same values in the same places. */
+   elements is read once, front to back, and dealt out to the panels.  Not
+   panel by panel (fl_gemm_alpack), which visits each depth row once per
+   panel, 56 bytes at a time: measured at 6% of cdist_backward(dist=)'s W^T A
+   product at (2048, 512) float32.  Same values in the same places. */
 #define FL_GEMM_ALPACK_BLOCK(SUF, T, VL, MT, LOADZ, STOREM)                               \
 static void fl_gemm_alpack_block_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t mc, \
                                        ptrdiff_t p0, ptrdiff_t kc, T *P)                  \
@@ -476,41 +482,54 @@ FL_GEMM_DEFINE(d, double, __m512d, 8, __builtin_fma, _mm512_loadu_pd, _mm512_sto
 FL_GEMM_DEFINE(f, float, __m512, 16, __builtin_fmaf, _mm512_loadu_ps, _mm512_storeu_ps,
                _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_setzero_ps)
 
-#else /* no AVX-512 GEMM in this build: the callers use BLAS */
+#else /* no own GEMM in this build: the callers use BLAS */
 
-static int fl_gemm_wanted = 0;
+static int fl_gemm_wanted = 0;    /* the testing hook may set it; nothing reads it here */
 static int fl_gemm_ok(void) { return 0; }
-#define FL_GEMM_STUBS(SUF, T)                                                             \
-static void fl_gemm_pack_panels_##SUF(int is_b, const T *X, size_t ldx, int tx,           \
-                                      ptrdiff_t rows, ptrdiff_t k, ptrdiff_t q0,          \
-                                      ptrdiff_t q1, T *P)                                 \
-{ (void)is_b; (void)X; (void)ldx; (void)tx; (void)rows; (void)k; (void)q0; (void)q1; (void)P; } \
-static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
-                                    const T *Ap, ptrdiff_t mpad, ptrdiff_t i0,            \
-                                    const T *Bp, ptrdiff_t npad, ptrdiff_t j0, T beta,    \
-                                    T *C, size_t ldc)                                     \
-{ (void)m; (void)n; (void)k; (void)alpha; (void)Ap; (void)mpad; (void)i0; (void)Bp;      \
-  (void)npad; (void)j0; (void)beta; (void)C; (void)ldc; }
-FL_GEMM_STUBS(d, double)
-FL_GEMM_STUBS(f, float)
-#define FL_GEMM_PB_STUB(SUF, T)                                                           \
+
+/* fl_gemm and fl_gemm_pb: -1, as for a failed allocation, so a caller that
+   did not ask fl_gemm_ok() still falls back to its BLAS product. */
+#define FL_GEMM_FALLBACK(SUF, T)                                                          \
+static int fl_gemm_##SUF(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha, \
+                         const T *A, size_t lda, const T *B, size_t ldb, T beta, T *C,   \
+                         size_t ldc)                                                      \
+{ (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A; (void)lda;        \
+  (void)B; (void)ldb; (void)beta; (void)C; (void)ldc; return -1; }                        \
 static int fl_gemm_pb_##SUF(int ta, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
                             const T *A, size_t lda, const T *Bp, ptrdiff_t npad, T beta,  \
                             T *C, size_t ldc)                                             \
 { (void)ta; (void)m; (void)n; (void)k; (void)alpha; (void)A; (void)lda; (void)Bp;         \
   (void)npad; (void)beta; (void)C; (void)ldc; return -1; }
-FL_GEMM_PB_STUB(d, double)
-FL_GEMM_PB_STUB(f, float)
-static int fl_gemm_d(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, double alpha,
-                     const double *A, size_t lda, const double *B, size_t ldb, double beta,
-                     double *C, size_t ldc)
-{ (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A; (void)lda;
-  (void)B; (void)ldb; (void)beta; (void)C; (void)ldc; return -1; }
-static int fl_gemm_f(int ta, int tb, ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, float alpha,
-                     const float *A, size_t lda, const float *B, size_t ldb, float beta,
-                     float *C, size_t ldc)
-{ (void)ta; (void)tb; (void)m; (void)n; (void)k; (void)alpha; (void)A; (void)lda;
-  (void)B; (void)ldb; (void)beta; (void)C; (void)ldc; return -1; }
+FL_GEMM_FALLBACK(d, double)
+FL_GEMM_FALLBACK(f, float)
+
+/* The prepacked operands exist only with the own GEMM, and these two have no
+   BLAS twin: every caller takes the prepacked path only when fl_gemm_ok().
+   Reaching one is a bug; doing nothing would leave the caller's tile
+   unwritten (wrong results, silently), so stop the process instead. */
+static void fl_gemm_unreachable(const char *fn)
+{
+    fprintf(stderr, "fastlin: internal error: %s called in a build without fastlin's "
+            "GEMM (its callers must check fl_gemm_ok() first)\n", fn);
+    fflush(stderr);
+    abort();
+}
+
+#define FL_GEMM_NO_PREPACKED(SUF, T)                                                      \
+static void fl_gemm_pack_panels_##SUF(int is_b, const T *X, size_t ldx, int tx,           \
+                                      ptrdiff_t rows, ptrdiff_t k, ptrdiff_t q0,          \
+                                      ptrdiff_t q1, T *P)                                 \
+{ (void)is_b; (void)X; (void)ldx; (void)tx; (void)rows; (void)k; (void)q0; (void)q1;     \
+  (void)P; fl_gemm_unreachable("fl_gemm_pack_panels_" #SUF); }                            \
+static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alpha,       \
+                                    const T *Ap, ptrdiff_t mpad, ptrdiff_t i0,            \
+                                    const T *Bp, ptrdiff_t npad, ptrdiff_t j0, T beta,    \
+                                    T *C, size_t ldc)                                     \
+{ (void)m; (void)n; (void)k; (void)alpha; (void)Ap; (void)mpad; (void)i0; (void)Bp;      \
+  (void)npad; (void)j0; (void)beta; (void)C; (void)ldc;                                  \
+  fl_gemm_unreachable("fl_gemm_prepacked_" #SUF); }
+FL_GEMM_NO_PREPACKED(d, double)
+FL_GEMM_NO_PREPACKED(f, float)
 
 #endif
 

@@ -80,10 +80,10 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, const T *FL_RESTRI
    The register kernel (d <= 16) issues its block's prefetches one per step
    of the solve (product), spread among the FMAs: the d prefetches issued
    together at the top of each block cost as much time as reading X, as if
-   the two did not overlap at all (1M x 16 float64, one thread: 12.3 ->
-   8.9 ns a row, interleaved A/B in a C harness; without any prefetch 16.5;
-   the arithmetic alone, X in L2, 5.8; a plain read of X, 5.0-5.4).  Distances
-   of 8-64 KiB measured alike. */
+   the two did not overlap at all (1M x 16 float64, one thread: 12.3 ns a
+   row against 8.9 spread out, interleaved A/B in a C harness; without any
+   prefetch 16.5; the arithmetic alone, X in L2, 5.8; a plain read of X,
+   5.0-5.4).  Distances of 8-64 KiB measured alike. */
 #ifndef FL_MAHA_PF
 #define FL_MAHA_PF 32768
 #endif
@@ -92,8 +92,9 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, const T *FL_RESTRI
 #endif
 /* ... and, in the register kernel, the block FL_MAHA_PF_NEAR blocks ahead
    into L1 as well, line j at step j: its loads then hit L1 instead of
-   waiting on L2 (1M x 16 float64, one thread, C harness: 7.7-9.7 -> 6.4-7.9
-   ns a row in interleaved runs; 1 and 4 blocks measured no better) */
+   waiting on L2 (1M x 16 float64, one thread, C harness: 6.4-7.9 ns a row
+   against 7.7-9.7 without, in interleaved runs; 1 and 4 blocks measured no
+   better) */
 #ifndef FL_MAHA_PF_NEAR
 #define FL_MAHA_PF_NEAR 2
 #endif
@@ -152,8 +153,8 @@ FL_INLINE void FL(maha_out)(ACC ss, int squared, ptrdiff_t cnt, T *FL_RESTRICT o
 }
 
 /* v[0..VL) (rows) := their transpose (columns), in registers
-   (fl_transpose.h).  The scalar transpose it replaces cost 2 d VL scalar
-   loads and stores per VL rows. */
+   (fl_transpose.h): a scalar transpose costs 2 d VL scalar loads and stores
+   per VL rows. */
 FL_INLINE void FL(maha_transpose)(VT *v)
 {
 #if FL_IS_DOUBLE
@@ -449,8 +450,8 @@ static void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
     if (d > FL_MAHA_DMAX) {
         /* The register tile by the registers of the SIMD level: the 16
            accumulators fit AVX-512's 32 zmm; where a vector is 2 ymm (AVX2)
-           or 4 xmm (baseline) of 16, that tile spilled (2-3x slower than the
-           old one-group kernel), hence (G, J) = (1, 4) and (1, 2) there.
+           or 4 xmm (baseline) of 16, that tile spills (2-3x slower than a
+           single group), hence (G, J) = (1, 4) and (1, 2) there.
            Each row's arithmetic does not depend on the tile. */
         T *tb = zs + d * FL_MAHA_G * VL;
 #if FL_AVX512
