@@ -17,13 +17,30 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(_M_X64)
-#include <cpuid.h>
 
+/* cpuid and xgetbv as inline assembly, which gcc, clang and clang-cl all
+   take: <cpuid.h> and <intrin.h> each declare a __cpuid of their own, and
+   clang-cl may see both. */
+static void fl_cpuid_raw(unsigned leaf, unsigned sub, unsigned r[4])
+{
+    unsigned a, b, c, d;
+    __asm__ volatile("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(leaf), "c"(sub));
+    r[0] = a;
+    r[1] = b;
+    r[2] = c;
+    r[3] = d;
+}
+
+/* leaf `leaf` (zeros when the CPU does not have it) */
 static void fl_cpuid(unsigned leaf, unsigned sub, unsigned r[4])
 {
-    r[0] = r[1] = r[2] = r[3] = 0;
-    if ((unsigned)__get_cpuid_max(leaf & 0x80000000u, 0) < leaf) return;
-    __cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+    unsigned top[4];
+    fl_cpuid_raw(leaf & 0x80000000u, 0, top);   /* the highest leaf of its range */
+    if (top[0] < leaf) {
+        r[0] = r[1] = r[2] = r[3] = 0;
+        return;
+    }
+    fl_cpuid_raw(leaf, sub, r);
 }
 
 static uint64_t fl_xgetbv0(void)
