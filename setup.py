@@ -164,6 +164,8 @@ def _openmp_candidates(msvc_like):
 class BuildExt(build_ext):
     def finalize_options(self):
         super().finalize_options()
+        # run() clears inplace while it builds (then copies into the checkout)
+        self.fl_into_checkout = bool(self.inplace)
         # 15 extension modules (5 kernel modules x 3 levels): build them in
         # parallel unless told otherwise (pip passes no -j)
         if self.parallel is None:
@@ -306,7 +308,7 @@ class BuildExt(build_ext):
         # editable builds (setuptools copies only the .so files there), and
         # only those: a wheel or sdist build leaves the checkout as it was.
         targets = [os.path.join(self.build_lib, "fastlin")]
-        if self.inplace:
+        if self.fl_into_checkout:
             targets.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "fastlin"))
         for d in targets:
             os.makedirs(d, exist_ok=True)

@@ -38,7 +38,11 @@ _PROBE = "_softmax"
 
 def _why_not(level):
     """'' if this process can run `level`, else the reason it cannot."""
-    if importlib.util.find_spec(f"fastlin._{level}.{_PROBE}") is None:
+    try:
+        spec = importlib.util.find_spec(f"fastlin._{level}.{_PROBE}")
+    except ImportError:     # the level's folder itself is missing
+        spec = None
+    if spec is None:
         if level != "baseline" and not _cpu.is_x86():
             return "x86-64 only"
         return "not in this build (see show_config's compiler line)"

@@ -297,21 +297,22 @@ FL_INLINE fl_vf vsel_f(fl_vfi m, fl_vf a, fl_vf b) { return FL_SELECT(m, a, b, f
 /* NaN-ignoring lane-wise max: a > b ? a : b */
 FL_INLINE fl_vd vmax_d(fl_vd a, fl_vd b) { return vsel_d(a > b, a, b); }
 FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(a > b, a, b); }
+/* the lanes' maximum, pairwise as acc_sum (a NaN lane loses every
+   comparison), in registers for the same reason */
 FL_INLINE double vhmax_d(fl_vd v)
 {
-    double t[FL_VL_d];
-    memcpy(t, &v, sizeof v);
-    for (int w = FL_VL_d / 2; w > 0; w /= 2)
-        for (int j = 0; j < w; j++) t[j] = t[j + w] > t[j] ? t[j + w] : t[j];
-    return t[0];
+    v = vmax_d(FL_SHUFFLE(fl_vdi, v, v, 4, 5, 6, 7, 0, 1, 2, 3), v);
+    v = vmax_d(FL_SHUFFLE(fl_vdi, v, v, 2, 3, 0, 1, 6, 7, 4, 5), v);
+    v = vmax_d(FL_SHUFFLE(fl_vdi, v, v, 1, 0, 3, 2, 5, 4, 7, 6), v);
+    return v[0];
 }
 FL_INLINE float vhmax_f(fl_vf v)
 {
-    float t[FL_VL_f];
-    memcpy(t, &v, sizeof v);
-    for (int w = FL_VL_f / 2; w > 0; w /= 2)
-        for (int j = 0; j < w; j++) t[j] = t[j + w] > t[j] ? t[j + w] : t[j];
-    return t[0];
+    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7), v);
+    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11), v);
+    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13), v);
+    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14), v);
+    return v[0];
 }
 
 /* Load / store vector k of a tile row of w elements, padding (with 0) or
@@ -435,17 +436,21 @@ FL_INLINE void acc_lanes_f(acc_t_f a, double *out)
     memcpy(out, &a.lo, sizeof a.lo);
     memcpy(out + 8, &a.hi, sizeof a.hi);
 }
+/* The lanes' pairwise sum, fl_pairsum's order (lane j + lane j + w, w = 4,
+   2, 1; float32's 16 lanes first fold hi onto lo) in registers.  Through a
+   stack array, as fl_pairsum, gcc 11 at -O3 -march=x86-64-v3 gave some rows
+   of cdist_backward a stale array's sum (its post-reload load elimination:
+   right with -fno-gcse-after-reload or -O2). */
 FL_INLINE double acc_sum_d(acc_t_d a)
 {
-    double t[FL_VL_d];
-    acc_lanes_d(a, t);
-    return fl_pairsum(t, FL_VL_d);
+    a += FL_SHUFFLE(fl_vdi, a, a, 4, 5, 6, 7, 0, 1, 2, 3);
+    a += FL_SHUFFLE(fl_vdi, a, a, 2, 3, 0, 1, 6, 7, 4, 5);
+    a += FL_SHUFFLE(fl_vdi, a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+    return a[0];
 }
 FL_INLINE double acc_sum_f(acc_t_f a)
 {
-    double t[FL_VL_f];
-    acc_lanes_f(a, t);
-    return fl_pairsum(t, FL_VL_f);
+    return acc_sum_d(a.lo + a.hi);
 }
 
 /* numpy's sign: -1, 0, +1, and nan for nan. */
