@@ -126,6 +126,13 @@ def _target_is_x86_64():
     return plat.endswith(("x86_64", "amd64")) or plat == "win-amd64"
 
 
+def _target_machine():
+    """The target's machine name (a cross-build's, not the build machine's:
+    platform.machine() would say x86_64 for an aarch64 cross-build)."""
+    forced = os.environ.get("FASTLIN_TARGET_ARCH", "").strip().lower()
+    return forced or sysconfig.get_platform().rsplit("-", 1)[-1]
+
+
 def _compiler_name(compiler):
     """'gcc', 'clang', 'clang-cl' or 'msvc' (cl.exe)."""
     if compiler.compiler_type == "msvc":
@@ -302,7 +309,7 @@ class BuildExt(build_ext):
             COMPILER = {name!r}
             COMPILER_COMMAND = {" ".join(getattr(self.compiler, "compiler_so", []) or [getattr(self.compiler, "cc", name)])!r}
             CFLAGS = {cflags!r}
-            TARGET = {platform.system() + " " + ("x86_64" if x86 else platform.machine())!r}
+            TARGET = {platform.system() + " " + ("x86_64" if x86 else _target_machine())!r}
         """)
         # build_lib feeds the wheel; the source copy serves in-place and
         # editable builds (setuptools copies only the .so files there), and
