@@ -208,11 +208,12 @@ def test_each_level_is_bitwise_the_same_at_1_and_2_threads(per_level, level):
 
 
 # Levels add in the same lane order; they may differ where the compiler
-# contracts a product and a sum into one FMA (avx2, avx512; aarch64's
-# baseline too) or not (x86-64's baseline), a rounding or two per operation.  Each level is held to the
-# accuracy each op documents against its reference (README, Numerics; the
-# loosest, cdist's, is 14 eps of the largest entry), which the whole suite
-# checks at every level; two levels can then differ by at most twice that.
+# contracts a product and a sum into one FMA (avx2, avx512, and aarch64's
+# baseline) or not (x86-64's baseline), a rounding or two per operation.
+# Each level is held to the accuracy each op documents against its reference
+# (README, Numerics; the loosest, cdist's, is 14 eps of the largest entry),
+# which the whole suite checks at every level; two levels can then differ by
+# at most twice that.
 @pytest.mark.parametrize("level", [lv for lv in _simd.AVAILABLE if lv != _simd.AVAILABLE[0]])
 def test_levels_agree_within_the_accuracy_bounds(per_level, level):
     best = per_level[_simd.AVAILABLE[0]]["1"]
