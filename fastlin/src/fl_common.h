@@ -52,16 +52,38 @@
 #define FL_AVX512 0
 #endif
 
-/* Two-source shuffles with constant indices: FL_SHUFFLE(IT, a, b, i0, i1, ...)
-   picks lane i of (a, b) concatenated; IT is an integer vector type with a's
-   lane count and lane width (gcc 11's __builtin_shuffle takes the indices as
-   such a vector; clang and gcc >= 12 have __builtin_shufflevector). */
+/* Two-source shuffles with constant indices: FL_SHUFFLE(a, b, i0, i1, ...)
+   (8 or 16 indices) picks lane i of (a, b) concatenated.  Clang and gcc >= 12
+   have __builtin_shufflevector; for gcc 11 the lanes are picked one by one
+   into a vector of a's type (constant indices: the compiler folds them into
+   permutes), with no builtin of its own. */
 #if defined(__clang__) || __GNUC__ >= 12
 #define FL_HAVE_SHUFFLEVECTOR 1
-#define FL_SHUFFLE(IT, a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#define FL_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
 #define FL_HAVE_SHUFFLEVECTOR 0
-#define FL_SHUFFLE(IT, a, b, ...) __builtin_shuffle(a, b, (IT){__VA_ARGS__})
+#define FL_LANES_(a) ((int)(sizeof(a) / sizeof((a)[0])))
+#define FL_PICK_(a, b, i) ((i) < FL_LANES_(a) ? (a)[(i) % FL_LANES_(a)] : (b)[(i) % FL_LANES_(a)])
+#define FL_SHUF_NTH_(x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11, x12, x13, x14, x15, x16, \
+                     n, ...) n
+#define FL_SHUF_COUNT_(...) FL_SHUF_NTH_(__VA_ARGS__, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, \
+                                         6, 5, 4, 3, 2, 1, 0)
+#define FL_SHUF_CAT2_(x, y) x##y
+#define FL_SHUF_CAT_(x, y) FL_SHUF_CAT2_(x, y)
+#define FL_SHUF_8_(a, b, i0, i1, i2, i3, i4, i5, i6, i7)                                   \
+    ((__typeof__(a)){FL_PICK_(a, b, i0), FL_PICK_(a, b, i1), FL_PICK_(a, b, i2),           \
+                     FL_PICK_(a, b, i3), FL_PICK_(a, b, i4), FL_PICK_(a, b, i5),           \
+                     FL_PICK_(a, b, i6), FL_PICK_(a, b, i7)})
+#define FL_SHUF_16_(a, b, i0, i1, i2, i3, i4, i5, i6, i7, i8, i9, i10, i11, i12, i13, i14,  \
+                    i15)                                                                   \
+    ((__typeof__(a)){FL_PICK_(a, b, i0), FL_PICK_(a, b, i1), FL_PICK_(a, b, i2),           \
+                     FL_PICK_(a, b, i3), FL_PICK_(a, b, i4), FL_PICK_(a, b, i5),           \
+                     FL_PICK_(a, b, i6), FL_PICK_(a, b, i7), FL_PICK_(a, b, i8),           \
+                     FL_PICK_(a, b, i9), FL_PICK_(a, b, i10), FL_PICK_(a, b, i11),         \
+                     FL_PICK_(a, b, i12), FL_PICK_(a, b, i13), FL_PICK_(a, b, i14),        \
+                     FL_PICK_(a, b, i15)})
+#define FL_SHUFFLE(a, b, ...) \
+    FL_SHUF_CAT_(FL_SHUF_, FL_SHUF_CAT_(FL_SHUF_COUNT_(__VA_ARGS__), _))(a, b, __VA_ARGS__)
 #endif
 #define FL_UNPAREN(...) __VA_ARGS__
 
@@ -301,17 +323,17 @@ FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(a > b, a, b); }
    comparison), in registers for the same reason */
 FL_INLINE double vhmax_d(fl_vd v)
 {
-    v = vmax_d(FL_SHUFFLE(fl_vdi, v, v, 4, 5, 6, 7, 0, 1, 2, 3), v);
-    v = vmax_d(FL_SHUFFLE(fl_vdi, v, v, 2, 3, 0, 1, 6, 7, 4, 5), v);
-    v = vmax_d(FL_SHUFFLE(fl_vdi, v, v, 1, 0, 3, 2, 5, 4, 7, 6), v);
+    v = vmax_d(FL_SHUFFLE(v, v, 4, 5, 6, 7, 0, 1, 2, 3), v);
+    v = vmax_d(FL_SHUFFLE(v, v, 2, 3, 0, 1, 6, 7, 4, 5), v);
+    v = vmax_d(FL_SHUFFLE(v, v, 1, 0, 3, 2, 5, 4, 7, 6), v);
     return v[0];
 }
 FL_INLINE float vhmax_f(fl_vf v)
 {
-    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7), v);
-    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11), v);
-    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13), v);
-    v = vmax_f(FL_SHUFFLE(fl_vfi, v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14), v);
+    v = vmax_f(FL_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7), v);
+    v = vmax_f(FL_SHUFFLE(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11), v);
+    v = vmax_f(FL_SHUFFLE(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13), v);
+    v = vmax_f(FL_SHUFFLE(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14), v);
     return v[0];
 }
 
@@ -443,9 +465,9 @@ FL_INLINE void acc_lanes_f(acc_t_f a, double *out)
    right with -fno-gcse-after-reload or -O2). */
 FL_INLINE double acc_sum_d(acc_t_d a)
 {
-    a += FL_SHUFFLE(fl_vdi, a, a, 4, 5, 6, 7, 0, 1, 2, 3);
-    a += FL_SHUFFLE(fl_vdi, a, a, 2, 3, 0, 1, 6, 7, 4, 5);
-    a += FL_SHUFFLE(fl_vdi, a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+    a += FL_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3);
+    a += FL_SHUFFLE(a, a, 2, 3, 0, 1, 6, 7, 4, 5);
+    a += FL_SHUFFLE(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
     return a[0];
 }
 FL_INLINE double acc_sum_f(acc_t_f a)

@@ -154,10 +154,8 @@ static void *fl_gemm_scratch(size_t bytes)
  */
 typedef double fl_gemm_v8d __attribute__((vector_size(64)));
 typedef float fl_gemm_v16f __attribute__((vector_size(64)));
-typedef long long fl_gemm_v8l __attribute__((vector_size(64)));
-typedef int fl_gemm_v16i __attribute__((vector_size(64)));
 
-#define FL_GEMM_TRPACK(SUF, T, VT, IT, VL, MT, LOADZ, STOREM, ZERO, TRANSPOSE)             \
+#define FL_GEMM_TRPACK(SUF, T, VT, VL, MT, LOADZ, STOREM, ZERO, TRANSPOSE)             \
 static void fl_gemm_trpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
                                  ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
 {                                                                                         \
@@ -171,16 +169,16 @@ static void fl_gemm_trpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t
             for (int i = 0; i < VL; i++)                                                  \
                 v[i] = g + i < w ? (VT)LOADZ(lm, X + (size_t)(r0 + g + i) * ldx + p0 + p) \
                                  : (VT)ZERO();                                            \
-            TRANSPOSE(VT, IT, v);                                                         \
+            TRANSPOSE(VT, v);                                                         \
             for (ptrdiff_t q = 0; q < left; q++)                                          \
                 STOREM(P + (p + q) * W + g, sm, v[q]);                                    \
         }                                                                                 \
     }                                                                                     \
 }
 
-FL_GEMM_TRPACK(d, double, fl_gemm_v8d, fl_gemm_v8l, 8, __mmask8, _mm512_maskz_loadu_pd,
+FL_GEMM_TRPACK(d, double, fl_gemm_v8d, 8, __mmask8, _mm512_maskz_loadu_pd,
                _mm512_mask_storeu_pd, _mm512_setzero_pd, FL_TRANSPOSE8)
-FL_GEMM_TRPACK(f, float, fl_gemm_v16f, fl_gemm_v16i, 16, __mmask16, _mm512_maskz_loadu_ps,
+FL_GEMM_TRPACK(f, float, fl_gemm_v16f, 16, __mmask16, _mm512_maskz_loadu_ps,
                _mm512_mask_storeu_ps, _mm512_setzero_ps, FL_TRANSPOSE16)
 
 /*

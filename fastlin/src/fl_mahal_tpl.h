@@ -158,9 +158,9 @@ FL_INLINE void FL(maha_out)(ACC ss, int squared, ptrdiff_t cnt, T *FL_RESTRICT o
 FL_INLINE void FL(maha_transpose)(VT *v)
 {
 #if FL_IS_DOUBLE
-    FL_TRANSPOSE8(VT, VI, v);
+    FL_TRANSPOSE8(VT, v);
 #else
-    FL_TRANSPOSE16(VT, VI, v);
+    FL_TRANSPOSE16(VT, v);
 #endif
 }
 
