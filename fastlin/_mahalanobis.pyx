@@ -14,7 +14,7 @@ row's arithmetic is fixed, so results do not depend on the thread count.
 from cython cimport floating
 from cython.parallel cimport prange, threadid
 
-from fastlin._blas cimport fl_gemm_ok, fl_gemm_wanted, gemm_atb
+from fastlin._blas cimport fl_gemm_wanted, gemm_atb
 
 
 
