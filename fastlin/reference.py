@@ -3,7 +3,14 @@
 Each computes in ``np.longdouble`` (80-bit extended on x86-64: 64-bit
 mantissa and an exponent range that cannot overflow for float64 inputs) with
 the textbook formula, then rounds to the input's float dtype.  They are the
-judges in the tests, never used by the library itself.
+judges in the tests, never used by the library itself, and never call it.
+
+The distance, margin and Mahalanobis twins take ``dtype=``: the dtype of the
+result, by default the one fastlin documents; ``np.longdouble`` keeps the
+extended result, so that a test can measure an error of under one rounding.
+Linear solves, which NumPy does not offer in longdouble, run in float64 and
+are refined once with a longdouble residual (right to about eps relative
+whatever the condition number below 1 / eps).
 """
 import numpy as np
 
@@ -11,7 +18,20 @@ LD = np.longdouble
 
 
 def _dtype(*arrays):
-    dt = np.result_type(*[np.asarray(a).dtype for a in arrays])
+    """fastlin's documented result dtype: bool and integers count as float64,
+    float16 as float32, then numpy's promotion; a Python int or float does
+    not take part (numpy's weak scalars)."""
+    dts = []
+    for a in arrays:
+        if isinstance(a, (int, float)) and not isinstance(a, np.generic):
+            continue
+        dt = np.asarray(a).dtype
+        if dt.kind in "biu":
+            dt = np.dtype(np.float64)
+        elif dt.kind == "f" and dt.itemsize < 4:
+            dt = np.dtype(np.float32)
+        dts.append(dt)
+    dt = np.result_type(*dts) if dts else np.dtype(np.float64)
     return dt if dt.kind == "f" and dt.itemsize in (4, 8) else np.dtype(np.float64)
 
 
@@ -74,8 +94,12 @@ def _shift(al, bl, ax):
     return np.where(np.isfinite(m), m, LD(0))
 
 
-def logsumexp(a, axis=None, b=None, keepdims=False):
-    """log(sum(b * exp(a))) in longdouble (no sign handling: sums must be > 0)."""
+def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
+    """log(sum(b * exp(a))) in longdouble.
+
+    Without `return_sign` a negative sum gives nan (the log of a negative
+    number); with it, ``(log|sum|, sign(sum))``.
+    """
     a = np.atleast_1d(np.asarray(a))
     dt = _dtype(a) if b is None else _dtype(a, b)
     al = a.astype(LD)
@@ -84,9 +108,14 @@ def logsumexp(a, axis=None, b=None, keepdims=False):
     ax = _axis(axis, al.ndim)
     m = _shift(al, bl, ax)
     with np.errstate(divide="ignore", invalid="ignore"):
-        r = np.log(np.sum(bl * np.exp(al - m), axis=ax, keepdims=True)) + m
+        s = np.sum(bl * np.exp(al - m), axis=ax, keepdims=True)
+        r = np.log(np.abs(s) if return_sign else s) + m
+    sgn = np.sign(s)
     if not keepdims:
         r = np.squeeze(r, axis=ax)
+        sgn = np.squeeze(sgn, axis=ax)
+    if return_sign:
+        return r.astype(dt), sgn.astype(dt)
     return r.astype(dt)
 
 
@@ -138,20 +167,411 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     return ga.reshape(shape0).astype(dt)
 
 
-def cdist_backward(grad, XA, XB, metric="euclidean"):
-    """gXA_i = sum_j g_ij (a_i - b_j) w_ij, gXB_j = -sum_i g_ij (a_i - b_j) w_ij,
-    with w = 1 / D (0 where D == 0: fastlin's zero subgradient) for
-    'euclidean' and w = 2 for 'sqeuclidean'; longdouble throughout."""
-    XA, XB = np.asarray(XA), np.asarray(XB)
-    dt = _dtype(XA, XB)
-    diff = XA.astype(LD)[:, None, :] - XB.astype(LD)[None, :, :]
-    g = np.asarray(grad).astype(LD)
-    if metric == "sqeuclidean":
-        w = 2 * g
-    elif metric == "euclidean":
-        d = np.sqrt(np.sum(diff * diff, axis=-1))
-        w = np.where(d > 0, g / np.where(d > 0, d, LD(1)), LD(0))
+# ------------------------------------------------------------------ distances
+
+def _rows(X):
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"reference: a 2-d array of points, got shape {X.shape}")
+    return X
+
+
+def _metric(metric):
+    names = {"euclidean": "euclidean", "euclid": "euclidean", "eu": "euclidean",
+             "e": "euclidean", "sqeuclidean": "sqeuclidean", "sqe": "sqeuclidean",
+             "sqeuclid": "sqeuclidean", "cosine": "cosine", "cos": "cosine",
+             "mahalanobis": "mahalanobis", "mahal": "mahalanobis", "mah": "mahalanobis"}
+    m = names.get(str(metric).lower())
+    if m is None:
+        raise ValueError(f"reference: unknown metric {metric!r}")
+    return m
+
+
+def default_vi(X):
+    """scipy's precision matrix when none is given: the inverse of the sample
+    covariance of the rows of X (cdist: both sets stacked), in float64 as
+    scipy computes it, symmetrised (the quadratic form only sees the
+    symmetric part)."""
+    X = np.asarray(X, dtype=np.float64)
+    VI = np.linalg.inv(np.atleast_2d(np.cov(X.T)))
+    return (VI + VI.T) / 2
+
+
+def _precision(VI, XA, XB):
+    """The symmetric part of VI in longdouble (scipy's default when None)."""
+    if VI is None:
+        VI = default_vi(np.vstack([np.asarray(XA), np.asarray(XB)]))
+    P = np.asarray(VI).astype(LD)
+    return (P + P.T) / 2
+
+
+def sqdist(XA, XB, w=None, VI=None):
+    """Squared distances between the rows of XA and XB, in longdouble.
+
+    ``sum(w (a - b)^2)`` (w = 1 by default), or ``(a - b)^T VI (a - b)`` with
+    `VI`, formed from the differences ``a - b`` themselves: no cancellation
+    but the one in the data.  Rows are taken 32 at a time to bound the
+    (32, mB, n) temporary.
+
+    Returns
+    -------
+    ndarray of np.longdouble, shape (mA, mB)
+    """
+    A = _rows(XA).astype(LD)
+    B = _rows(XB).astype(LD)
+    out = np.empty((A.shape[0], B.shape[0]), LD)
+    Ml = None if VI is None else np.asarray(VI).astype(LD)
+    wl = None if w is None else np.asarray(w).astype(LD)
+    with np.errstate(invalid="ignore", over="ignore"):
+        for i0 in range(0, A.shape[0], 32):
+            D = A[i0:i0 + 32, None, :] - B[None, :, :]
+            if Ml is not None:
+                out[i0:i0 + 32] = np.einsum("ijk,kl,ijl->ij", D, Ml, D)
+            elif wl is not None:
+                out[i0:i0 + 32] = (wl * D * D).sum(-1)
+            else:
+                out[i0:i0 + 32] = (D * D).sum(-1)
+    return out
+
+
+def _unit_rows(X):
+    """Rows divided by their norm, in longdouble (a zero row gives nan: 0/0,
+    scipy's cosine distance of a zero row)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return X / np.sqrt((X * X).sum(-1, keepdims=True))
+
+
+def cdist(XA, XB, metric="euclidean", *, w=None, VI=None, dtype=None):
+    """Distances between each pair of rows of XA and XB (scipy's definitions).
+
+    * 'sqeuclidean': ``sum(w (a - b)^2)``; 'euclidean' its root;
+    * 'mahalanobis': ``sqrt((a - b)^T VI (a - b))``, VI by default the inverse
+      covariance of the stacked rows (scipy's);
+    * 'cosine': ``1 - cos``, computed as ``|a^ - b^|^2 / 2`` on the unit rows
+      (weighted: of ``sqrt(w) a``), equal in exact arithmetic; ``1 - a^.b^``
+      would cancel for near-parallel rows even in longdouble.
+
+    Parameters
+    ----------
+    XA, XB : array_like, shapes (mA, n), (mB, n)
+    metric : str
+    w, VI : array_like, optional
+        As :func:`fastlin.cdist`.
+    dtype : dtype, optional
+        The result's; default fastlin's (float32 for float32 input, else
+        float64); ``np.longdouble`` for the extended result.
+
+    Returns
+    -------
+    D : ndarray, shape (mA, mB)
+    """
+    XA, XB = _rows(XA), _rows(XB)
+    dt = _dtype(XA, XB) if dtype is None else np.dtype(dtype)
+    metric = _metric(metric)
+    if metric == "cosine":
+        A, B = XA.astype(LD), XB.astype(LD)
+        if w is not None:
+            sw = np.sqrt(np.asarray(w).astype(LD))
+            A, B = A * sw, B * sw
+        r = sqdist(_unit_rows(A), _unit_rows(B)) / 2
+    elif metric == "mahalanobis":
+        with np.errstate(invalid="ignore"):
+            r = np.sqrt(sqdist(XA, XB, VI=_precision(VI, XA, XB)))
     else:
-        raise ValueError(f"reference cdist_backward: euclidean or sqeuclidean, got {metric!r}")
-    wd = w[:, :, None] * diff
-    return wd.sum(axis=1).astype(dt), (-wd.sum(axis=0)).astype(dt)
+        r = sqdist(XA, XB, w=w)
+        if metric == "euclidean":
+            r = np.sqrt(r)
+    return r.astype(dt)
+
+
+def _condensed(D):
+    """The strict upper triangle of a square matrix, row by row (scipy's order)."""
+    m = D.shape[0]
+    return np.array([D[i, j] for i in range(m) for j in range(i + 1, m)], dtype=D.dtype)
+
+
+def pdist(X, metric="euclidean", *, w=None, VI=None, dtype=None):
+    """Condensed distances between the rows of X: entry ``(i, j)``, i < j, of
+    :func:`cdist` ``(X, X)`` in scipy's order (VI by default from the rows of
+    X once, as scipy's pdist).
+
+    Returns
+    -------
+    d : ndarray, shape (m * (m - 1) / 2,)
+    """
+    X = _rows(X)
+    if _metric(metric) == "mahalanobis" and VI is None and X.shape[0] > 1:
+        VI = default_vi(X)
+    D = cdist(X, X, metric, w=w, VI=VI, dtype=LD)
+    dt = _dtype(X) if dtype is None else np.dtype(dtype)
+    return _condensed(D).reshape(-1).astype(dt)
+
+
+def squareform(X, force="no", checks=True):
+    """Condensed vector <-> square matrix, by explicit loops, keeping X's dtype.
+
+    A vector of length ``m (m - 1) / 2`` fills the upper and lower triangles
+    of an m x m zero matrix (the empty vector gives scipy's 1 x 1 matrix); a
+    square matrix gives its strict upper triangle row by row, after checking
+    (with `checks`) that it is symmetric with a zero diagonal.
+    """
+    X = np.asarray(X)
+    force = force.lower()
+    if force == "tomatrix" or (force == "no" and X.ndim == 1):
+        s = X.shape[0]
+        m = 1
+        while m * (m - 1) // 2 < s:
+            m += 1
+        if m * (m - 1) // 2 != s:
+            raise ValueError(f"reference squareform: {s} is not m (m - 1) / 2")
+        M = np.zeros((m, m), X.dtype)
+        q = 0
+        for i in range(m):
+            for j in range(i + 1, m):
+                M[i, j] = M[j, i] = X[q]
+                q += 1
+        return M
+    if X.ndim != 2 or X.shape[0] != X.shape[1]:
+        raise ValueError(f"reference squareform: a square matrix, got shape {X.shape}")
+    if checks and (np.any(X != X.T) or np.any(np.diag(X) != 0)):
+        raise ValueError("reference squareform: not symmetric with a zero diagonal")
+    return _condensed(X)
+
+
+def _pair_grads(a, b, g, metric, P=None):
+    """Per pair of rows (a, b), longdouble, shapes (..., n): the gradients of
+    ``g d(a, b)`` with respect to a and b.
+
+    * sqeuclidean: ``2 g (a - b)`` and its negative;
+    * euclidean: ``g (a - b) / d``, 0 where d == 0 (fastlin's zero subgradient);
+    * mahalanobis: ``g P (a - b) / d`` with P the symmetric part of VI, 0 at d == 0;
+    * cosine (``d = 1 - a.b / (|a||b|)``): ``-g (b^ - cos a^) / |a|`` and
+      ``-g (a^ - cos b^) / |b|``, 0 for a zero row.
+    """
+    g = g[..., None]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        if metric == "cosine":
+            na = np.sqrt((a * a).sum(-1, keepdims=True))
+            nb = np.sqrt((b * b).sum(-1, keepdims=True))
+            ah = a / np.where(na > 0, na, 1)
+            bh = b / np.where(nb > 0, nb, 1)
+            cos = (ah * bh).sum(-1, keepdims=True)
+            ga = -g * (bh - cos * ah) / np.where(na > 0, na, 1)
+            gb = -g * (ah - cos * bh) / np.where(nb > 0, nb, 1)
+            ga = np.where(na > 0, ga, LD(0))
+            gb = np.where(nb > 0, gb, LD(0))
+            return ga, gb
+        diff = a - b
+        if metric == "sqeuclidean":
+            ga = 2 * g * diff
+            return ga, -ga
+        q = diff if P is None else diff @ P
+        d = np.sqrt((diff * q).sum(-1, keepdims=True))
+        ga = np.where(d > 0, g * q / np.where(d > 0, d, 1), LD(0))
+        return ga, -ga
+
+
+def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dtype=None):
+    """Gradients of ``sum(grad * cdist(XA, XB, metric))`` with respect to XA
+    and XB, summed pair by pair in longdouble (see `_pair_grads`):
+    ``gXA_i = sum_j dg_ij d(a_i, b_j) / da_i``, ``gXB_j = sum_i ... / db_j``;
+    euclidean: ``w_ij (a_i - b_j)`` with ``w = grad / D`` (0 where D == 0),
+    sqeuclidean ``w = 2 grad``.
+
+    Returns
+    -------
+    gXA : ndarray, shape (mA, n)
+    gXB : ndarray, shape (mB, n)
+    """
+    XA, XB = _rows(XA), _rows(XB)
+    dt = _dtype(XA, XB) if dtype is None else np.dtype(dtype)
+    metric = _metric(metric)
+    P = _precision(VI, XA, XB) if metric == "mahalanobis" else None
+    A, B = XA.astype(LD), XB.astype(LD)
+    G = np.asarray(grad).astype(LD).reshape(A.shape[0], B.shape[0])
+    ga, gb = _pair_grads(A[:, None, :], B[None, :, :], G, metric, P)
+    return ga.sum(axis=1).astype(dt), gb.sum(axis=0).astype(dt)
+
+
+def pdist_backward(grad, X, metric="euclidean", *, VI=None, dtype=None):
+    """Gradient of ``sum(grad * pdist(X, metric))`` with respect to X: each
+    condensed pair (i, j), i < j, adds its two gradients to rows i and j
+    (VI by default from the rows of X, as pdist's).
+
+    Returns
+    -------
+    gX : ndarray, shape (m, n)
+    """
+    X = _rows(X)
+    dt = _dtype(X) if dtype is None else np.dtype(dtype)
+    metric = _metric(metric)
+    m = X.shape[0]
+    gX = np.zeros(X.shape, LD)
+    if m < 2:
+        return gX.astype(dt)
+    if metric == "mahalanobis":
+        P = _precision(VI if VI is not None else default_vi(X), X, X)
+    else:
+        P = None
+    i, j = np.triu_indices(m, 1)
+    Xl = X.astype(LD)
+    g = np.asarray(grad).astype(LD).reshape(-1)
+    ga, gb = _pair_grads(Xl[i], Xl[j], g, metric, P)
+    np.add.at(gX, i, ga)
+    np.add.at(gX, j, gb)
+    return gX.astype(dt)
+
+
+# ------------------------------------------------------------------ margin loss
+
+def _margin_setup(pos, neg, margin):
+    pos, neg = np.asarray(pos), np.asarray(neg)
+    dt = _dtype(pos, neg)
+    lead = neg.shape[:-1]
+    p = pos.reshape(lead) if pos.shape == lead + (1,) else pos
+    if p.shape != lead:
+        raise ValueError(f"reference: pos {pos.shape} does not match neg {neg.shape}")
+    return p, neg, dt
+
+
+def max_margin_loss(pos, neg, margin=1.0, reduction="sum", *, dtype=None):
+    """``max(0, margin - pos[..., b] + neg[..., b, j])`` from the exact inputs
+    in longdouble (one rounding at the end), summed ('sum'), averaged
+    ('mean'; nan for no element) or returned whole ('none').  nan scores give
+    nan (``np.maximum`` propagates it)."""
+    p, q, dt = _margin_setup(pos, neg, margin)
+    dt = dt if dtype is None else np.dtype(dtype)
+    with np.errstate(invalid="ignore"):
+        loss = np.maximum(LD(0), LD(margin) - p.astype(LD)[..., None] + q.astype(LD))
+    if reduction == "none":
+        return loss.astype(dt)
+    s = loss.sum()
+    if reduction == "mean":
+        s = s / loss.size if loss.size else LD(np.nan)
+    return dt.type(s)
+
+
+def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum", *, dtype=None):
+    """``gneg = grad [v > 0]`` (nan where v is nan) and ``gpos = -sum_j gneg``,
+    with ``v = (neg - pos) + margin`` rounded in the inputs' dtype as the
+    documentation defines the kink (the margin rounded to that dtype first);
+    'mean' divides grad by the count.  Sums in longdouble.
+
+    Returns
+    -------
+    gpos : ndarray, the shape of `pos` as given
+    gneg : ndarray, the shape of `neg`
+    """
+    pos_shape = np.shape(pos)
+    p, q, dt = _margin_setup(pos, neg, margin)
+    with np.errstate(invalid="ignore", over="ignore"):
+        v = (q.astype(dt) - p.astype(dt)[..., None]) + dt.type(margin)
+    ind = np.where(np.isnan(v), LD(np.nan), (v > 0).astype(LD))
+    g = np.asarray(grad).astype(LD)
+    if reduction == "mean":
+        g = g / v.size if v.size else g
+    if reduction != "none":
+        g = g.reshape(())
+    gneg = g * ind
+    gpos = -gneg.sum(axis=-1)
+    out = dt if dtype is None else np.dtype(dtype)
+    return gpos.reshape(pos_shape).astype(out), gneg.astype(out)
+
+
+# ------------------------------------------------------------------ Mahalanobis
+
+def _solve(M, R):
+    """M^-1 R (R: columns) in float64, refined once with a longdouble residual."""
+    Md = np.asarray(M, dtype=np.float64)
+    Y = np.linalg.solve(Md, np.asarray(R, dtype=np.float64))
+    res = np.asarray(R).astype(LD) - Md.astype(LD) @ Y.astype(LD)
+    return Y.astype(LD) + np.linalg.solve(Md, res.astype(np.float64)).astype(LD)
+
+
+def _maha_setup(X, mean, cov, VI, cholesky):
+    given = [(k, v) for k, v in (("cov", cov), ("VI", VI), ("cholesky", cholesky))
+             if v is not None]
+    if len(given) != 1:
+        raise ValueError("reference: give exactly one of cov, VI, cholesky")
+    kind, M = given[0]
+    X = np.asarray(X)
+    d = X.shape[-1]
+    delta = X.reshape(-1, d).astype(LD) - np.asarray(mean).astype(LD)
+    return X, kind, np.asarray(M), delta, d
+
+
+def _maha_vectors(kind, M, delta):
+    """Per row (n, d): z = L^-1 delta (VI: delta), w = cov^-1 delta (VI:
+    VI_sym delta) and d^2 = delta . w, longdouble."""
+    if kind == "VI":
+        Ml = M.astype(LD)
+        W = delta @ ((Ml + Ml.T) / 2)
+        Z = delta
+    elif kind == "cov":
+        W = _solve(M, delta.T).T
+        Z = None
+    else:
+        Z = _solve(M, delta.T).T
+        W = _solve(M.T, Z.T).T
+    d2 = np.einsum("ij,ij->i", delta, W)
+    return Z, W, d2
+
+
+def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False, dtype=None):
+    """``sqrt((x - mean)^T cov^-1 (x - mean))`` for each row x of X (..., d):
+    explicit solves with a longdouble residual (cov: ``cov^-1 delta``;
+    cholesky: ``L^-1 delta`` then ``L^-T`` of it), the quadratic form
+    ``delta . w`` and its root in longdouble; VI's symmetric part directly.
+
+    Returns
+    -------
+    dist : ndarray, shape (...), or a scalar for one point
+    """
+    X, kind, M, delta, d = _maha_setup(X, mean, cov, VI, cholesky)
+    dt = _dtype(X, mean, M) if dtype is None else np.dtype(dtype)
+    if d == 0:
+        d2 = np.zeros(delta.shape[0], LD)
+    else:
+        d2 = _maha_vectors(kind, M, delta)[2]
+    with np.errstate(invalid="ignore"):
+        r = d2 if squared else np.sqrt(d2)
+    r = r.reshape(X.shape[:-1]).astype(dt)
+    return r[()] if r.ndim == 0 else r
+
+
+def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None,
+                         squared=False, dtype=None):
+    """Gradients of ``sum(grad * mahalanobis(X, mean, M, squared))``, longdouble:
+    with ``a_i = grad_i`` (squared) or ``grad_i / (2 d_i)`` (0 at d_i == 0, the
+    zero subgradient) and ``w_i = cov^-1 delta_i``:
+
+    * ``gX_i = 2 a_i w_i``, ``gmean = -sum_i gX_i``;
+    * cov: ``-sum_i a_i w_i w_i^T``; VI: ``sum_i a_i delta_i delta_i^T``;
+      cholesky: ``tril(-2 sum_i a_i w_i z_i^T)``, ``z_i = L^-1 delta_i``.
+
+    Returns
+    -------
+    gX : ndarray, shape (..., d)
+    gmean : ndarray, shape (d,)
+    gM : ndarray, shape (d, d)
+    """
+    X, kind, M, delta, d = _maha_setup(X, mean, cov, VI, cholesky)
+    dt = _dtype(X, mean, M) if dtype is None else np.dtype(dtype)
+    if d == 0 or delta.shape[0] == 0:
+        return (np.zeros(X.shape, dt), np.zeros(d, dt), np.zeros((d, d), dt))
+    Z, W, d2 = _maha_vectors(kind, M, delta)
+    g = np.asarray(grad).astype(LD).reshape(-1)
+    if squared:
+        a = g
+    else:
+        dist = np.sqrt(np.maximum(d2, LD(0)))
+        a = np.where(dist > 0, g / (2 * np.where(dist > 0, dist, 1)), LD(0))
+    gX = 2 * a[:, None] * W
+    gmean = -gX.sum(axis=0)
+    if kind == "VI":
+        gM = (delta * a[:, None]).T @ delta
+    elif kind == "cov":
+        gM = -(W * a[:, None]).T @ W
+    else:
+        gM = np.tril(-2 * (W * a[:, None]).T @ Z)
+    return gX.reshape(X.shape).astype(dt), gmean.astype(dt), gM.astype(dt)

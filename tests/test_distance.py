@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastlin
+from fastlin import reference
 from fastlin._openmp_helpers import openmp_enabled
 from fastlin._threads import _for_work
 
@@ -64,39 +65,19 @@ def quiet():
 
 # ------------------------------------------------------------ references
 
-def ref_sq(A, B, w=None, VI=None):
-    """Squared distances (weighted / Mahalanobis) in longdouble, directly from
-    the differences a - b (no cancellation but the one in the data)."""
-    A = np.asarray(A).astype(LD)
-    B = np.asarray(B).astype(LD)
-    out = np.empty((A.shape[0], B.shape[0]), LD)
-    for i0 in range(0, A.shape[0], 32):
-        D = A[i0:i0 + 32, None, :] - B[None, :, :]
-        if VI is not None:
-            out[i0:i0 + 32] = np.einsum("ijk,kl,ijl->ij", D, np.asarray(VI).astype(LD), D)
-        elif w is not None:
-            out[i0:i0 + 32] = (np.asarray(w).astype(LD) * D * D).sum(-1)
-        else:
-            out[i0:i0 + 32] = (D * D).sum(-1)
-    return out
+# The longdouble twins (fastlin.reference): squared distances from the
+# differences a - b, and cosine as |a^ - b^|^2 / 2 on the unit rows.
+ref_sq = reference.sqdist
 
 
 def ref_cos(A, B):
-    """1 - cos in longdouble, as |a/|a| - b/|b||^2 / 2 (equal to 1 - cos in exact
-    arithmetic): 1 - dot would cancel for near-parallel rows even in longdouble."""
-    A = np.asarray(A).astype(LD)
-    B = np.asarray(B).astype(LD)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        An = A / np.sqrt((A * A).sum(-1, keepdims=True))
-        Bn = B / np.sqrt((B * B).sum(-1, keepdims=True))
-    return ref_sq(An, Bn) / 2
+    return reference.cdist(A, B, "cosine", dtype=LD)
 
 
 def ref(A, B, metric, w=None, VI=None):
-    if metric == "cosine":
-        return ref_cos(A, B)
-    sq = ref_sq(A, B, w=w, VI=VI)
-    return sq if metric == "sqeuclidean" else np.sqrt(sq)
+    if metric == "mahalanobis":
+        return np.sqrt(ref_sq(A, B, VI=VI))
+    return reference.cdist(A, B, metric, w=w, dtype=LD)
 
 
 def condensed(D):

@@ -1,6 +1,6 @@
 """mahalanobis and mahalanobis_backward: one distribution, many points.
 
-Judges: a NumPy twin written here (explicit ``np.linalg.solve`` in float64,
+Judges: the NumPy twin of fastlin.reference (explicit ``np.linalg.solve`` in float64,
 refined once with a longdouble residual; the quadratic form and the row sums
 in longdouble), scipy's single-point ``scipy.spatial.distance.mahalanobis(u,
 v, VI)``, central finite differences and torch autograd.
@@ -41,6 +41,7 @@ import pytest
 import scipy.spatial.distance as ssd
 
 import fastlin
+from fastlin import reference
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
 EPS32 = float(np.finfo(np.float32).eps)
@@ -80,34 +81,10 @@ def kappa(mats):
 
 # ------------------------------------------------------------------ the twin
 
-def twin_sq(X, mean, kind, M):
-    """d^2 of each row of X (..., d): explicit solves in float64, the
-    quadratic form and the sums in longdouble."""
-    X = np.asarray(X, F64)
-    M = np.asarray(M, F64)
-    d = X.shape[-1]
-    delta = (X.reshape(-1, d).astype(np.longdouble)
-             - np.asarray(mean, F64).astype(np.longdouble))
-    if kind == "VI":
-        Ml = M.astype(np.longdouble)
-        d2 = np.einsum("ij,jk,ik->i", delta, Ml, delta)
-    elif kind == "cov":
-        w = np.linalg.solve(M, delta.astype(F64).T).T     # cov^-1 delta
-        # one step of iterative refinement, the residual in longdouble: w is
-        # then right to ~eps relative, whatever kappa (below 1 / eps)
-        r = delta - w.astype(np.longdouble) @ M.astype(np.longdouble)
-        w = w.astype(np.longdouble) + np.linalg.solve(M, r.astype(F64).T).T
-        d2 = np.einsum("ij,ij->i", delta, w)
-    else:
-        z = np.linalg.solve(M, delta.astype(F64).T).T     # L^-1 delta
-        zl = z.astype(np.longdouble)
-        d2 = np.einsum("ij,ij->i", zl, zl)
-    return d2.reshape(X.shape[:-1])
-
-
 def twin(X, mean, kind, M, squared):
-    d2 = twin_sq(X, mean, kind, M)
-    return (d2 if squared else np.sqrt(d2)).astype(F64)
+    """fastlin.reference's twin: explicit solves in float64 refined with a
+    longdouble residual, the quadratic form and the sums in longdouble."""
+    return reference.mahalanobis(X, mean, **{kind: M}, squared=squared, dtype=F64)
 
 
 def assert_rel_close(got, want, rtol, what=""):
