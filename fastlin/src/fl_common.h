@@ -226,14 +226,62 @@ typedef uint32_t fl_vfu __attribute__((vector_size(64)));
 
 #define FL_SELECT(m, a, b, VT, VI) ((VT)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
 
+/*
+ * Lane-wise comparisons, giving all-ones or zero lanes.  Every vector
+ * comparison in the kernels goes through these.  gcc lowers a comparison of
+ * vectors wider than the level's registers lane by lane, a scalar compare and
+ * a branch per lane (16 per float32 vector; softmax and the hinge were 3-15x
+ * slower at avx2 and baseline than clang's build); compared here in
+ * register-wide pieces (2 ymm at avx2, 4 xmm at baseline and on NEON) it
+ * keeps them vector compares.  clang splits wide comparisons itself.
+ */
+#if defined(__clang__) || defined(__AVX512F__)
+#define FL_CMP_PIECES 1
+#elif defined(__AVX2__)
+#define FL_CMP_PIECES 2
+#else
+#define FL_CMP_PIECES 4
+#endif
+typedef double  fl_pd  __attribute__((vector_size(64 / FL_CMP_PIECES)));
+typedef int64_t fl_pdi __attribute__((vector_size(64 / FL_CMP_PIECES)));
+typedef float   fl_pf  __attribute__((vector_size(64 / FL_CMP_PIECES)));
+typedef int32_t fl_pfi __attribute__((vector_size(64 / FL_CMP_PIECES)));
+
+#if FL_CMP_PIECES == 1
+#define FL_CMP_DEF_(name, op, VT, MT, PT, PMT)                                    \
+    FL_INLINE MT name(VT a, VT b) { return a op b; }
+#else
+#define FL_CMP_DEF_(name, op, VT, MT, PT, PMT)                                    \
+    FL_INLINE MT name(VT a, VT b)                                                 \
+    {                                                                             \
+        PT pa[FL_CMP_PIECES], pb[FL_CMP_PIECES];                                  \
+        PMT pm[FL_CMP_PIECES];                                                    \
+        MT m;                                                                     \
+        memcpy(pa, &a, sizeof a);                                                 \
+        memcpy(pb, &b, sizeof b);                                                 \
+        for (int i = 0; i < FL_CMP_PIECES; i++) pm[i] = pa[i] op pb[i];           \
+        memcpy(&m, pm, sizeof m);                                                 \
+        return m;                                                                 \
+    }
+#endif
+FL_CMP_DEF_(vlt_d, <,  fl_vd, fl_vdi, fl_pd, fl_pdi)
+FL_CMP_DEF_(vgt_d, >,  fl_vd, fl_vdi, fl_pd, fl_pdi)
+FL_CMP_DEF_(veq_d, ==, fl_vd, fl_vdi, fl_pd, fl_pdi)
+FL_CMP_DEF_(vne_d, !=, fl_vd, fl_vdi, fl_pd, fl_pdi)
+FL_CMP_DEF_(vlt_f, <,  fl_vf, fl_vfi, fl_pf, fl_pfi)
+FL_CMP_DEF_(vgt_f, >,  fl_vf, fl_vfi, fl_pf, fl_pfi)
+FL_CMP_DEF_(veq_f, ==, fl_vf, fl_vfi, fl_pf, fl_pfi)
+FL_CMP_DEF_(vne_f, !=, fl_vf, fl_vfi, fl_pf, fl_pfi)
+#undef FL_CMP_DEF_
+
 /* Vector twins of fl_exp_d / fl_exp_f: the same operations lane by lane, so
    a vector lane and the scalar function give bitwise the same result. */
 FL_INLINE fl_vd fl_vexp_d(fl_vd x)
 {
     const fl_vd zero = {0};
     const fl_vd lo = zero - 746.0, hi = zero + 710.0;
-    x = FL_SELECT(x < lo, lo, x, fl_vd, fl_vdi);
-    x = FL_SELECT(x > hi, hi, x, fl_vd, fl_vdi);
+    x = FL_SELECT(vlt_d(x, lo), lo, x, fl_vd, fl_vdi);
+    x = FL_SELECT(vgt_d(x, hi), hi, x, fl_vd, fl_vdi);
     fl_vd kd = x * 0x1.71547652b82fep0 + 0x1.8p52;
     fl_vdi k = (fl_vdi)kd - INT64_C(0x4338000000000000);
     kd -= 0x1.8p52;
@@ -249,8 +297,8 @@ FL_INLINE fl_vf fl_vexp_f(fl_vf x)
 {
     const fl_vf zero = {0};
     const fl_vf lo = zero - 104.0f, hi = zero + 89.0f;
-    x = FL_SELECT(x < lo, lo, x, fl_vf, fl_vfi);
-    x = FL_SELECT(x > hi, hi, x, fl_vf, fl_vfi);
+    x = FL_SELECT(vlt_f(x, lo), lo, x, fl_vf, fl_vfi);
+    x = FL_SELECT(vgt_f(x, hi), hi, x, fl_vf, fl_vfi);
     fl_vf kd = x * 0x1.715476p0f + 0x1.8p23f;
     fl_vfi k = (fl_vfi)kd - 0x4B400000;
     kd -= 0x1.8p23f;
@@ -303,22 +351,30 @@ FL_INLINE fl_vf vldpad_f(const float *p, ptrdiff_t cnt, float pad)
 }
 FL_INLINE void vstpart_d(double *p, fl_vd v, ptrdiff_t cnt) { memcpy(p, &v, cnt * sizeof(double)); }
 FL_INLINE void vstpart_f(float *p, fl_vf v, ptrdiff_t cnt) { memcpy(p, &v, cnt * sizeof(float)); }
-/* lanes [0, cnt) set */
+/* lanes [0, cnt) set: a window of a ramp of set then clear lanes (an
+   integer comparison would be scalar at baseline: SSE2 has no 64-bit one) */
 FL_INLINE fl_vdi vmask_d(ptrdiff_t cnt)
 {
-    const fl_vdi iota = {0, 1, 2, 3, 4, 5, 6, 7};
-    return iota < (int64_t)cnt;
+    static const int64_t ramp[2 * FL_VL_d] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    fl_vdi m;
+    cnt = cnt < 0 ? 0 : cnt > FL_VL_d ? FL_VL_d : cnt;
+    memcpy(&m, ramp + FL_VL_d - cnt, sizeof m);
+    return m;
 }
 FL_INLINE fl_vfi vmask_f(ptrdiff_t cnt)
 {
-    const fl_vfi iota = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-    return iota < (int32_t)cnt;
+    static const int32_t ramp[2 * FL_VL_f] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                              -1, -1, -1, -1, -1, -1, -1, -1};
+    fl_vfi m;
+    cnt = cnt < 0 ? 0 : cnt > FL_VL_f ? FL_VL_f : cnt;
+    memcpy(&m, ramp + FL_VL_f - cnt, sizeof m);
+    return m;
 }
 FL_INLINE fl_vd vsel_d(fl_vdi m, fl_vd a, fl_vd b) { return FL_SELECT(m, a, b, fl_vd, fl_vdi); }
 FL_INLINE fl_vf vsel_f(fl_vfi m, fl_vf a, fl_vf b) { return FL_SELECT(m, a, b, fl_vf, fl_vfi); }
 /* NaN-ignoring lane-wise max: a > b ? a : b */
-FL_INLINE fl_vd vmax_d(fl_vd a, fl_vd b) { return vsel_d(a > b, a, b); }
-FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(a > b, a, b); }
+FL_INLINE fl_vd vmax_d(fl_vd a, fl_vd b) { return vsel_d(vgt_d(a, b), a, b); }
+FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(vgt_f(a, b), a, b); }
 /* the lanes' maximum, pairwise as acc_sum (a NaN lane loses every
    comparison), in registers for the same reason */
 FL_INLINE double vhmax_d(fl_vd v)

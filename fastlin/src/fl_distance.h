@@ -769,7 +769,7 @@ static void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT
     }                                                                                     \
     for (; jv + FL_VL_d <= nb; jv += FL_VL_d) {                                           \
         fl_vd dv = vld_d(w + jv);                                                         \
-        vst_d(w + jv, vsel_d(dv != vsplat_d(0), vld_d(t + jv) / dv, vsplat_d(0)));       \
+        vst_d(w + jv, vsel_d(vne_d(dv, vsplat_d(0)), vld_d(t + jv) / dv, vsplat_d(0)));       \
     }                                                                                     \
     for (; jv < nb; jv++) w[jv] = w[jv] != 0.0 ? t[jv] / w[jv] : 0.0;                    \
     /* distances whose squares overflowed or underflowed: out of w (g / d     \
@@ -819,7 +819,7 @@ static double fl_grad_over_dist_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT
     ptrdiff_t j = 0;                                                                      \
     for (; j + VL <= n; j += VL) {                                                        \
         VT dv = vld_##SFX(d + j);                                                         \
-        VT w = vsel_##SFX(dv != zero, vld_##SFX(g + j) / dv, zero);                        \
+        VT w = vsel_##SFX(vne_##SFX(dv, zero), vld_##SFX(g + j) / dv, zero);                        \
         vst_##SFX(d + j, w);                                                              \
         acc_add_##SFX(&acc, w);                                                           \
     }                                                                                     \

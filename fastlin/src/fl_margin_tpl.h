@@ -20,11 +20,11 @@ static double FL(fl_margin_row_sum)(const T *FL_RESTRICT neg, ptrdiff_t n, T p, 
     ptrdiff_t i = 0;
     for (; i + VL <= n; i += VL) {
         VT v = (FL(vld)(neg + i) - p) + m;
-        FL(acc_add)(&acc, FL(vsel)(v < zero, zero, v));
+        FL(acc_add)(&acc, FL(vsel)(FL(vlt)(v, zero), zero, v));
     }
     if (i < n) {
         VT v = (FL(vldpad)(neg + i, n - i, 0) - p) + m;
-        v = FL(vsel)(v < zero, zero, v);
+        v = FL(vsel)(FL(vlt)(v, zero), zero, v);
         FL(acc_add)(&acc, FL(vsel)(FL(vmask)(n - i), v, zero));
     }
     return FL(acc_sum)(acc);
@@ -57,7 +57,7 @@ static double FL(fl_margin_row_bwd)(const T *FL_RESTRICT neg, const T *FL_RESTRI
             VT v = (FL(vld)(neg + i) - p) + m;
             VT gv = FL(vld)(g + i);
             /* v > 0: g; v <= 0 (-inf included): 0; nan: nan */
-            VT r = FL(vsel)(v > zero, gv, FL(vsel)(v != v, v, zero));
+            VT r = FL(vsel)(FL(vgt)(v, zero), gv, FL(vsel)(FL(vne)(v, v), v, zero));
             FL(vst)(gneg + i, r);
             FL(acc_add)(&acc, r);
         }
@@ -65,7 +65,7 @@ static double FL(fl_margin_row_bwd)(const T *FL_RESTRICT neg, const T *FL_RESTRI
         const VT gv = FL(vsplat)(g[0]);
         for (; i + VL <= n; i += VL) {
             VT v = (FL(vld)(neg + i) - p) + m;
-            VT r = FL(vsel)(v > zero, gv, FL(vsel)(v != v, v, zero));
+            VT r = FL(vsel)(FL(vgt)(v, zero), gv, FL(vsel)(FL(vne)(v, v), v, zero));
             FL(vst)(gneg + i, r);
             FL(acc_add)(&acc, r);
         }

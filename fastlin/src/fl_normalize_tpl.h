@@ -250,7 +250,7 @@ static void FL(fl_normalize_bwd)(const T *FL_RESTRICT g, const T *FL_RESTRICT x,
             kl[j] = kd == FL_NB_ZERO ? 0 : 1;
         }
         dot[k] = FL(vld)(tl);
-        keep[k] = FL(vld)(kl) != 0;
+        keep[k] = FL(vne)(FL(vld)(kl), FL(vsplat)(0));
     }
     const VT zero = FL(vsplat)(0);
     for (ptrdiff_t r = 0; r < n; r++) {

@@ -70,22 +70,22 @@ FL_INLINE void FL(col_maxsum)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld,
     }
     for (ptrdiff_t r = 0; r < n; r++) {
         const T *xr = x + r * ld;
-        VI up = FL(tld)(xr, 0, w) > m[0];
-        for (ptrdiff_t k = 1; k < nv; k++) up |= FL(tld)(xr, k, w) > m[k];
+        VI up = FL(vgt)(FL(tld)(xr, 0, w), m[0]);
+        for (ptrdiff_t k = 1; k < nv; k++) up |= FL(vgt)(FL(tld)(xr, k, w), m[k]);
         if (!FL(vany)(up)) {
             for (ptrdiff_t k = 0; k < nv; k++) {
                 __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
                 VT v = FL(tld)(xr, k, w);
-                FL(acc_add)(&s[k], FL(vsel)(v == ninf, zero, FL(vexp)(v - m[k])));
+                FL(acc_add)(&s[k], FL(vsel)(FL(veq)(v, ninf), zero, FL(vexp)(v - m[k])));
             }
             continue;
         }
         for (ptrdiff_t k = 0; k < nv; k++) {
             VT v = FL(tld)(xr, k, w);
             VT mn = FL(vmax)(v, m[k]);
-            VI same = m[k] == mn;
+            VI same = FL(veq)(m[k], mn);
             VT sc = FL(vsel)(same, one, FL(vexp)(m[k] - mn));
-            VT e = FL(vsel)(v == ninf, zero, FL(vexp)(v - mn));
+            VT e = FL(vsel)(FL(veq)(v, ninf), zero, FL(vexp)(v - mn));
             FL(acc_muladd)(&s[k], sc, e);
             m[k] = mn;
         }
@@ -159,14 +159,14 @@ FL_INLINE double FL(lse_row)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw, T *mo, 
         FL_PREFETCH_BLOCK(x + n + i);
         VT v = FL(vld)(x + i);
         VT e = FL(vexp)(v - m);
-        VI top = v == m;
+        VI top = FL(veq)(v, FL(vsplat)(m));
         FL(acc_add)(&acc, FL(vsel)(top, zero, e));
         FL(acc_add)(&cnt, FL(vsel)(top, one, zero));
     }
     if (i < n) {
         VT v = FL(vldpad)(x + i, n - i, 0);
         VT e = FL(vexp)(v - m);
-        VI live = FL(vmask)(n - i), top = (v == m) & live;
+        VI live = FL(vmask)(n - i), top = FL(veq)(v, FL(vsplat)(m)) & live;
         FL(acc_add)(&acc, FL(vsel)(live & ~top, e, zero));
         FL(acc_add)(&cnt, FL(vsel)(top, one, zero));
     }
@@ -190,7 +190,7 @@ FL_INLINE void FL(lse_cols)(const T *FL_RESTRICT x, ptrdiff_t n, ptrdiff_t ld, p
             __builtin_prefetch(x + (r + pf) * ld + k * VL, 0, 3);
             VT v = FL(tld)(xr, k, w);
             VT e = FL(vexp)(v - m[k]);
-            VI top = v == m[k];
+            VI top = FL(veq)(v, m[k]);
             FL(acc_add)(&s[k], FL(vsel)(top, zero, e));
             FL(acc_add)(&c[k], FL(vsel)(top, one, zero));
         }
@@ -335,11 +335,11 @@ FL_INLINE double FL(lse_w_row)(const T *FL_RESTRICT x, const T *FL_RESTRICT b, p
     ptrdiff_t i = 0;
     for (; i + VL <= n; i += VL) {
         VT bv = FL(vld)(b + i);
-        mv = FL(vmax)(FL(vsel)(bv != 0, FL(vld)(x + i), ninf), mv);
+        mv = FL(vmax)(FL(vsel)(FL(vne)(bv, zero), FL(vld)(x + i), ninf), mv);
     }
     if (i < n) {
         VT bv = FL(vldpad)(b + i, n - i, 0);
-        mv = FL(vmax)(FL(vsel)(bv != 0, FL(vldpad)(x + i, n - i, 0), ninf), mv);
+        mv = FL(vmax)(FL(vsel)(FL(vne)(bv, zero), FL(vldpad)(x + i, n - i, 0), ninf), mv);
     }
     T m = FL(vhmax)(mv);
     ACC acc = FL(acc_zero)(), cnt = FL(acc_zero)();
@@ -348,7 +348,7 @@ FL_INLINE double FL(lse_w_row)(const T *FL_RESTRICT x, const T *FL_RESTRICT b, p
         VT v = part ? FL(vldpad)(x + i, n - i, 0) : FL(vld)(x + i);
         VT bv = part ? FL(vldpad)(b + i, n - i, 0) : FL(vld)(b + i);
         VT e = FL(vexp)(v - m);
-        VI live = bv != 0, top = v == m;
+        VI live = FL(vne)(bv, zero), top = FL(veq)(v, FL(vsplat)(m));
         VI rest = live & ~top;
         FL(acc_addmul)(&acc, FL(vsel)(rest, bv, zero), FL(vsel)(rest, e, zero));
         FL(acc_add)(&cnt, FL(vsel)(live & top, bv, zero));
