@@ -35,14 +35,40 @@ _num_threads = None  # None: OpenMP's default
 _block = contextvars.ContextVar("fastlin_threads_block", default=None)
 
 
+# Set once a kernel has run on more than one thread, and in a child forked
+# after that.  GNU OpenMP keeps its pool's bookkeeping across fork() but not
+# its threads: the child's first parallel region waits for workers that do
+# not exist, for ever.  So a child forked after the parent's kernels ran
+# threaded runs its kernels on one thread, as do its own children (PyTorch
+# does the same with its thread pools).  Forked workers usually come many to
+# a machine, where one thread each is also what avoids oversubscription.
+_pool_used = False
+_forked_after_pool = False
+
+
+def _cpu_count():
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
 def _check_count(n):
+    """A thread count: positive as given; negative as joblib's n_jobs (-1 all
+    CPUs, -2 all but one, ..., at least 1)."""
+    if isinstance(n, bool):     # an integer to operator.index, never a count
+        raise TypeError(f"n must be a nonzero integer, got bool {n!r}")
     try:
         n = operator.index(n)
     except TypeError:
         raise TypeError(
-            f"n must be a positive integer, got {type(n).__name__} {n!r}") from None
-    if n < 1:
-        raise ValueError(f"n must be a positive integer, got {n}")
+            f"n must be a nonzero integer, got {type(n).__name__} {n!r}") from None
+    if n == 0:
+        raise ValueError("n must be a nonzero integer (a positive count, or -1 for "
+                         "all CPUs, -2 for all but one, ...), got 0")
+    if n < 0:
+        n = max(_cpu_count() + 1 + n, 1)
     return n
 
 
@@ -55,9 +81,11 @@ def get_num_threads():
         The count of the calling thread's innermost :func:`threads` block,
         else the value set with :func:`set_num_threads`, else OpenMP's
         default (which honours ``OMP_NUM_THREADS``); 1 if fastlin was built
-        without OpenMP.
+        without OpenMP, and 1 in a process forked (``os.fork``,
+        ``multiprocessing``'s "fork" method) after its parent ran a threaded
+        fastlin kernel (OpenMP's thread pool does not survive a fork).
     """
-    if not openmp_enabled():
+    if not openmp_enabled() or _forked_after_pool:
         return 1
     block = _block.get()
     n = _num_threads if block is None else block[0]
@@ -70,7 +98,10 @@ def set_num_threads(n):
     Parameters
     ----------
     n : int or None
-        A positive thread count, or None to return to OpenMP's default.
+        A positive thread count; a negative one counts as joblib's
+        ``n_jobs`` does: -1 for all the CPUs this process may use, -2 for all
+        but one, and so on (at least 1); None returns to OpenMP's default.
+        0 is refused.
 
     Notes
     -----
@@ -91,7 +122,8 @@ def threads(n):
     Parameters
     ----------
     n : int or None
-        A positive thread count, or None for OpenMP's default.
+        A thread count as for :func:`set_num_threads` (negative: joblib's
+        convention), or None for OpenMP's default.
 
     Notes
     -----
@@ -221,8 +253,10 @@ def blas_single_thread():
 def _after_fork_in_child():
     """A fork while another thread was inside a region (or held the lock):
     the child has only the forking thread, so no region is open there; put
-    the shared libraries back and start with a fresh lock."""
-    global _blas_lock, _blas_depth, _blas_saved
+    the shared libraries back and start with a fresh lock.  After threaded
+    kernels, the child's own run on one thread (see _pool_used)."""
+    global _blas_lock, _blas_depth, _blas_saved, _forked_after_pool
+    _forked_after_pool = _forked_after_pool or _pool_used
     _blas_lock = threading.Lock()
     if _blas_depth and _blas_saved is not None and _blas_libs is not None:
         try:
@@ -263,6 +297,10 @@ def empty_output(shape, dtype, n_threads):
 
 def _for_work(size):
     """Thread count for a kernel touching `size` elements."""
+    global _pool_used
     if size < SMALL_WORK:
         return 1
-    return get_num_threads()
+    n = get_num_threads()
+    if n > 1 and not _pool_used:
+        _pool_used = True
+    return n

@@ -323,6 +323,25 @@ def test_set_num_threads_roundtrip():
     assert fastlin.get_num_threads() == default
 
 
+def _usable_cpus():
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+@pytest.mark.skipif(not openmp_enabled(), reason="no OpenMP: always 1 thread")
+@pytest.mark.parametrize("n", [-1, -2, -3, -1000])
+def test_negative_thread_counts_follow_joblib(n):
+    # joblib's n_jobs: -1 all CPUs, -2 all but one, ..., never below 1
+    want = max(_usable_cpus() + 1 + n, 1)
+    try:
+        fastlin.set_num_threads(n)
+        assert fastlin.get_num_threads() == want
+        with fastlin.threads(1):
+            with fastlin.threads(n):
+                assert fastlin.get_num_threads() == want
+    finally:
+        fastlin.set_num_threads(None)
+
+
 def test_threads_context_restores_previous_setting():
     default = fastlin.get_num_threads()
     expect = (lambda n: n) if openmp_enabled() else (lambda n: 1)
@@ -501,13 +520,13 @@ def test_threads_results_inside_context(rng):
     np.testing.assert_array_equal(y, fastlin.softmax(x, axis=1))
 
 
-@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (1.5, TypeError), (True, TypeError),
                                       ("2", TypeError), (2.0, TypeError), ([2], TypeError)])
 def test_invalid_thread_counts_raise(bad, exc):
     before = fastlin.get_num_threads()
-    with pytest.raises(exc, match=r"\bn must be a positive integer"):
+    with pytest.raises(exc, match=r"\bn must be a nonzero integer"):
         fastlin.set_num_threads(bad)
-    with pytest.raises(exc, match=r"\bn must be a positive integer"):
+    with pytest.raises(exc, match=r"\bn must be a nonzero integer"):
         with fastlin.threads(bad):
             pass  # pragma: no cover
     assert fastlin.get_num_threads() == before
