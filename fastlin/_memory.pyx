@@ -23,105 +23,281 @@ it is free again; ``arr.resize()`` in place therefore refuses, as for a view.
 
 Only buffers of at least ``MIN_BYTES`` come from here; smaller ones are
 ``np.empty`` (glibc reuses freed memory of that size by itself).
+
+Kept memory goes back to the OS once unused: a block kept for ``DECAY_SECONDS``
+(10 s, as jemalloc's default ``dirty_decay_ms``) without being reused is
+unmapped by a daemon thread, which runs only while fastlin has blocks in use
+or kept, so a process that stops calling fastlin gets its memory back.
+Blocks are their own ``mmap`` mappings (not heap memory that ``free`` may
+keep), so unmapping one returns it at once.
+
+The bookkeeping is under its own lock, not the GIL (free-threaded CPython
+has none; a block may be freed on any thread).  A forked child starts with
+an empty cache: the kept blocks are unmapped there, and the blocks of the
+arrays it inherited return to the child's own cache when freed.
 """
 import os
+import threading
 
 import numpy as np
+from cpython.pythread cimport (PyThread_type_lock, PyThread_allocate_lock,
+                               PyThread_acquire_lock, PyThread_release_lock,
+                               PyThread_free_lock, WAIT_LOCK)
 
 
 cdef extern from *:
     """
     #if defined(_WIN32)
+    #include <windows.h>
+    static double fl_now(void) { return (double)GetTickCount64() / 1000.0; }
+    #else
+    #include <time.h>
+    static double fl_now(void)
+    {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
+    #endif
+    #if defined(_WIN32)
     #include <malloc.h>
     static void *fl_block_alloc(size_t align, size_t n) { return _aligned_malloc(n, align); }
-    static void fl_block_free(void *p) { _aligned_free(p); }
+    static void fl_block_free(void *p, size_t n) { (void)n; _aligned_free(p); }
     #else
-    #include <stdlib.h>
+    #include <stdint.h>
     #include <sys/mman.h>
+    #ifndef MAP_ANONYMOUS
+    #define MAP_ANONYMOUS MAP_ANON
+    #endif
+    /* A mapping of its own, aligned to `align` (a power of two, a multiple of
+       the page size): unmapping it returns the memory to the OS at once,
+       which free() of heap memory need not do. */
     static void *fl_block_alloc(size_t align, size_t n)
     {
-        void *p = NULL;
-        if (posix_memalign(&p, align, n) != 0)
+        if (n > SIZE_MAX - align)
             return NULL;
+        char *raw = (char *)mmap(NULL, n + align, PROT_READ | PROT_WRITE,
+                                 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (raw == (char *)MAP_FAILED)
+            return NULL;
+        char *p = (char *)(((uintptr_t)raw + align - 1) & ~(uintptr_t)(align - 1));
+        if (p > raw)
+            munmap(raw, (size_t)(p - raw));
+        if (p + n < raw + n + align)
+            munmap(p + n, (size_t)(raw + n + align - (p + n)));
     #ifdef MADV_HUGEPAGE
         madvise(p, n, MADV_HUGEPAGE);    /* as numpy does for its large arrays */
     #endif
         return p;
     }
-    static void fl_block_free(void *p) { free(p); }
+    static void fl_block_free(void *p, size_t n) { munmap(p, n); }
     #endif
     """
     void *fl_block_alloc(size_t align, size_t n) nogil
-    void fl_block_free(void *p) nogil
+    void fl_block_free(void *p, size_t n) nogil
+    double fl_now() nogil
 
 # Requests below this size are np.empty, and above _MAX_REQUEST too (no
 # size arithmetic near the top of size_t).
 MIN_BYTES = 1 << 22
 _MAX_REQUEST = 1 << 52
+# A kept block unused this long goes back to the OS.
+DECAY_SECONDS = 10.0
 cdef enum:
     _MAX_KEPT = 16      # a backward pass alone frees six buffers per call
     _ALIGN = 1 << 21       # a huge page: blocks can be backed by 2 MiB pages
 
+# Kept blocks, oldest first.
 cdef void *_kept_ptr[_MAX_KEPT]
 cdef size_t _kept_size[_MAX_KEPT]
+cdef double _kept_since[_MAX_KEPT]
 cdef int _n_kept = 0
 cdef size_t _kept_bytes = 0
 cdef size_t _limit = 1 << 30
+cdef Py_ssize_t _n_live = 0       # blocks handed out, not yet given back
+cdef double _decay = DECAY_SECONDS
+cdef bint _trimmer_running = False
 
-# All of the bookkeeping below runs with the GIL held (allocation from the
-# wrappers, release from __dealloc__), which serialises it.
+# Guards every variable above.  Held only around plain C (no Python call,
+# no allocation, no unmapping), so taking it with the GIL held cannot
+# deadlock.
+cdef PyThread_type_lock _lock = PyThread_allocate_lock()
+if _lock == NULL:
+    raise MemoryError("fastlin: cannot allocate the memory cache's lock")
 
 
-cdef void *_remove(int i) noexcept:
+cdef inline void _acquire() noexcept:
+    PyThread_acquire_lock(_lock, WAIT_LOCK)
+
+
+cdef inline void _release() noexcept:
+    PyThread_release_lock(_lock)
+
+
+# Blocks taken out of the cache under the lock, unmapped after it.
+cdef struct _Dropped:
+    int n
+    void *ptr[_MAX_KEPT + 1]
+    size_t size[_MAX_KEPT + 1]
+
+
+cdef void _remove(int i, void **p, size_t *size) noexcept:
     """Take entry i out of the kept list, keeping the others in age order
-    (oldest first); returns its block."""
+    (lock held)."""
     global _n_kept, _kept_bytes
-    cdef void *p = _kept_ptr[i]
     cdef int j
+    p[0] = _kept_ptr[i]
+    size[0] = _kept_size[i]
     _kept_bytes -= _kept_size[i]
     _n_kept -= 1
     for j in range(i, _n_kept):
         _kept_ptr[j] = _kept_ptr[j + 1]
         _kept_size[j] = _kept_size[j + 1]
-    return p
+        _kept_since[j] = _kept_since[j + 1]
 
 
-cdef void _evict(int i) noexcept:
-    fl_block_free(_remove(i))
+cdef void _drop_oldest(_Dropped *d) noexcept:
+    _remove(0, &d.ptr[d.n], &d.size[d.n])
+    d.n += 1
+
+
+cdef void _free_dropped(_Dropped *d) noexcept:
+    cdef int i
+    for i in range(d.n):
+        fl_block_free(d.ptr[i], d.size[i])
+    d.n = 0
 
 
 cdef void _give_back(void *p, size_t size) noexcept:
     """A block's array was freed: keep the block, oldest out first, or free it."""
-    global _n_kept, _kept_bytes
+    global _n_kept, _kept_bytes, _n_live
+    cdef _Dropped d
+    d.n = 0
+    _acquire()
+    _n_live -= 1
     if size > _limit:
-        fl_block_free(p)
-        return
-    while _n_kept > 0 and (_n_kept == _MAX_KEPT or _kept_bytes + size > _limit):
-        _evict(0)
-    _kept_ptr[_n_kept] = p
-    _kept_size[_n_kept] = size
-    _n_kept += 1
-    _kept_bytes += size
+        d.ptr[0] = p
+        d.size[0] = size
+        d.n = 1
+    else:
+        while _n_kept > 0 and (_n_kept == _MAX_KEPT or _kept_bytes + size > _limit):
+            _drop_oldest(&d)
+        _kept_ptr[_n_kept] = p
+        _kept_size[_n_kept] = size
+        _kept_since[_n_kept] = fl_now()
+        _n_kept += 1
+        _kept_bytes += size
+    _release()
+    _free_dropped(&d)
 
 
 cdef void *_take(size_t nbytes, size_t *size, bint *fresh) noexcept:
     """The smallest kept block of nbytes to 4/3 nbytes, else a new one (NULL
     when out of memory)."""
-    global _n_kept, _kept_bytes
+    global _n_live
     cdef int i, best = -1
     cdef void *p = NULL
+    _acquire()
     for i in range(_n_kept):
         if (_kept_size[i] >= nbytes and 3 * _kept_size[i] <= 4 * nbytes + 3 * _ALIGN
                 and (best < 0 or _kept_size[i] < _kept_size[best])):
             best = i
     if best >= 0:
-        size[0] = _kept_size[best]
+        _remove(best, &p, size)
+        _n_live += 1
+        _release()
         fresh[0] = False
-        return _remove(best)
+        return p
+    _release()
     size[0] = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
     p = fl_block_alloc(_ALIGN, size[0])
     fresh[0] = True
+    if p != NULL:
+        _acquire()
+        _n_live += 1
+        _release()
     return p
+
+
+cdef double _trim_expired() noexcept:
+    """Unmap the blocks kept longer than the decay time.  Returns the seconds
+    until the next one expires, or -1 when nothing is kept or in use (the
+    trimmer then stops; the next large result starts it again)."""
+    global _trimmer_running
+    cdef _Dropped d
+    cdef double now = fl_now(), wait
+    d.n = 0
+    _acquire()
+    while _n_kept > 0 and now - _kept_since[0] >= _decay:
+        _drop_oldest(&d)
+    if _n_kept > 0:
+        wait = _decay - (now - _kept_since[0])
+    elif _n_live > 0:
+        wait = _decay
+    else:
+        wait = -1.0
+        _trimmer_running = False
+    _release()
+    _free_dropped(&d)
+    return wait
+
+
+_wake = threading.Event()     # set: the trimmer looks again at once
+
+
+def _trimmer():
+    while True:
+        wait = _trim_expired()
+        if wait < 0:
+            return
+        _wake.wait(wait + 0.01)
+        _wake.clear()
+
+
+def _start_trimmer():
+    """Start the thread that returns unused blocks to the OS, unless running."""
+    global _trimmer_running
+    _acquire()
+    running = _trimmer_running
+    _trimmer_running = True
+    _release()
+    if running:
+        return
+    try:
+        threading.Thread(target=_trimmer, name="fastlin-memory-decay", daemon=True).start()
+    except RuntimeError:    # pragma: no cover - no new threads (interpreter exiting)
+        _acquire()
+        _trimmer_running = False
+        _release()
+
+
+def _set_decay(seconds):
+    """Set the decay time (seconds); returns the previous one.  For tests."""
+    global _decay
+    old = _decay
+    _decay = float(seconds)
+    _wake.set()
+    return old
+
+
+def _after_fork_in_child():
+    """The child of a fork has only the forking thread: a fresh lock (the old
+    one may have been held by a thread that is not there), no trimmer, and
+    no kept blocks; arrays it inherited still give their blocks back."""
+    global _lock, _n_kept, _kept_bytes, _trimmer_running
+    cdef int i
+    _lock = PyThread_allocate_lock()     # the old one is left as it was
+    for i in range(_n_kept):
+        fl_block_free(_kept_ptr[i], _kept_size[i])
+    _n_kept = 0
+    _kept_bytes = 0
+    _trimmer_running = False
+    if _n_live > 0:
+        _start_trimmer()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 cdef class _Block:
@@ -181,6 +357,8 @@ def empty(shape, dtype):
     b.size = size
     b.nbytes = nbytes
     b.fresh = fresh
+    if not _trimmer_running:
+        _start_trimmer()
     return np.frombuffer(b, np.uint8).view(dtype).reshape(shape), fresh
 
 
@@ -206,9 +384,13 @@ def set_memory_cache(nbytes):
     then pays no page faults and no page zeroing (for a 33.5 MB result that
     cost as much as the kernel itself).  The default is 1 GiB, or the
     ``FASTLIN_MEMORY_CACHE`` environment variable (bytes) at import; at most
-    16 blocks are kept.
+    16 blocks are kept.  A block unused for 10 s goes back to the OS (a
+    daemon thread unmaps it, whether or not fastlin is called again), and
+    the child of a fork starts with nothing kept.
     """
     global _limit
+    cdef _Dropped d
+    cdef size_t old, new
     import operator
     try:
         if isinstance(nbytes, bool):
@@ -218,16 +400,26 @@ def set_memory_cache(nbytes):
         raise TypeError(f"nbytes must be an integer, got {type(nbytes).__name__}") from None
     if n < 0:
         raise ValueError(f"nbytes must be >= 0, got {n}")
+    new = min(n, _MAX_REQUEST)          # beyond that: no limit in practice
+    d.n = 0
+    _acquire()
     old = _limit
-    _limit = min(n, _MAX_REQUEST)       # beyond that: no limit in practice
+    _limit = new
     while _n_kept > 0 and _kept_bytes > _limit:
-        _evict(0)
+        _drop_oldest(&d)
+    _release()
+    _free_dropped(&d)
     return old
 
 
 def get_memory_cache():
     """(limit, bytes kept now, blocks kept now) of the result-buffer cache."""
-    return _limit, _kept_bytes, _n_kept
+    cdef size_t limit, kept
+    cdef int n
+    _acquire()
+    limit, kept, n = _limit, _kept_bytes, _n_kept
+    _release()
+    return limit, kept, n
 
 
 def _init_from_env():

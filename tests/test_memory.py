@@ -5,6 +5,10 @@ the array is freed; the next result of about its size reuses it.  These tests
 check that reuse never shows stale data, that a block in use (also through a
 view) is never handed out, that the limits hold, and the setter's validation.
 """
+import gc
+import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -211,3 +215,143 @@ def test_limit_from_the_environment(tmp_path):
     out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env,
                          capture_output=True, text=True, check=True, cwd=tmp_path)
     assert out.stdout.strip() == str(1 << 30) and "FASTLIN_MEMORY_CACHE" in out.stderr
+
+
+# ------------------------------------------------- memory given back to the OS
+
+def _rss_mib():
+    """Resident set size of this process, MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/statm"),
+                                reason="reads the RSS from /proc")
+
+
+@pytest.fixture
+def short_decay(cache):
+    old = _memory._set_decay(0.5)
+    yield 0.5
+    _memory._set_decay(old)
+
+
+def _wait_for(cond, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_default_decay_is_ten_seconds():
+    assert _memory.DECAY_SECONDS == 10.0
+
+
+@linux_only
+def test_kept_blocks_go_back_to_the_os_after_the_decay(short_decay):
+    A = _points(60, 3000, 16)
+    gc.collect()
+    before = _rss_mib()
+    for _ in range(4):
+        d = fastlin.cdist(A, A)          # 72 MB each, freed at once
+        del d
+    limit, kept, n = fastlin.get_memory_cache()
+    assert n >= 1 and kept >= 72e6
+    assert _rss_mib() - before > 60      # the kept block is resident
+    # no fastlin call from here on: the decay thread alone gives it back
+    assert _wait_for(lambda: fastlin.get_memory_cache()[2] == 0, 10 * short_decay)
+    assert _rss_mib() - before < 4
+
+
+def test_a_loop_within_the_decay_keeps_reusing_its_block(cache):
+    A = _points(61, 1200)
+    p = _ptr(fastlin.cdist(A, A))
+    for _ in range(3):
+        time.sleep(0.2)                  # far below the 10 s decay
+        r = fastlin.cdist(A, A)
+        assert _ptr(r) == p
+        del r
+
+
+@linux_only
+def test_a_process_that_stops_calling_gets_its_memory_back(tmp_path):
+    # the real default decay, in a fresh process that never calls fastlin again
+    import subprocess
+    import sys
+    code = (
+        "import time, numpy as np, fastlin\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20\n"
+        "A = np.random.default_rng(0).standard_normal((4000, 16))\n"
+        "b = rss()\n"
+        "for _ in range(3):\n"
+        "    d = fastlin.cdist(A, A); del d\n"
+        "k = rss() - b\n"
+        "time.sleep(12)\n"
+        "print(k, rss() - b, fastlin.get_memory_cache()[2])\n"
+    )
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fastlin.__file__)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=home))
+    assert r.returncode == 0, r.stderr
+    kept, after, n = r.stdout.split()
+    assert float(kept) > 100 and float(after) < 4 and int(n) == 0, r.stdout
+
+
+def test_many_threads_allocating_and_freeing_at_once(cache):
+    # the bookkeeping has its own lock: many threads taking and giving back
+    # blocks at once never share a block, lose one or break the limits
+    A = _points(62, 800)                 # 5.1 MB results
+    errors = []
+
+    def worker(seed):
+        try:
+            rng = np.random.default_rng(seed)
+            for _ in range(40):
+                rs = [fastlin.cdist(A[: rng.integers(700, 800)], A) for _ in range(3)]
+                assert len({_ptr(r) for r in rs}) == 3
+                for r in rs:
+                    r[...] = seed                      # a block is nobody else's
+                for r in rs:
+                    assert np.all(r == seed)
+                del rs
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    limit, kept, n = fastlin.get_memory_cache()
+    assert 0 <= n <= 16 and kept <= limit
+    fastlin.set_memory_cache(0)
+    assert fastlin.get_memory_cache()[1:] == (0, 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_forked_child_starts_with_an_empty_cache(short_decay):
+    import multiprocessing
+    A = _points(63, 1200)
+    held = fastlin.cdist(A, A)           # in use across the fork
+    d = fastlin.cdist(A, A)
+    del d                                # kept
+    assert fastlin.get_memory_cache()[2] == 1
+
+    def child(q):
+        q.put((fastlin.get_memory_cache()[2], fastlin.cdist(A, A)[0, 1]))
+
+    ctx = multiprocessing.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    try:
+        n0, d01 = q.get(timeout=60)
+    finally:
+        p.join(30)
+    assert n0 == 0                       # nothing kept in the child
+    assert d01 == held[0, 1]
+    np.testing.assert_allclose(held, ssd.cdist(A, A), rtol=1e-13, atol=1e-13)
