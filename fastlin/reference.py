@@ -70,7 +70,7 @@ def softmax(x, axis=None):
     dt = _dtype(x)
     xl = x.astype(LD)
     ax = _axis(axis, x.ndim)
-    e = np.exp(xl - np.max(xl, axis=ax, keepdims=True))
+    e = np.exp(xl - np.max(xl, axis=ax, keepdims=True, initial=-np.inf))
     return (e / np.sum(e, axis=ax, keepdims=True)).astype(dt)
 
 
@@ -79,7 +79,7 @@ def log_softmax(x, axis=None):
     dt = _dtype(x)
     xl = x.astype(LD)
     ax = _axis(axis, x.ndim)
-    m = np.max(xl, axis=ax, keepdims=True)
+    m = np.max(xl, axis=ax, keepdims=True, initial=-np.inf)
     m = np.where(np.isfinite(m), m, LD(0))
     t = xl - m
     return (t - np.log(np.sum(np.exp(t), axis=ax, keepdims=True))).astype(dt)
@@ -107,10 +107,18 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
     al, bl = np.broadcast_arrays(al, bl)
     ax = _axis(axis, al.ndim)
     m = _shift(al, bl, ax)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.sum(bl * np.exp(al - m), axis=ax, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # entries of weight 0 are left out (an inf or nan there included) ...
+        s = np.sum(np.where(bl != 0, bl * np.exp(al - m), LD(0)), axis=ax, keepdims=True)
         r = np.log(np.abs(s) if return_sign else s) + m
-    sgn = np.sign(s)
+        # ... except in a slice whose result is not finite: scipy's direct
+        # formula there, where 0 * inf is nan
+        direct = np.sum(bl * np.exp(al), axis=ax, keepdims=True)
+        r = np.where(np.isfinite(r), r, np.log(np.abs(direct) if return_sign else direct))
+        s = np.where(np.isfinite(r), s, direct)
+    # an empty slice: scipy's sign is that of its result, -inf (-1), not 0
+    sgn = np.sign(s) if al.size and all(al.shape[i] for i in np.atleast_1d(ax)) else \
+        np.full(s.shape, LD(-1))
     if not keepdims:
         r = np.squeeze(r, axis=ax)
         sgn = np.squeeze(sgn, axis=ax)
@@ -149,7 +157,8 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     ax = tuple(i % al.ndim for i in ax)
     m = _shift(al, bl, ax)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        s = np.sum(bl * np.exp(al - m), axis=ax, keepdims=True)
+        # entries of weight 0 take no part, an inf or nan there included
+        s = np.sum(np.where(bl != 0, bl * np.exp(al - m), LD(0)), axis=ax, keepdims=True)
         lse = np.log(np.abs(s)) + m
         g = np.asarray(grad).astype(LD)
         if not keepdims:
@@ -157,6 +166,11 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
         # the softmax weights, b exp(a - m) / |s|: no large cancellation in a - lse
         w = np.where(bl != 0, bl * np.exp(al - m) / np.abs(s) * np.sign(s), LD(0))
         ga = np.where(np.isneginf(lse), LD(0), g * w)
+        # a slice whose logsumexp is nan (an inf met by a zero weight: 0 * inf,
+        # see logsumexp) has the gradient nan, but at the entries of weight 0
+        direct = np.sum(bl * np.exp(al), axis=ax, keepdims=True)
+        bad = ~np.isfinite(lse) & np.isnan(np.log(np.abs(direct)))
+        ga = np.where(bad & (bl != 0), LD(np.nan), ga)
     # sum over axes along which a was broadcast against b
     lead = ga.ndim - len(shape0)
     if lead:
@@ -274,6 +288,11 @@ def cdist(XA, XB, metric="euclidean", *, w=None, VI=None, dtype=None):
             sw = np.sqrt(np.asarray(w).astype(LD))
             A, B = A * sw, B * sw
         r = sqdist(_unit_rows(A), _unit_rows(B)) / 2
+        # a zero row (every row, without columns) has no direction: nan, as scipy
+        za = ~((A * A).sum(-1) > 0) & ~np.isnan(A).any(-1)
+        zb = ~((B * B).sum(-1) > 0) & ~np.isnan(B).any(-1)
+        r[za, :] = np.nan
+        r[:, zb] = np.nan
     elif metric == "mahalanobis":
         with np.errstate(invalid="ignore"):
             r = np.sqrt(sqdist(XA, XB, VI=_precision(VI, XA, XB)))
@@ -358,8 +377,8 @@ def _pair_grads(a, b, g, metric, P=None):
             cos = (ah * bh).sum(-1, keepdims=True)
             ga = -g * (bh - cos * ah) / np.where(na > 0, na, 1)
             gb = -g * (ah - cos * bh) / np.where(nb > 0, nb, 1)
-            ga = np.where(na > 0, ga, LD(0))
-            gb = np.where(nb > 0, gb, LD(0))
+            ga = np.where(na == 0, LD(0), ga)      # nan rows stay nan
+            gb = np.where(nb == 0, LD(0), gb)
             return ga, gb
         diff = a - b
         if metric == "sqeuclidean":
@@ -367,7 +386,7 @@ def _pair_grads(a, b, g, metric, P=None):
             return ga, -ga
         q = diff if P is None else diff @ P
         d = np.sqrt((diff * q).sum(-1, keepdims=True))
-        ga = np.where(d > 0, g * q / np.where(d > 0, d, 1), LD(0))
+        ga = np.where(d == 0, LD(0), g * q / np.where(d == 0, 1, d))   # nan stays nan
         return ga, -ga
 
 
@@ -496,7 +515,8 @@ def _maha_setup(X, mean, cov, VI, cholesky):
     kind, M = given[0]
     X = np.asarray(X)
     d = X.shape[-1]
-    delta = X.reshape(-1, d).astype(LD) - np.asarray(mean).astype(LD)
+    rows = int(np.prod(X.shape[:-1], dtype=np.int64))
+    delta = X.reshape(rows, d).astype(LD) - np.asarray(mean).astype(LD)
     return X, kind, np.asarray(M), delta, d
 
 
@@ -532,7 +552,13 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False, dty
     if d == 0:
         d2 = np.zeros(delta.shape[0], LD)
     else:
-        d2 = _maha_vectors(kind, M, delta)[2]
+        with np.errstate(invalid="ignore", over="ignore"):
+            d2 = _maha_vectors(kind, M, delta)[2]
+        # a point with an infinite coordinate is infinitely far in a positive
+        # definite metric (the form grows without bound along any direction);
+        # the solves would make inf - inf of it
+        inf_row = np.isinf(delta).any(axis=1) & ~np.isnan(delta).any(axis=1)
+        d2 = np.where(inf_row, LD(np.inf), d2)
     with np.errstate(invalid="ignore"):
         r = d2 if squared else np.sqrt(d2)
     r = r.reshape(X.shape[:-1]).astype(dt)
