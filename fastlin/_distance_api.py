@@ -274,6 +274,10 @@ def _centre(X, dtype, sample=256):
     return c.astype(dtype)
 
 
+# Inputs of at most this many elements skip _direct_sqrt's scans.
+_DIRECT_SCAN_MIN = 1 << 14
+
+
 def _direct_sqrt(take_sqrt, dtype, k, w, *arrays):
     """take_sqrt for the direct path: 2 (float64, a root taken) when some pair
     could have a squared distance out of double's safe range -- a coordinate
@@ -285,6 +289,9 @@ def _direct_sqrt(take_sqrt, dtype, k, w, *arrays):
     (absurd weights aside)."""
     if not take_sqrt or dtype != np.float64:
         return int(take_sqrt)
+    if sum(X.size for X in arrays) <= _DIRECT_SCAN_MIN:
+        # small inputs: the kernel's check costs less than these scans
+        return 2
     big = 2.0 ** 500 / np.sqrt(k * max(1.0, float(np.max(w)) if w is not None else 1.0))
     # values from here up differ by at least 2^-52 of it: their weighted squares
     # stay above 2^-960 (a weight below 1 lowers the line)
@@ -369,10 +376,19 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
                                                    _for_work(mA * mB * max(n, 1)))
     if mA == 0 or mB == 0:
         return res
+    if not _uses_blas(metric, n):
+        return _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n)
     with blas_single_thread():
         # BLAS held to one thread for the small preparatory products too:
         # OpenBLAS threads woken here would spin on the cores the tiles use
         return _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n)
+
+
+def _uses_blas(metric, n):
+    """False where the distances come from direct differences alone (few
+    columns, no whitening): nothing calls BLAS, so capping its threads
+    (through threadpoolctl, microseconds a call) is skipped."""
+    return n > _k.direct_k() or metric == "mahalanobis"
 
 
 def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
@@ -390,7 +406,7 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
     stream = res.nbytes >= _STREAM_BYTES
     if n == 0:
         res[...] = 0
-    elif n <= _k.direct_k() and metric != "mahalanobis":
+    elif not _uses_blas(metric, n):
         # few columns: direct differences (exact), no GEMM, no centring
         _k.cdist_tiles(OA.exact, OB.exact, OA.exact, OB.exact, np.empty(mA), np.empty(mB),
                        res, res[:0], 0.0,
@@ -442,6 +458,8 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     res = out if out is not None else empty_output(size, dtype, _for_work(size * max(n, 1)))
     if size == 0:
         return res
+    if not _uses_blas(metric, n):
+        return _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size)
     with blas_single_thread():
         return _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size)
 
@@ -458,7 +476,7 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
         res[...] = 0
     else:
         stream = res.nbytes >= _STREAM_BYTES
-        if n <= _k.direct_k() and metric != "mahalanobis":
+        if not _uses_blas(metric, n):
             # few columns: direct differences (exact), no GEMM, no centring
             _k.pdist_tiles(O.exact, O.exact, np.empty(m), res, np.empty((1, 0), dtype),
                            0.0, _direct_sqrt(take_sqrt, dtype, n, wv, O.exact), scale, nt,
