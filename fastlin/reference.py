@@ -471,7 +471,8 @@ def max_margin_loss(pos, neg, margin=1.0, reduction="sum", *, dtype=None):
 
 
 def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum", *, dtype=None):
-    """``gneg = grad [v > 0]`` (nan where v is nan) and ``gpos = -sum_j gneg``,
+    """``gneg = grad`` where ``v > 0``, 0 where not (an infinite grad
+    included), nan where v is nan, and ``gpos = -sum_j gneg``,
     with ``v = (neg - pos) + margin`` rounded in the inputs' dtype as the
     documentation defines the kink (the margin rounded to that dtype first);
     'mean' divides grad by the count.  Sums in longdouble.
@@ -491,7 +492,9 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum", *, dty
         g = g / v.size if v.size else g
     if reduction != "none":
         g = g.reshape(())
-    gneg = g * ind
+    # grad where v > 0, 0 where not (whatever grad is: a selection, as
+    # torch's threshold backward, not grad * 0), nan where v is nan
+    gneg = np.where(np.isnan(ind), LD(np.nan), np.where(ind > 0, g, LD(0)))
     gpos = -gneg.sum(axis=-1)
     out = dt if dtype is None else np.dtype(dtype)
     return gpos.reshape(pos_shape).astype(out), gneg.astype(out)

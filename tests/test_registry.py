@@ -1019,7 +1019,16 @@ def _known_sqeuclidean_backward_far_point():
     np.testing.assert_array_equal(got, [[0.0], [0.5], [-0.5]])
 
 
-KNOWN = [_known_mahalanobis_backward_far_point, _known_sqeuclidean_backward_far_point, _known_cosine_weighted_subnormal, _known_mahalanobis_backward_subnormal, _known_float32_default_vi_tiny_rows,
+def _known_float32_gradient_overflow():
+    """A float32 distance gradient beyond float32's range: the terms
+    2 g (a - b) = -+2.04e39 should round to -+inf; fastlin gives nan for a
+    row whose terms overflow in its sums (inf - inf)."""
+    X = np.array([[0.0], [1e12], [0.0]], dtype=np.float32)
+    got = fastlin.pdist_backward(np.full(3, 1.0208470597902235e27), X, "sqeuclidean")
+    np.testing.assert_array_equal(got, [[-np.inf], [np.inf], [-np.inf]])
+
+
+KNOWN = [_known_float32_gradient_overflow, _known_mahalanobis_backward_far_point, _known_sqeuclidean_backward_far_point, _known_cosine_weighted_subnormal, _known_mahalanobis_backward_subnormal, _known_float32_default_vi_tiny_rows,
          _known_no_pairs_nan_gradient]
 
 
@@ -1102,7 +1111,9 @@ def test_out_fresh_aliased_overlapping_and_refused(name):
 
 # ------------------------------------------------------------------ hypothesis
 
-FUZZ = settings(max_examples=25, deadline=None,
+# derandomize: the same examples on every run, so that CI is reproducible
+# (explore new ones with --hypothesis-seed=N and derandomize off)
+FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 fuzz_dtypes = st.sampled_from([F64, F32, np.dtype(np.int32), np.dtype(np.bool_)])
 
@@ -1176,15 +1187,16 @@ def fuzz_case(draw, name):
             if Y.dtype.kind == "f":
                 Y = np.where(np.abs(Y) > 1e12, np.sign(Y) * 1e12, Y).astype(Y.dtype)
                 Y = np.where(np.abs(Y) < 1e-12, 0, Y).astype(Y.dtype)
-            G = np.clip(fuzz_array(draw, (X.shape[0], Y.shape[0]), F64), -1e30, 1e30)
+            G = np.clip(fuzz_array(draw, (X.shape[0], Y.shape[0]), F64), -1e20, 1e20)
             if G.size == 0:         # no pairs with nan: test_known_discrepancies
                 X, Y = np.nan_to_num(X, nan=0.0), np.nan_to_num(Y, nan=0.0)
             return (G, X, Y), kw
         m = X.shape[0]
         if m < 2:                   # no pairs with nan: test_known_discrepancies
             X = np.nan_to_num(X, nan=0.0)
-        # grads below 1e30: 2 grad must not overflow, float32 included
-        return (np.clip(fuzz_array(draw, (m * (m - 1) // 2,), F64), -1e30, 1e30), X), kw
+        # grads below 1e20: 2 grad (a - b) must not overflow, float32 included
+        # (beyond its range: _known_float32_gradient_overflow)
+        return (np.clip(fuzz_array(draw, (m * (m - 1) // 2,), F64), -1e20, 1e20), X), kw
     if name == "squareform":
         m = draw(st.integers(0, 5))
         return (fuzz_array(draw, (m * (m - 1) // 2,)),), {}
@@ -1208,8 +1220,10 @@ def fuzz_case(draw, name):
         M = (M + M.T) / 2
     X = fuzz_array(draw, shape[:-1] + (d,), F64 if draw(st.booleans()) else F32)
     # d^2 is summed in float64 (documented): magnitudes whose squares stay in range
-    X = np.clip(X, -1e100, 1e100)
-    X = np.where(np.abs(X) < 1e-100, 0, X).astype(X.dtype)
+    # (and finite in X's dtype: a clipped float32 would round 1e100 to inf)
+    lim = 1e100 if X.dtype == F64 else 1e30
+    X = np.clip(X, -lim, lim)
+    X = np.where(np.abs(X) < 1 / lim, 0, X).astype(X.dtype)
     mean = np.zeros(d)
     kw = {kind: M, "squared": draw(st.booleans())}
     if name == "mahalanobis":
