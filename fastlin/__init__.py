@@ -20,9 +20,9 @@ Every public function follows one path::
 * Threads come from one policy (``_threads.py``).  Work is split into fixed
   items reduced in a fixed order, so results are bitwise identical for any
   thread count.  The GIL is released inside every kernel.
-* Large results (4 MiB and up) are carved from blocks that return to a
-  bounded cache when the array is freed (``_memory.pyx``): a loop that drops
-  each result pays no page faults for the next one.
+* Results and scratch of 256 KiB and up are carved from blocks that return
+  to a bounded cache when the array is freed (``_memory.pyx``): a loop that
+  drops each result pays no page faults for the next one.
 * ``fastlin.reference`` holds a slow, obviously correct NumPy twin of every
   op and every backward; the tests judge the kernels against it and scipy.
 """

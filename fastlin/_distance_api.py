@@ -202,7 +202,8 @@ def _scratch(nt, dtype, rows, cols):
     GEMM writes it with beta = 0, and the kernels zero it first where BLAS
     accumulates into it."""
     tile_rows = _k.cdist_tile_rows(np.dtype(dtype) == np.float64)
-    return np.empty((max(nt, 1), max(1, min(rows, tile_rows) * min(cols, _TILE))), dtype)
+    return _memory.empty((max(nt, 1), max(1, min(rows, tile_rows) * min(cols, _TILE))),
+                         dtype)[0]
 
 
 def _panels(rows_a, rows_b, k, dtype):
@@ -772,7 +773,7 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
                           dtype if per_group == 1 else np.float64)[0]
         CS = np.zeros((ngroups, mB))
         rows = np.empty(mA)
-        scratch = np.empty((max(nt, 1), 2 * _TILE * _TILE + _TILE * n), dtype)
+        scratch = _memory.empty((max(nt, 1), 2 * _TILE * _TILE + _TILE * n), dtype)[0]
         tscratch = np.zeros((max(nt, 1), 2 * _TILE * n))
         # A and B packed once for the two products (fastlin's GEMM only)
         la, lw = _k.bwd_panels_len(mA, n, dtype == np.float64)
@@ -781,7 +782,7 @@ def _euclidean_backward(G, A, B, dtype, want_b=True, D=None):
         if la:
             Aq = _aligned(la, dtype) if want_b else None     # only W^T A reads it
             Bq = _aligned(lb, dtype)
-            wpan = np.empty((max(nt, 1), lw), dtype)
+            wpan = _memory.empty((max(nt, 1), lw), dtype)[0]
         Ad = Bd = None     # the distance tiles' operands, packed once too
         lad, lbd = _k.bwd_dist_panels_len(mA, mB, n, dtype == np.float64)
         if lad:
