@@ -58,11 +58,44 @@ def forward_same_shape(kernel, x, axis, out, *extra):
     return r if out is not None else scalar_if_0d(r)
 
 
-def backward_same_shape(kernel, grad, saved, saved_name, axis, *extra):
-    """A backward op taking (grad, saved forward array) of one shape."""
+def backward_same_shape(kernel, grad, saved, saved_name, axis, *extra, out=None):
+    """A backward op taking (grad, saved forward array) of one shape; `out`
+    as the forwards' (run_same_shape)."""
     grad = as_array(grad, "grad")
     saved = as_array(saved, saved_name)
     check_same_shape(grad, saved, "grad", saved_name)
     dtype = result_dtype((grad, "grad"), (saved, saved_name))
     plan = Plan(saved.shape, normalize_axes(axis, saved.ndim))
-    return scalar_if_0d(run_same_shape(kernel, [grad, saved], dtype, plan, None, *extra))
+    r = run_same_shape(kernel, [grad, saved], dtype, plan, out, *extra)
+    return r if out is not None else scalar_if_0d(r)
+
+
+def store_out(results, out, names):
+    """Return a backward's results, or write them into the caller's `out`.
+
+    `results` is one array or a tuple of them, freshly made (so an `out`
+    overlapping an input is still right); `out` is None, one array, or a
+    tuple of one array per result.  Every array of `out` is checked (type,
+    shape, dtype, writeable) before any is written: a bad one leaves all of
+    them as they were.
+    """
+    if out is None:
+        return results
+    single = not isinstance(results, tuple)
+    res = (results,) if single else results
+    if single:
+        outs, labels = (out,), ("out",)
+    else:
+        if not isinstance(out, tuple) or len(out) != len(res):
+            got = (f"a tuple of {len(out)}" if isinstance(out, tuple)
+                   else type(out).__name__)
+            raise TypeError(f"out must be a tuple of {len(res)} arrays "
+                            f"({', '.join(names)}), got {got}")
+        outs = out
+        labels = tuple(f"out[{i}] ({n})" for i, n in enumerate(names))
+    for o, r, label in zip(outs, res, labels):
+        r = np.asarray(r)
+        check_out(o, r.shape, r.dtype, name=label)
+    for o, r in zip(outs, res):
+        np.copyto(o, r)
+    return out

@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _memory, _simd
-from ._common import STREAM_BYTES
+from ._common import STREAM_BYTES, store_out
 from ._mahalanobis_api import _factor
 from ._normalize_api import normalize
 from ._threads import _for_work, blas_single_thread, empty_output
@@ -615,7 +615,7 @@ def _spot_check(got, a, b, i, j):
 _PDIST_DIST_MIN_COLS = 256
 
 
-def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
+def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None, out=None):
     r"""Backward pass of :func:`cdist`: gradients with respect to XA and XB.
 
     Parameters
@@ -633,6 +633,9 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
         A sample of its entries is checked against the points (ValueError
         if it does not hold their distances).  The other metrics do not need
         it and only check its shape.
+    out : tuple of two ndarrays, optional
+        Arrays of the shapes and dtype of ``(gA, gB)`` to write the gradients
+        into (checked; they may overlap the inputs).
 
     Returns
     -------
@@ -669,6 +672,10 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
     The per-row-block sums are added in block order: the result does not
     depend on the thread count.
     """
+    return store_out(_cdist_backward(grad, XA, XB, metric, VI, dist), out, ("gA", "gB"))
+
+
+def _cdist_backward(grad, XA, XB, metric, VI, dist):
     XA, XB, metric, dtype = _pair(XA, XB, metric)
     G = _grad_matrix(grad, (XA.shape[0], XB.shape[0]), dtype)
     n = XA.shape[1]
@@ -926,7 +933,7 @@ def _cosine_backward(G, A, B, dtype):
     return gA, gB
 
 
-def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
+def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None, out=None):
     r"""Backward pass of :func:`pdist`: the gradient with respect to X.
 
     Parameters
@@ -941,6 +948,9 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
         with fewer than 256 columns checks it and recomputes the distances
         instead (bitwise the forward's): expanding it to the square matrix
         the kernel reads costs more than the GEMM there.
+    out : ndarray, optional
+        An array of the shape and dtype of the gradient to write it into
+        (checked; it may overlap the inputs).
 
     Returns
     -------
@@ -951,6 +961,10 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dist=None):
         counts every pair twice).  Same conventions at zero distance (the zero
         subgradient).
     """
+    return store_out(_pdist_backward(grad, X, metric, VI, dist), out, ("gX",))
+
+
+def _pdist_backward(grad, X, metric, VI, dist):
     X = _matrix(X, "X")
     metric = _metric(metric)
     dtype = result_dtype((X, "X"))

@@ -3,6 +3,7 @@ import numpy as np
 from scipy.linalg import lapack, solve_triangular
 
 from . import _memory, _simd
+from ._common import store_out
 from ._threads import _for_work, blas_single_thread
 from ._validation import as_array, dtype_eps, result_dtype, symmetric_part
 from ._validation import regularise_hint as _regularise
@@ -280,7 +281,8 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     return out[()] if out.ndim == 0 else out
 
 
-def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
+def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squared=False,
+                         out=None):
     r"""Backward pass of :func:`mahalanobis`.
 
     Parameters
@@ -289,6 +291,9 @@ def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squ
         Gradient of the loss with respect to the distances.
     X, mean, cov, VI, cholesky, squared
         As given to :func:`mahalanobis`.
+    out : tuple of three ndarrays, optional
+        Arrays of the shapes and dtype of ``(gX, gmean, gM)`` to write the
+        gradients into (checked; they may overlap the inputs).
 
     Returns
     -------
@@ -310,6 +315,11 @@ def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squ
     At zero distance the plain (non-squared) distance is not differentiable;
     the zero subgradient is returned there (finite).
     """
+    return store_out(_mahalanobis_backward(grad, X, mean, cov, VI, cholesky, squared), out,
+                     ("gX", "gmean", "gM"))
+
+
+def _mahalanobis_backward(grad, X, mean, cov, VI, cholesky, squared):
     X, mean, kind, L, dtype, d = _setup(X, mean, cov, VI, cholesky)
     lead = X.shape[:-1]
     n = int(np.prod(lead, dtype=np.int64))

@@ -4,6 +4,7 @@ import numbers
 import numpy as np
 
 from . import _memory, _simd
+from ._common import store_out
 from ._threads import _for_work
 from ._validation import as_array, result_dtype
 
@@ -104,7 +105,7 @@ def max_margin_loss(pos, neg, margin=1.0, reduction="sum"):
     return dtype.type(total)
 
 
-def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
+def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum", *, out=None):
     r"""Backward pass of :func:`max_margin_loss`.
 
     Parameters
@@ -115,6 +116,9 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
         for 'none').
     pos, neg, margin, reduction
         As given to the forward call.
+    out : tuple of two ndarrays, optional
+        Arrays of the shapes and dtype of ``(gpos, gneg)`` to write the
+        gradients into (checked; they may overlap the inputs).
 
     Returns
     -------
@@ -130,6 +134,11 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
     0: a pair that exactly meets its margin contributes no gradient (torch's
     margin_ranking_loss picks 1 there).  A nan ``v`` gives a nan gradient.
     """
+    return store_out(_max_margin_loss_backward(grad, pos, neg, margin, reduction), out,
+                     ("gpos", "gneg"))
+
+
+def _max_margin_loss_backward(grad, pos, neg, margin, reduction):
     pos_shape = np.shape(pos)
     p, q, margin, dtype, shape, rows, n = _setup(pos, neg, margin, reduction)
     g = as_array(grad, "grad")

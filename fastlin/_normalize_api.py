@@ -52,7 +52,7 @@ def normalize(x, axis=-1, eps=1e-12, *, out=None):
     return forward_same_shape(_k.normalize_fwd, x, axis, out, check_eps(eps))
 
 
-def normalize_backward(grad, x, axis=-1, eps=1e-12):
+def normalize_backward(grad, x, axis=-1, eps=1e-12, *, out=None):
     r"""Backward pass of :func:`normalize`: the gradient with respect to `x`.
 
     Parameters
@@ -63,6 +63,10 @@ def normalize_backward(grad, x, axis=-1, eps=1e-12):
         The forward input.
     axis, eps
         As given to :func:`normalize`.
+    out : ndarray, optional
+        An array of the shape and dtype of the result to write it into
+        (checked; it may overlap `grad` or the saved array, as the forwards'
+        `out`).
 
     Returns
     -------
@@ -84,4 +88,5 @@ def normalize_backward(grad, x, axis=-1, eps=1e-12):
     >>> fastlin.normalize_backward(np.array([1.0, 0.0]), np.array([3.0, 4.0]))
     array([ 0.128, -0.096])
     """
-    return backward_same_shape(_k.normalize_bwd, grad, x, "x", axis, check_eps(eps))
+    return backward_same_shape(_k.normalize_bwd, grad, x, "x", axis, check_eps(eps),
+                               out=out)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import _simd
-from ._common import backward_same_shape, forward_same_shape, scalar_if_0d
+from ._common import backward_same_shape, forward_same_shape, scalar_if_0d, store_out
 from ._threads import _for_work
 from ._validation import (Plan, as_array, is_weak_scalar, normalize_axes,
                           result_dtype)
@@ -184,7 +184,7 @@ def logsumexp(a, axis=None, b=None, keepdims=False, return_sign=False):
     return scalar_if_0d(res)
 
 
-def softmax_backward(grad, y, axis=None):
+def softmax_backward(grad, y, axis=None, *, out=None):
     r"""Backward pass of :func:`softmax`: the gradient with respect to `x`.
 
     Parameters
@@ -195,6 +195,10 @@ def softmax_backward(grad, y, axis=None):
         The forward output, ``y = softmax(x, axis)``.
     axis : None or int or tuple of ints, optional
         The `axis` given to the forward call.
+    out : ndarray, optional
+        An array of the shape and dtype of the result to write it into
+        (checked; it may overlap `grad` or the saved array, as the forwards'
+        `out`).
 
     Returns
     -------
@@ -214,10 +218,10 @@ def softmax_backward(grad, y, axis=None):
     >>> fastlin.softmax_backward(np.array([1.0, 0.0, 0.0]), y)
     array([ 0.08192507, -0.02203304, -0.05989202])
     """
-    return backward_same_shape(_k.softmax_bwd, grad, y, "y", axis)
+    return backward_same_shape(_k.softmax_bwd, grad, y, "y", axis, out=out)
 
 
-def log_softmax_backward(grad, y, axis=None):
+def log_softmax_backward(grad, y, axis=None, *, out=None):
     r"""Backward pass of :func:`log_softmax`: the gradient with respect to `x`.
 
     Parameters
@@ -228,6 +232,10 @@ def log_softmax_backward(grad, y, axis=None):
         The forward output, ``y = log_softmax(x, axis)``.
     axis : None or int or tuple of ints, optional
         The `axis` given to the forward call.
+    out : ndarray, optional
+        An array of the shape and dtype of the result to write it into
+        (checked; it may overlap `grad` or the saved array, as the forwards'
+        `out`).
 
     Returns
     -------
@@ -246,7 +254,7 @@ def log_softmax_backward(grad, y, axis=None):
     >>> fastlin.log_softmax_backward(np.array([1.0, 0.0]), y)
     array([ 0.5, -0.5])
     """
-    return backward_same_shape(_k.log_softmax_bwd, grad, y, "y", axis)
+    return backward_same_shape(_k.log_softmax_bwd, grad, y, "y", axis, out=out)
 
 
 def _unbroadcast(g, shape):
@@ -259,7 +267,7 @@ def _unbroadcast(g, shape):
     return g.sum(axis=axes, keepdims=True).reshape(shape) if axes else g.reshape(shape)
 
 
-def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
+def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False, *, out=None):
     r"""Backward pass of :func:`logsumexp`: the gradient with respect to `a`.
 
     Parameters
@@ -270,6 +278,9 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
         default ``axis=None``).
     a, axis, b, keepdims
         As given to :func:`logsumexp`.
+    out : ndarray, optional
+        An array of the shape and dtype of `ga` to write the gradient into
+        (checked; it may overlap the inputs).
 
     Returns
     -------
@@ -292,6 +303,10 @@ def logsumexp_backward(grad, a, axis=None, b=None, keepdims=False):
     >>> fastlin.logsumexp_backward(1.0, np.log([1.0, 3.0]))
     array([0.25, 0.75])
     """
+    return store_out(_logsumexp_backward(grad, a, axis, b, keepdims), out, ("ga",))
+
+
+def _logsumexp_backward(grad, a, axis, b, keepdims):
     a, b, dtype, plan, a0_shape = _lse_setup(a, axis, b)
     weak = is_weak_scalar(grad)
     grad = as_array(grad, "grad")
