@@ -217,6 +217,11 @@ def parse_args(argv=None):
                         "MKL_ENABLE_INSTRUCTIONS, NumPy NPY_DISABLE_CPU_FEATURES (down to its "
                         "own baseline), OpenBLAS's Haswell / Nehalem kernel for avx2 / "
                         "baseline; the header shows the environment")
+    p.add_argument("--busy", action="store_true",
+                   help="keep one core busy with another process for the whole run (a "
+                        "spinning Python process pinned to the last CPU this one may use, "
+                        "stopped at the end): how the thread counts behave on a machine "
+                        "shared with other work")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
                    help="where to save the results (default bench/results.json); "
                         "'-' to skip")
@@ -818,6 +823,36 @@ def dist_json(r):
     return d
 
 
+# The spinning process stops by itself when its parent is gone, so a
+# benchmark killed mid-run leaves no load behind.
+_SPIN = ("import os, sys\n"
+         "parent = int(sys.argv[1])\n"
+         "while os.getppid() == parent:\n"
+         "    for _ in range(1000000):\n"
+         "        pass\n")
+
+
+def start_busy_core():
+    """Start a process that keeps one CPU busy (the last of this process's
+    affinity mask where the OS has one); it is killed at exit."""
+    import atexit
+    import subprocess
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # macOS, Windows: no pinning
+        cpus = [None]
+    cpu = cpus[-1]
+    proc = subprocess.Popen([sys.executable, "-c", _SPIN, str(os.getpid())])
+    if cpu is not None:
+        try:
+            os.sched_setaffinity(proc.pid, {cpu})
+        except OSError:
+            cpu = None
+    proc.cpu = "any" if cpu is None else cpu
+    atexit.register(proc.kill)
+    return proc
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.target_time is not None:
@@ -829,6 +864,9 @@ def main(argv=None):
     if args.no_cache:
         import fastlin
         fastlin.set_memory_cache(0)
+    busy = start_busy_core() if args.busy else None
+    if busy is not None:
+        print(f"busy    : another process spins on CPU {busy.cpu} for the whole run (--busy)")
     warn = H.openblas_env_warning()
     if warn:
         print(warn, file=sys.stderr)
