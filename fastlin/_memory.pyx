@@ -14,8 +14,11 @@ The blocks kept are bounded: at most ``_MAX_KEPT`` (16) of them and, together, a
 most the cache limit (``set_memory_cache``; 1 GiB by default, or the
 ``FASTLIN_MEMORY_CACHE`` environment variable, in bytes, read at import).
 A limit of 0 frees every kept block and turns the cache off.  A block is
-reused only for a request of at least 3/4 of its size, less 2 MiB (a small
-array does not pin a huge block).  When a block must go, the oldest kept one
+reused only for a request of at least 3/4 of its size (less 2 MiB for a
+block of 4 MiB or more: a small array does not pin a huge block).  Blocks of
+4 MiB and more are aligned to 2 MiB and may be backed by huge pages; smaller
+ones are whole 4 KiB pages, so that many medium arrays kept alive cost no
+more than their size.  When a block must go, the oldest kept one
 goes first.  Blocks in use belong to their arrays; only freed ones are kept.
 Arrays made here do not own their data (their base chain ends at the block,
 through a uint8 array and a memoryview), which is how the block learns that
@@ -92,7 +95,10 @@ cdef extern from *:
         if (p + n < raw + n + align)
             munmap(p + n, (size_t)(raw + n + align - (p + n)));
     #ifdef MADV_HUGEPAGE
-        madvise(p, n, MADV_HUGEPAGE);    /* as numpy does for its large arrays */
+        /* as numpy does for its large arrays; not for page-aligned smaller
+           blocks, where a huge page would make a 256 KiB array cost 2 MiB */
+        if (align >= ((size_t)1 << 21))
+            madvise(p, n, MADV_HUGEPAGE);
     #endif
         return p;
     }
@@ -112,6 +118,8 @@ DECAY_SECONDS = 10.0
 cdef enum:
     _MAX_KEPT = 16      # a backward pass alone frees six buffers per call
     _ALIGN = 1 << 21       # a huge page: blocks can be backed by 2 MiB pages
+    _HUGE_MIN = 1 << 22    # blocks from this size up are huge-page aligned
+    _PAGE = 1 << 12        # smaller ones are whole 4 KiB pages
 
 # Kept blocks, oldest first.
 cdef void *_kept_ptr[_MAX_KEPT]
@@ -197,15 +205,22 @@ cdef void _give_back(void *p, size_t size) noexcept:
     _free_dropped(&d)
 
 
+cdef inline size_t _slack(size_t nbytes) noexcept:
+    # a huge-page block rounds its request up by up to 2 MiB; a page-rounded
+    # one by under 4 KiB
+    return _ALIGN if nbytes >= _HUGE_MIN else 0
+
+
 cdef void *_take(size_t nbytes, size_t *size, bint *fresh) noexcept:
     """The smallest kept block of nbytes to 4/3 nbytes, else a new one (NULL
     when out of memory)."""
     global _n_live
     cdef int i, best = -1
     cdef void *p = NULL
+    cdef size_t align
     _acquire()
     for i in range(_n_kept):
-        if (_kept_size[i] >= nbytes and 3 * _kept_size[i] <= 4 * nbytes + 3 * _ALIGN
+        if (_kept_size[i] >= nbytes and 3 * _kept_size[i] <= 4 * nbytes + 3 * _slack(nbytes)
                 and (best < 0 or _kept_size[i] < _kept_size[best])):
             best = i
     if best >= 0:
@@ -215,8 +230,9 @@ cdef void *_take(size_t nbytes, size_t *size, bint *fresh) noexcept:
         fresh[0] = False
         return p
     _release()
-    size[0] = (nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
-    p = fl_block_alloc(_ALIGN, size[0])
+    align = _ALIGN if nbytes >= _HUGE_MIN else _PAGE
+    size[0] = (nbytes + align - 1) // align * align
+    p = fl_block_alloc(align, size[0])
     fresh[0] = True
     if p != NULL:
         _acquire()
