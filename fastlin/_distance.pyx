@@ -351,6 +351,25 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
             fl_stream_fence()
 
 
+def cdist_direct_small(const floating[:, ::1] A, const floating[:, ::1] BT,
+                       floating[:, ::1] out, int take_sqrt, double scale):
+    """out (mA, mB) = the direct distances of cdist_tiles' BT path, unweighted,
+    on the calling thread: the same row function, so bitwise the same entries,
+    for calls whose argument handling would otherwise cost more than the
+    work.  A (mA, k) and BT (k, mB), k >= 1, mA and mB >= 1 (checked by the
+    caller)."""
+    cdef Py_ssize_t mA = A.shape[0], mB = BT.shape[1], k = A.shape[1], i, j0
+    with nogil:
+        for i in range(mA):
+            # in column tiles, as cdist_tiles: the row function holds at most
+            # TILE entries
+            j0 = 0
+            while j0 < mB:
+                _direct_row(&out[i, j0], min(<Py_ssize_t>TILE, mB - j0), &A[i, 0],
+                            &BT[0, j0], mB, k, NULL, take_sqrt, scale, False)
+                j0 += TILE
+
+
 def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 const double[::1] na, floating[::1] out, floating[:, ::1] scratch,
                 double tau, int take_sqrt, double scale, int n_threads, bint stream,

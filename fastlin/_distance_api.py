@@ -367,6 +367,10 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     so near-duplicates are exact too; an infinite coordinate gives inf, or
     nan where a zero of L multiplies it (scipy's quadratic form gives nan).
     """
+    if out is None and w is None and VI is None:
+        r = _cdist_small(XA, XB, metric)
+        if r is not None:
+            return r
     XA, XB, metric, dtype = _pair(XA, XB, metric)
     mA, mB, n = XA.shape[0], XB.shape[0], XA.shape[1]
     _check_extra_args(metric, w, VI)
@@ -390,6 +394,39 @@ def _uses_blas(metric, n):
     columns, no whitening): nothing calls BLAS, so capping its threads
     (through threadpoolctl, microseconds a call) is skipped."""
     return n > _k.direct_k() or metric == "mahalanobis"
+
+
+_SMALL_METRICS = {"euclidean": 1, "sqeuclidean": 0}    # -> take_sqrt
+_FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def _cdist_small(XA, XB, metric):
+    """cdist of two small float arrays of one dtype, few columns and a plain
+    (sq)euclidean metric, with the least argument handling: None where that
+    is not the case (the general path then runs, and validates).  The entries
+    are those of the general path (its direct kernel on one thread)."""
+    if (type(XA) is not np.ndarray or type(XB) is not np.ndarray
+            or XA.ndim != 2 or XB.ndim != 2 or XA.dtype != XB.dtype
+            or XA.dtype not in _FLOATS or type(metric) is not str):
+        return None
+    take_sqrt = _SMALL_METRICS.get(metric)
+    mA, n = XA.shape
+    mB = XB.shape[0]
+    if (take_sqrt is None or n != XB.shape[1] or not 0 < n <= _k.direct_k()
+            or mA == 0 or mB == 0 or mA * mB * n >= _SMALL_CDIST):
+        return None
+    if take_sqrt and XA.dtype == np.float64:
+        take_sqrt = 2           # roots checked for squares out of range (_direct_sqrt)
+    res = np.empty((mA, mB), XA.dtype)
+    _k.cdist_direct_small(np.ascontiguousarray(XA), np.ascontiguousarray(XB.T), res,
+                          take_sqrt, 1.0)
+    return res
+
+
+# Below this much work (mA mB n multiply-adds, some 30 us on one core) cdist
+# takes _cdist_small, on the calling thread: waking a team of threads costs
+# more than it saves there.
+_SMALL_CDIST = 1 << 17
 
 
 def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):

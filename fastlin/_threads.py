@@ -17,7 +17,10 @@ import operator
 import os
 import threading
 
-from ._openmp_helpers import omp_max_threads, openmp_enabled
+import numpy as np
+
+from . import _memory
+from ._openmp_helpers import omp_max_threads, openmp_enabled, prefault
 
 __all__ = ["get_num_threads", "set_num_threads", "threads"]
 
@@ -285,11 +288,7 @@ def empty_output(shape, dtype, n_threads):
     Only for outputs fastlin allocates itself: a caller's ``out=`` is usually
     a reused buffer whose pages are already there.
     """
-    import numpy as np
-
-    from ._memory import empty
-    from ._openmp_helpers import prefault
-    res, fresh = empty(shape, dtype)
+    res, fresh = _memory.empty(shape, dtype)
     if fresh and res.nbytes >= PREFAULT_BYTES:
         prefault(res.reshape(-1).view(np.uint8), 4096, n_threads)
     return res
