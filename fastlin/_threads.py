@@ -183,7 +183,7 @@ def _find_blas():
     libs = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
     local = [lc for lc in libs
              if lc.internal_api == "mkl" or getattr(lc, "threading_layer", None) == "openmp"]
-    return [lc for lc in libs if lc not in local], local
+    return [_raw_controller(lc) for lc in libs if lc not in local], local
 
 
 def _blas_take_control():
@@ -205,7 +205,38 @@ def _set_counts(libs, counts):
             lc.set_num_threads(n)
 
 
-@contextlib.contextmanager
+class _RawOpenBLAS:
+    """A pthreads OpenBLAS's own openblas_{get,set}_num_threads, called
+    directly: threadpoolctl's set_num_threads keeps a controlling-thread
+    record per call (about 10 us for a get, a set and a restore), more than a
+    small kernel's work.  fastlin's own lock and region count (below) already
+    serialise the changes."""
+
+    def __init__(self, get, set_):
+        self._get, self._set = get, set_
+
+    def get_num_threads(self):
+        return self._get()
+
+    def set_num_threads(self, n):
+        self._set(int(n))
+
+
+def _raw_controller(lc):
+    """_RawOpenBLAS for a threadpoolctl OpenBLAS controller whose pool is the
+    process's (not OpenMP-threaded), else the controller itself."""
+    dl = getattr(lc, "dynlib", None)
+    if dl is None or getattr(lc, "internal_api", None) != "openblas":
+        return lc
+    for pre in ("", "scipy_"):
+        for suf in ("", "64_", "_64"):
+            get = getattr(dl, f"{pre}openblas_get_num_threads{suf}", None)
+            set_ = getattr(dl, f"{pre}openblas_set_num_threads{suf}", None)
+            if get is not None and set_ is not None:
+                return _RawOpenBLAS(get, set_)
+    return lc
+
+
 def blas_single_thread():
     """Limit BLAS to one thread while a fastlin kernel may call it from its
     OpenMP threads.
@@ -224,33 +255,55 @@ def blas_single_thread():
     and leave BLAS at one thread for good after overlapping calls.  A BLAS
     whose count is per thread (MKL, an OpenMP-threaded OpenBLAS) is limited
     and restored in the calling thread, region by region.
+
+    A class, not a generator-based context manager: a region costs about
+    1 us then, next to a small kernel's few.
     """
-    global _blas_libs, _blas_depth, _blas_saved
-    with _blas_lock:
-        if _blas_libs is None:
-            _blas_libs = _find_blas()
+    return _BlasOneThread()
+
+
+class _BlasOneThread:
+    __slots__ = ("mine",)
+
+    def __enter__(self):
+        global _blas_libs, _blas_depth, _blas_saved
+        with _blas_lock:
+            if _blas_libs is None:
+                _blas_libs = _find_blas()
+            shared, local = _blas_libs
+            if shared:
+                if _blas_depth == 0:
+                    _take_control(shared)
+                    _blas_saved = [lc.get_num_threads() for lc in shared]
+                    _set_counts(shared, [1] * len(shared))
+                    _take_control(shared)
+                _blas_depth += 1
+        if local:
+            self.mine = [lc.get_num_threads() for lc in local]
+            _set_counts(local, [1] * len(local))
+        return self
+
+    def __exit__(self, *exc):
+        global _blas_depth, _blas_saved
         shared, local = _blas_libs
-        if shared:
-            if _blas_depth == 0:
-                _blas_take_control()
-                _blas_saved = [lc.get_num_threads() for lc in shared]
-                _set_counts(shared, [1] * len(shared))
-                _blas_take_control()
-            _blas_depth += 1
-    mine = [lc.get_num_threads() for lc in local]
-    _set_counts(local, [1] * len(local))
-    try:
-        yield
-    finally:
-        _set_counts(local, mine)
+        if local:
+            _set_counts(local, self.mine)
         if shared:
             with _blas_lock:
                 _blas_depth -= 1
                 if _blas_depth == 0:
-                    _blas_take_control()
+                    _take_control(shared)
                     _set_counts(shared, _blas_saved)
                     _blas_saved = None
-                    _blas_take_control()
+                    _take_control(shared)
+        return False
+
+
+def _take_control(shared):
+    """threadpoolctl's controlling-thread gate, for the controllers that go
+    through threadpoolctl (none when every shared BLAS is _RawOpenBLAS)."""
+    if any(not isinstance(lc, _RawOpenBLAS) for lc in shared):
+        _blas_take_control()
 
 
 def _after_fork_in_child():
