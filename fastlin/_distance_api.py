@@ -5,7 +5,7 @@ from . import _memory, _simd
 from ._common import STREAM_BYTES, store_out
 from ._mahalanobis_api import _factor
 from ._normalize_api import normalize
-from ._threads import _for_work, blas_single_thread, empty_output
+from ._threads import _for_macs, _for_work, blas_single_thread, empty_output
 from ._validation import as_array, check_out, real_array, result_dtype
 
 _k = _simd.kernels("_distance")
@@ -345,6 +345,12 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
 
     Notes
     -----
+    **Small calls.**  float arrays of one dtype under 'euclidean' or
+    'sqeuclidean' with at most 256 columns and ``mA mB n <= 2**19``, and
+    any call with at most 16 columns, compute every entry directly as
+    ``sum((a - b)^2)`` in float64 from the rows (the exact path below), on
+    the calling thread for the small ones.
+
     **How exactness is guaranteed.**  Rows are centred on a common point
     (distances are translation invariant; this removes the cancellation a
     large offset causes).  Each output tile is ``|a|^2 + |b|^2 - 2 a.b`` with
@@ -367,8 +373,8 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     so near-duplicates are exact too; an infinite coordinate gives inf, or
     nan where a zero of L multiplies it (scipy's quadratic form gives nan).
     """
-    if out is None and w is None and VI is None:
-        r = _cdist_small(XA, XB, metric)
+    if w is None and VI is None:
+        r = _cdist_small(XA, XB, metric, out)
         if r is not None:
             return r
     XA, XB, metric, dtype = _pair(XA, XB, metric)
@@ -378,7 +384,7 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     if out is not None:
         _check_dist_out(out, (mA, mB), dtype)
     res = out if out is not None else empty_output((mA, mB), dtype,
-                                                   _for_work(mA * mB * max(n, 1)))
+                                                   _for_macs(mA * mB * max(n, 1)))
     if mA == 0 or mB == 0:
         return res
     if not _uses_blas(metric, n):
@@ -400,11 +406,14 @@ _SMALL_METRICS = {"euclidean": 1, "sqeuclidean": 0}    # -> take_sqrt
 _FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
 
 
-def _cdist_small(XA, XB, metric):
-    """cdist of two small float arrays of one dtype, few columns and a plain
-    (sq)euclidean metric, with the least argument handling: None where that
-    is not the case (the general path then runs, and validates).  The entries
-    are those of the general path (its direct kernel on one thread)."""
+def _cdist_small(XA, XB, metric, out):
+    """cdist of two small float arrays of one dtype under a plain
+    (sq)euclidean metric, with the least argument handling, every entry by
+    direct differences (sum((a - b)^2) in double: the exact path) on the
+    calling thread.  None where that is not the case: the general path then
+    runs, and validates.  With few columns the general path computes the same
+    entries the same way; with more, it would use a GEMM and recompute only
+    the pairs the GEMM cannot get right, which costs more than the work here."""
     if (type(XA) is not np.ndarray or type(XB) is not np.ndarray
             or XA.ndim != 2 or XB.ndim != 2 or XA.dtype != XB.dtype
             or XA.dtype not in _FLOATS or type(metric) is not str):
@@ -412,21 +421,33 @@ def _cdist_small(XA, XB, metric):
     take_sqrt = _SMALL_METRICS.get(metric)
     mA, n = XA.shape
     mB = XB.shape[0]
-    if (take_sqrt is None or n != XB.shape[1] or not 0 < n <= _k.direct_k()
-            or mA == 0 or mB == 0 or mA * mB * n >= _SMALL_CDIST):
+    if (take_sqrt is None or n != XB.shape[1] or not 0 < n <= _SMALL_MAX_K
+            or mA == 0 or mB == 0 or mA * mB * n > _SMALL_CDIST):
         return None
     if take_sqrt and XA.dtype == np.float64:
         take_sqrt = 2           # roots checked for squares out of range (_direct_sqrt)
-    res = np.empty((mA, mB), XA.dtype)
+    if out is None:
+        res = np.empty((mA, mB), XA.dtype)
+    else:
+        _check_dist_out(out, (mA, mB), XA.dtype)
+        res = out
+        if np.may_share_memory(out, XA):
+            XA = XA.copy()      # the rows are read while out is written
+        if np.may_share_memory(out, XB):
+            XB = XB.copy()
     _k.cdist_direct_small(np.ascontiguousarray(XA), np.ascontiguousarray(XB.T), res,
                           take_sqrt, 1.0)
     return res
 
 
-# Below this much work (mA mB n multiply-adds, some 30 us on one core) cdist
-# takes _cdist_small, on the calling thread: waking a team of threads costs
-# more than it saves there.
-_SMALL_CDIST = 1 << 17
+# Up to this much work (mA mB n multiply-adds, some 100 us on one core) and
+# this many columns, cdist takes _cdist_small: measured here, 64 x 32 float64
+# points against themselves 22 us there, 76 us through the GEMM path (its
+# centring, packing and exact-path checks are a fixed cost), torch 36 us;
+# 128 x 32: 67 against 123.  A team of threads does not pay for itself below
+# ~1e6 multiply-adds either (MACS_PER_ELEMENT, _threads.py).
+_SMALL_CDIST = 1 << 19
+_SMALL_MAX_K = 256
 
 
 def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
@@ -440,7 +461,7 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
         OB.exact = OA.exact if same else OB.exact.copy()
     wv = None if OA.sw is None else (OA.sw.astype(np.float64) ** 2)
     take_sqrt, scale = _kernel_params(metric)
-    nt = _for_work(mA * mB * max(n, 1))
+    nt = _for_macs(mA * mB * max(n, 1))
     stream = res.nbytes >= _STREAM_BYTES
     if n == 0:
         res[...] = 0
@@ -493,7 +514,7 @@ def pdist(X, metric="euclidean", *, out=None, w=None, VI=None):
     size = m * (m - 1) // 2
     if out is not None:
         _check_dist_out(out, (size,), dtype)
-    res = out if out is not None else empty_output(size, dtype, _for_work(size * max(n, 1)))
+    res = out if out is not None else empty_output(size, dtype, _for_macs(size * max(n, 1)))
     if size == 0:
         return res
     if not _uses_blas(metric, n):
@@ -509,7 +530,7 @@ def _pdist_run(X, metric, dtype, sw, VI, out, res, m, n, size):
         O.exact = O.exact.copy()
     wv = None if O.sw is None else (O.sw.astype(np.float64) ** 2)
     take_sqrt, scale = _kernel_params(metric)
-    nt = _for_work(size * max(n, 1))
+    nt = _for_macs(size * max(n, 1))
     if n == 0:
         res[...] = 0
     else:
@@ -755,7 +776,7 @@ def _weighted_products(W, A, B, WB, WtA):
     """WB = W @ B and WtA = W^T @ A (weighted_sums), A and B packed once."""
     dtype = WB.dtype
     with blas_single_thread():
-        _k.weighted_sums(W, A, B, WB, WtA, _for_work(W.size * A.shape[1]),
+        _k.weighted_sums(W, A, B, WB, WtA, _for_macs(W.size * A.shape[1]),
                          Aq=_row_panels(A.shape[0], A.shape[1], dtype),
                          Bq=_row_panels(B.shape[0], B.shape[1], dtype))
 
@@ -852,7 +873,7 @@ def _bwd_operands(A, B, dtype):
     norms, NaN on the rows that must take the exact path."""
     OA = _Operands(A, dtype, "euclidean", None, None)
     OB = _Operands(B, dtype, "euclidean", None, None)
-    nt = _for_work(A.shape[0] * B.shape[0] * A.shape[1])
+    nt = _for_macs(A.shape[0] * B.shape[0] * A.shape[1])
     Ac, Bc, na, nb = _gemm_operands(OA, OB, dtype, nt)
     return (OA, OB, nt, Ac, Bc, _exact_marked(na, dtype, Ac),
             _exact_marked(nb, dtype, Bc))
@@ -927,7 +948,7 @@ def _euclidean_backward_direct(G, A, B, dtype, want_b):
     nblk = -(-mA // rows)
     GA = np.zeros((mA, n))
     PB = np.zeros((nblk * n if want_b else 0, mB))
-    nt = _for_work(mA * mB * n)
+    nt = _for_macs(mA * mB * n)
     _k.cdist_bwd_direct(A, np.ascontiguousarray(B.T), np.ascontiguousarray(G), GA, PB, rows,
                         nt)
     gA = GA.astype(dtype)

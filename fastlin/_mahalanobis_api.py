@@ -4,7 +4,7 @@ from scipy.linalg import lapack, solve_triangular
 
 from . import _memory, _simd
 from ._common import store_out
-from ._threads import _for_work, blas_single_thread
+from ._threads import _for_macs, blas_single_thread
 from ._validation import as_array, dtype_eps, result_dtype, symmetric_part
 from ._validation import regularise_hint as _regularise
 
@@ -271,7 +271,7 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     # result, 3-5% of a memory-bound call at one thread
     out = _memory.empty((n,), dtype)[0]
     if n and d:
-        nt = _for_work(n * d * d)
+        nt = _for_macs(n * d * d)
         scratch = np.empty((max(nt, 1), _k.scratch_len(d, dtype == np.float64)), dtype)
         _k.maha(Xr, np.ascontiguousarray(mean, dtype=dtype), L, kind != "VI",
                 bool(squared), out, scratch, nt)
@@ -380,7 +380,7 @@ def _backward_factor(g, X, mean, kind, L, dtype, d, n, lead, squared):
     gmv = np.zeros((nblocks, d))     # per block: sum of its rows of gX, in double
     parts = None if fused else np.zeros((nblocks, d, d), dtype)
     if n and d:
-        nt = _for_work(n * d * d)
+        nt = _for_macs(n * d * d)
         k = max(nt, 1)
         wscr = None if fused else np.empty((k, bs * d), dtype)
         zscr = None if fused or kind != "cholesky" else np.empty((k, bs * d), dtype)

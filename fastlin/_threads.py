@@ -347,6 +347,18 @@ def empty_output(shape, dtype, n_threads):
     return res
 
 
+# A multiply-add of a distance tile or a triangular solve costs about
+# 1/MACS_PER_ELEMENT of an element of a row op (an exp, a division, a few
+# reads and writes): kernels counted in multiply-adds thread from
+# SMALL_WORK * MACS_PER_ELEMENT of them.
+MACS_PER_ELEMENT = 32
+
+
+def _for_macs(macs):
+    """Thread count for a kernel of `macs` multiply-adds."""
+    return _for_work(macs // MACS_PER_ELEMENT)
+
+
 def _for_work(size):
     """Thread count for a kernel touching `size` elements."""
     global _pool_used

@@ -1,6 +1,7 @@
-"""Small calls take short paths (cdist's _cdist_small): their results must
-be bitwise those of the general path, and everything the short path does not
-take must still reach the general path's validation."""
+"""Small calls take short paths (cdist's _cdist_small): with few columns
+their results must be bitwise those of the general path, with more those of
+its exact path (within its bound of a longdouble twin), and everything the
+short path does not take must still reach the general path's validation."""
 import numpy as np
 import pytest
 
@@ -8,9 +9,14 @@ import fastlin
 
 
 def _general(A, B, metric):
-    # out= sends every call down the general path
-    dt = np.result_type(A, B)
-    return fastlin.cdist(A, B, metric, out=np.empty((A.shape[0], B.shape[0]), dt))
+    """cdist through the general path (the short one switched off)."""
+    from fastlin import _distance_api
+    keep = _distance_api._SMALL_CDIST
+    _distance_api._SMALL_CDIST = -1
+    try:
+        return fastlin.cdist(A, B, metric)
+    finally:
+        _distance_api._SMALL_CDIST = keep
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -50,6 +56,53 @@ def test_small_work_wide_outputs_in_column_tiles(dtype, shape):
     B = rng.standard_normal((mB, n)).astype(dtype)
     for metric in ("euclidean", "sqeuclidean"):
         np.testing.assert_array_equal(fastlin.cdist(A, B, metric), _general(A, B, metric))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_small_cdist_of_more_columns_is_the_exact_path(dtype, metric):
+    # beyond 16 columns the general path takes a GEMM; the short path
+    # computes every entry as the general path's exact one does: within the
+    # exact path's bound of a longdouble twin, and near-duplicates exact
+    from fastlin import reference as ref
+    rng = np.random.default_rng(21)
+    eps = np.finfo(dtype).eps
+    for m, k in [(8, 17), (64, 32), (32, 64), (7, 256), (128, 32)]:
+        A = rng.standard_normal((m, k)).astype(dtype)
+        B = rng.standard_normal((m + 3, k)).astype(dtype)
+        B[0] = A[0]
+        B[1] = A[1] * (1 + 1e-6 * rng.standard_normal(k)).astype(dtype)
+        got = fastlin.cdist(A, B, metric)
+        want = ref.cdist(A, B, metric, dtype=np.longdouble)
+        # cdist's bound (README, Numerics; test_registry): sqeuclidean
+        # (8 + 4 sqrt(k)) eps and at least 16 eps, euclidean half of it plus
+        # one rounding and at least 8 (float32: 2 + 0.5 sqrt(k), at least 4;
+        # 3 for euclidean)
+        if dtype == np.float64:
+            sq = max(16.0, 8 + 4 * np.sqrt(k))
+            bound = (sq if metric == "sqeuclidean" else max(8.0, sq / 2 + 1)) * eps
+        else:
+            sq = max(4.0, 2 + 0.5 * np.sqrt(k))
+            bound = (sq if metric == "sqeuclidean" else max(3.0, sq / 2 + 1)) * eps
+        rel = np.abs(got.astype(np.longdouble) - want) / np.maximum(want, np.finfo(dtype).tiny)
+        assert float(rel.max()) <= bound, (m, k, float(rel.max()) / eps)
+        assert got[0, 0] == 0
+        out = np.full((m, m + 3), -1.0, dtype)
+        assert fastlin.cdist(A, B, metric, out=out) is out
+        np.testing.assert_array_equal(out, got)
+
+
+def test_small_cdist_out_overlapping_an_input():
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((6, 6))
+    want = fastlin.cdist(A, A)
+    B = A.copy()
+    fastlin.cdist(B, B, out=B)            # out is both inputs
+    np.testing.assert_array_equal(B, want)
+    with pytest.raises(ValueError, match="out must have dtype"):
+        fastlin.cdist(A, A, out=np.empty((6, 6), np.float32))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        fastlin.cdist(A, A, out=np.empty((6, 6)).T)
 
 
 def test_small_cdist_leaves_inputs_alone_and_matches_scipy():
