@@ -370,6 +370,23 @@ def cdist_direct_small(const floating[:, ::1] A, const floating[:, ::1] BT,
                 j0 += TILE
 
 
+def pdist_direct_small(const floating[:, ::1] A, const floating[:, ::1] AT,
+                       floating[::1] out, int take_sqrt, double scale):
+    """out (m (m - 1) / 2,) = the pairs of rows of A by direct differences, as
+    pdist_tiles' AT path (the same row function: bitwise the same entries),
+    unweighted, on the calling thread.  AT = A transposed (k, m), k >= 1,
+    m >= 2 (checked by the caller)."""
+    cdef Py_ssize_t m = A.shape[0], k = A.shape[1], i, j0, base
+    with nogil:
+        for i in range(m - 1):
+            base = m * i - (i * (i + 1)) // 2       # the pair (i, i + 1)
+            j0 = i + 1
+            while j0 < m:
+                _direct_row(&out[base + j0 - i - 1], min(<Py_ssize_t>TILE, m - j0),
+                            &A[i, 0], &AT[0, j0], m, k, NULL, take_sqrt, scale, False)
+                j0 += TILE
+
+
 def pdist_tiles(const floating[:, ::1] A, const floating[:, ::1] A0,
                 const double[::1] na, floating[::1] out, floating[:, ::1] scratch,
                 double tau, int take_sqrt, double scale, int n_threads, bint stream,

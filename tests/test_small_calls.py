@@ -136,3 +136,55 @@ def test_mixed_and_integer_inputs_take_the_general_rules():
     np.testing.assert_array_equal(r, _general(A.astype(np.float64), B.astype(np.float64),
                                               "euclidean"))
     assert fastlin.cdist(B, B).dtype == np.float32
+
+
+def _general_pdist(X, metric):
+    from fastlin import _distance_api
+    keep = _distance_api._SMALL_CDIST
+    _distance_api._SMALL_CDIST = -1
+    try:
+        return fastlin.pdist(X, metric)
+    finally:
+        _distance_api._SMALL_CDIST = keep
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_small_pdist_is_bitwise_the_general_path(dtype, metric):
+    rng = np.random.default_rng(12)
+    big = 200 if dtype == np.float64 else 20
+    for trial in range(300):
+        m, n = rng.integers(2, 60), rng.integers(1, 17)
+        X = (rng.standard_normal((m, n)) * 10.0 ** rng.integers(-big, big)).astype(dtype)
+        if trial % 7 == 0:
+            X[0, 0] = np.nan
+        if trial % 11 == 0:
+            X[-1, -1] = -np.inf
+        if trial % 5 == 0:
+            X = X[::-1]
+        if trial % 13 == 0:
+            X[1] = X[0]
+        got = fastlin.pdist(X, metric)
+        want = _general_pdist(X, metric)
+        assert got.dtype == want.dtype == dtype
+        np.testing.assert_array_equal(got, want)
+    X = rng.standard_normal((300, 1)).astype(dtype)         # rows wider than a tile
+    np.testing.assert_array_equal(fastlin.pdist(X, metric), _general_pdist(X, metric))
+
+
+def test_small_pdist_more_columns_out_and_overlap():
+    from scipy.spatial.distance import pdist as scipy_pdist
+    rng = np.random.default_rng(13)
+    X = rng.standard_normal((40, 64))
+    got = fastlin.pdist(X)
+    np.testing.assert_allclose(got, scipy_pdist(X), rtol=1e-14, atol=0)
+    out = np.empty_like(got)
+    assert fastlin.pdist(X, out=out) is out
+    np.testing.assert_array_equal(out, got)
+    buf = np.zeros(max(X.size, got.size))
+    Xv = buf[:X.size].reshape(X.shape)
+    Xv[...] = X
+    fastlin.pdist(Xv, out=buf[:got.size])                  # out overlaps X
+    np.testing.assert_array_equal(buf[:got.size], got)
+    with pytest.raises(ValueError, match="out must have shape"):
+        fastlin.pdist(X, out=np.empty(got.size + 1))
