@@ -26,6 +26,7 @@ Every public function follows one path::
 * ``fastlin.reference`` holds a slow, obviously correct NumPy twin of every
   op and every backward; the tests judge the kernels against it and scipy.
 """
+from . import _omp_env  # noqa: F401  (first: before any module that loads OpenMP)
 from ._distance_api import (cdist, cdist_backward, pdist, pdist_backward,
                             squareform)
 from ._mahalanobis_api import mahalanobis, mahalanobis_backward
@@ -83,7 +84,7 @@ def show_config(file=None):
         f"  numpy         : {numpy.__version__}",
         f"  scipy         : {scipy.__version__}",
         f"  openmp        : {'on' if openmp_enabled() else 'OFF (single-threaded build)'}",
-        f"  threads       : {get_num_threads()}",
+        f"  threads       : {get_num_threads()} (OpenMP wait policy: {_omp_env.WAIT_POLICY})",
         f"  simd level    : {_simd.LEVEL} ({how})",
     ]
     for level in _simd.LEVELS:

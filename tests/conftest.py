@@ -71,6 +71,16 @@ def layout(request):
 
 
 @pytest.fixture(autouse=True)
+def _thread_small_work(monkeypatch):
+    """Thread the tests' inputs: the one-thread cut-off (about 100 us of work,
+    _threads.SMALL_WORK) would keep most of them on one thread, and the
+    thread-count invariance tests need teams.  A policy change only: the
+    results are the same for every thread count."""
+    from fastlin import _threads
+    monkeypatch.setattr(_threads, "SMALL_WORK", 1 << 15)
+
+
+@pytest.fixture(autouse=True)
 def _default_threads():
     """Leave the process-wide thread setting as each test found it (the default)."""
     yield
