@@ -406,6 +406,31 @@ _SMALL_METRICS = {"euclidean": 1, "sqeuclidean": 0}    # -> take_sqrt
 _FLOATS = (np.dtype(np.float64), np.dtype(np.float32))
 
 
+def _small_mode(arrays, metric, n, work):
+    """take_sqrt for the small paths (_cdist_small, _pdist_small): 2-d float
+    ndarrays of one dtype, a plain (sq)euclidean metric, 1 to _SMALL_MAX_K
+    columns, 1 to _SMALL_CDIST multiply-adds; None otherwise (the general
+    path then runs, and validates).  float64 roots are checked for squares
+    out of double's range, as _direct_sqrt asks for small inputs."""
+    take_sqrt = _SMALL_METRICS.get(metric) if type(metric) is str else None
+    dtype = arrays[0].dtype
+    if (take_sqrt is None or not 0 < n <= _SMALL_MAX_K or not 0 < work <= _SMALL_CDIST
+            or dtype not in _FLOATS or arrays[-1].dtype != dtype):   # (at most two)
+        return None
+    return 2 if take_sqrt and dtype == np.float64 else take_sqrt
+
+
+def _small_result(out, shape, arrays):
+    """The small paths' result (`out`, checked, or a new array) and their
+    inputs, copied where `out` overlaps them (rows are read while it is
+    written)."""
+    dtype = arrays[0].dtype
+    if out is None:
+        return np.empty(shape, dtype), arrays
+    _check_dist_out(out, shape, dtype)
+    return out, [X.copy() if np.may_share_memory(out, X) else X for X in arrays]
+
+
 def _cdist_small(XA, XB, metric, out):
     """cdist of two small float arrays of one dtype under a plain
     (sq)euclidean metric, with the least argument handling, every entry by
@@ -415,26 +440,13 @@ def _cdist_small(XA, XB, metric, out):
     entries the same way; with more, it would use a GEMM and recompute only
     the pairs the GEMM cannot get right, which costs more than the work here."""
     if (type(XA) is not np.ndarray or type(XB) is not np.ndarray
-            or XA.ndim != 2 or XB.ndim != 2 or XA.dtype != XB.dtype
-            or XA.dtype not in _FLOATS or type(metric) is not str):
+            or XA.ndim != 2 or XB.ndim != 2 or XA.shape[1] != XB.shape[1]):
         return None
-    take_sqrt = _SMALL_METRICS.get(metric)
-    mA, n = XA.shape
-    mB = XB.shape[0]
-    if (take_sqrt is None or n != XB.shape[1] or not 0 < n <= _SMALL_MAX_K
-            or mA == 0 or mB == 0 or mA * mB * n > _SMALL_CDIST):
+    (mA, n), mB = XA.shape, XB.shape[0]
+    take_sqrt = _small_mode((XA, XB), metric, n, mA * mB * n)
+    if take_sqrt is None:
         return None
-    if take_sqrt and XA.dtype == np.float64:
-        take_sqrt = 2           # roots checked for squares out of range (_direct_sqrt)
-    if out is None:
-        res = np.empty((mA, mB), XA.dtype)
-    else:
-        _check_dist_out(out, (mA, mB), XA.dtype)
-        res = out
-        if np.may_share_memory(out, XA):
-            XA = XA.copy()      # the rows are read while out is written
-        if np.may_share_memory(out, XB):
-            XB = XB.copy()
+    res, (XA, XB) = _small_result(out, (mA, mB), (XA, XB))
     _k.cdist_direct_small(np.ascontiguousarray(XA), np.ascontiguousarray(XB.T), res,
                           take_sqrt, 1.0)
     return res
@@ -443,24 +455,14 @@ def _cdist_small(XA, XB, metric, out):
 def _pdist_small(X, metric, out):
     """pdist's _cdist_small: every pair by direct differences on the calling
     thread, for a small float array under (sq)euclidean; None otherwise."""
-    if (type(X) is not np.ndarray or X.ndim != 2 or X.dtype not in _FLOATS
-            or type(metric) is not str):
+    if type(X) is not np.ndarray or X.ndim != 2:
         return None
-    take_sqrt = _SMALL_METRICS.get(metric)
     m, n = X.shape
     size = m * (m - 1) // 2
-    if (take_sqrt is None or not 0 < n <= _SMALL_MAX_K or size == 0
-            or size * n > _SMALL_CDIST):
+    take_sqrt = _small_mode((X,), metric, n, size * n)
+    if take_sqrt is None:
         return None
-    if take_sqrt and X.dtype == np.float64:
-        take_sqrt = 2
-    if out is None:
-        res = np.empty(size, X.dtype)
-    else:
-        _check_dist_out(out, (size,), X.dtype)
-        res = out
-        if np.may_share_memory(out, X):
-            X = X.copy()
+    res, (X,) = _small_result(out, (size,), (X,))
     _k.pdist_direct_small(np.ascontiguousarray(X), np.ascontiguousarray(X.T), res,
                           take_sqrt, 1.0)
     return res

@@ -1,4 +1,5 @@
 """Shared fixtures: a seeded generator and the memory layouts every op must accept."""
+import math
 import os
 import sys
 
@@ -48,6 +49,19 @@ def as_layout(a, name):
     r = a.copy()  # "readonly"
     r.flags.writeable = False
     return r
+
+
+def axes_tuple(axis, ndim):
+    """An op's `axis` argument (None, an int or a tuple) as non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    axis = axis if isinstance(axis, tuple) else (axis,)
+    return tuple(a % ndim for a in axis)
+
+
+def vector_len(shape, axis):
+    """How many elements one slice along `axis` holds."""
+    return math.prod(shape[a] for a in axes_tuple(axis, len(shape)))
 
 
 def pytest_report_header(config):

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 import fastlin
+from conftest import axes_tuple, vector_len
 from fastlin import reference as ref
 
 FLOATS = (np.float32, np.float64)
@@ -41,17 +42,6 @@ CASES = [
 ]
 
 
-def _axes(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    axis = axis if isinstance(axis, tuple) else (axis,)
-    return tuple(a % ndim for a in axis)
-
-
-def _vector_len(shape, axis):
-    return math.prod(shape[a] for a in _axes(axis, len(shape)))
-
-
 def _fwd_rtol(dtype, n):
     eps = np.finfo(dtype).eps
     return 2 * eps if dtype == np.float32 else (n / 2 + 4) * eps
@@ -65,7 +55,7 @@ def _bwd_atol(dtype, n):
 def _norm(a, axis):
     """Per-vector 2-norm in longdouble, broadcastable against `a`."""
     al = np.asarray(a, dtype=np.longdouble)
-    return np.sqrt(np.sum(al * al, axis=_axes(axis, al.ndim), keepdims=True))
+    return np.sqrt(np.sum(al * al, axis=axes_tuple(axis, al.ndim), keepdims=True))
 
 
 def assert_fwd_close(actual, expected, n):
@@ -77,7 +67,7 @@ def assert_fwd_close(actual, expected, n):
 def assert_bwd_close(actual, expected, grad, x, axis):
     """|actual - expected| <= tol * ||g|| / ||x||, per vector."""
     assert actual.dtype == expected.dtype
-    n = _vector_len(np.shape(x), axis)
+    n = vector_len(np.shape(x), axis)
     scale = _norm(grad, axis) / _norm(x, axis)
     err = np.abs(actual.astype(np.longdouble) - expected.astype(np.longdouble))
     bound = _bwd_atol(actual.dtype, n) * scale
@@ -97,7 +87,7 @@ def test_forward_matches_reference(rng, dtype, shape, axis):
     y = fastlin.normalize(x, axis=axis)
     assert y.shape == x.shape and y.dtype == dtype
     assert y.flags.c_contiguous
-    assert_fwd_close(y, ref.normalize(x, axis=axis), _vector_len(shape, axis))
+    assert_fwd_close(y, ref.normalize(x, axis=axis), vector_len(shape, axis))
 
 
 @pytest.mark.parametrize("dtype", FLOATS)
@@ -157,7 +147,7 @@ def test_forward_layouts(rng, layout, dtype, shape, axis):
     y = fastlin.normalize(layout(x), axis=axis)
     # inputs are copied to C order before the kernel sees them: same bits
     np.testing.assert_array_equal(y, fastlin.normalize(x, axis=axis))
-    assert_fwd_close(y, ref.normalize(x, axis=axis), _vector_len(shape, axis))
+    assert_fwd_close(y, ref.normalize(x, axis=axis), vector_len(shape, axis))
 
 
 # -------------------------------------------------------------------- out=

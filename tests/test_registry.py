@@ -66,7 +66,6 @@ nan gradients of an empty sum of pairs.
 """
 import gc
 import itertools
-import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -79,7 +78,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastlin
-from conftest import LAYOUTS, as_layout
+from conftest import LAYOUTS, as_layout, axes_tuple, vector_len
 from fastlin import reference as ref
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -255,17 +254,6 @@ def close(got, want, tol, what, dtype=None):
                              f"{err[i]:.3g} tol {t[i]:.3g}")
 
 
-def axes_tuple(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    axis = axis if isinstance(axis, tuple) else (axis,)
-    return tuple(a % ndim for a in axis)
-
-
-def vlen(shape, axis):
-    return math.prod(shape[a] for a in axes_tuple(axis, len(shape)))
-
-
 def shift(x, axis):
     """|x - m| with m the finite slice maximum (0 if none); 0 where not finite."""
     x = _f64(x)
@@ -296,7 +284,7 @@ def widen(a):
 def tol_normalize(got, want, args, kw):
     x = args[0]
     dt = np.asarray(got).dtype
-    n = vlen(x.shape, kw.get("axis", -1))
+    n = vector_len(x.shape, kw.get("axis", -1))
     r = 2 * eps(dt) if dt == F32 else (n / 2 + 4) * eps(dt)
     return r * np.abs(_f64(want)) + 2 * tiny(dt)
 
@@ -305,7 +293,7 @@ def tol_normalize_bwd(got, want, args, kw):
     g, x = args
     dt = np.asarray(got).dtype
     axis, e = kw.get("axis", -1), kw.get("eps", 1e-12)
-    n = vlen(x.shape, axis)
+    n = vector_len(x.shape, axis)
     c = 2 * eps(dt) if dt == F32 else (n + 4) * eps(dt)
     with np.errstate(all="ignore"):
         scale = lnorm(g, axis) / np.maximum(lnorm(x, axis), LD(e))

@@ -8,15 +8,20 @@ import pytest
 import fastlin
 
 
-def _general(A, B, metric):
-    """cdist through the general path (the short one switched off)."""
+def _general_path(f, *args):
+    """f(*args) (cdist or pdist) through the general path: the short one
+    switched off."""
     from fastlin import _distance_api
     keep = _distance_api._SMALL_CDIST
     _distance_api._SMALL_CDIST = -1
     try:
-        return fastlin.cdist(A, B, metric)
+        return f(*args)
     finally:
         _distance_api._SMALL_CDIST = keep
+
+
+def _general(A, B, metric):
+    return _general_path(fastlin.cdist, A, B, metric)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -139,13 +144,7 @@ def test_mixed_and_integer_inputs_take_the_general_rules():
 
 
 def _general_pdist(X, metric):
-    from fastlin import _distance_api
-    keep = _distance_api._SMALL_CDIST
-    _distance_api._SMALL_CDIST = -1
-    try:
-        return fastlin.pdist(X, metric)
-    finally:
-        _distance_api._SMALL_CDIST = keep
+    return _general_path(fastlin.pdist, X, metric)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

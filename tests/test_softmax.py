@@ -34,6 +34,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import fastlin
+from conftest import axes_tuple
 from fastlin import reference as ref
 
 F32, F64 = np.dtype(np.float32), np.dtype(np.float64)
@@ -52,13 +53,6 @@ def tiny(dt):
 def out_dtype(x):
     """The documented result dtype: float32 stays, everything else float64."""
     return F32 if np.asarray(x).dtype == F32 else F64
-
-
-def axes_tuple(axis, ndim):
-    if axis is None:
-        return tuple(range(ndim))
-    axis = axis if isinstance(axis, tuple) else (axis,)
-    return tuple(a % ndim for a in axis)
 
 
 def slice_max(x, axis):
