@@ -1,11 +1,13 @@
 """Public mahalanobis and mahalanobis_backward (one distribution, many points)."""
+import math
+
 import numpy as np
 from scipy.linalg import lapack, solve_triangular
 
 from . import _memory, _simd
 from ._common import store_out
 from ._threads import _for_macs, blas_single_thread
-from ._validation import as_array, dtype_eps, result_dtype, symmetric_part
+from ._validation import SYMMETRY_RTOL, as_array, dtype_eps, result_dtype, symmetric_part
 from ._validation import regularise_hint as _regularise
 
 _k = _simd.kernels("_mahalanobis")
@@ -165,6 +167,26 @@ def _factor(M, name, dtype=None):
     return c
 
 
+_SMALL_FACTOR_D = _k.SMALL_FACTOR_D
+_EPS = {np.dtype(t): dtype_eps(t) for t in (np.float16, np.float32, np.float64)}
+
+
+def _factor_small(M, kind):
+    """_factor's result for a small, finite, symmetric cov or VI that is
+    positive definite (and, for cov, not singular to working precision),
+    checked and factored in one C call (_mahalanobis.small_factor): a tiny
+    call's Python and LAPACK overhead would outweigh its kernel.  None for
+    anything else, which the general path then handles or refuses with its
+    detailed message."""
+    eps = _EPS.get(M.dtype, _EPS[np.dtype(np.float64)])
+    L = np.empty(M.shape)
+    status, t = _k.small_factor(np.ascontiguousarray(M, dtype=np.float64), L,
+                                max(SYMMETRY_RTOL, 64 * eps), kind == "cov")
+    if status or (kind == "cov" and not t > SINGULAR_COV_EPS * eps):
+        return None
+    return L
+
+
 def _setup(X, mean, cov, VI, cholesky):
     X = as_array(X, "X")
     mean = as_array(mean, "mean")
@@ -186,6 +208,10 @@ def _setup(X, mean, cov, VI, cholesky):
     if M.shape != (d, d):
         raise ValueError(f"{kind} must have shape ({d}, {d}) for points of dimension {d}, "
                          f"got {M.shape}")
+    if kind != "cholesky" and 0 < d <= _SMALL_FACTOR_D:
+        L = _factor_small(M, kind)
+        if L is not None:
+            return X, mean, kind, np.ascontiguousarray(L, dtype=dtype), dtype, d
     if not np.all(np.isfinite(M)):
         raise ValueError(f"{kind} must be finite (it holds nan or inf)")
     if kind == "cholesky":
@@ -265,7 +291,7 @@ def mahalanobis(X, mean, cov=None, *, VI=None, cholesky=None, squared=False):
     """
     X, mean, kind, L, dtype, d = _setup(X, mean, cov, VI, cholesky)
     lead = X.shape[:-1]
-    n = int(np.prod(lead, dtype=np.int64))
+    n = math.prod(lead)
     Xr = np.ascontiguousarray(X, dtype=dtype).reshape(n, d)
     # a recycled block when large (_memory): no page faults on a fresh 8 MB
     # result, 3-5% of a memory-bound call at one thread
@@ -322,7 +348,7 @@ def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squ
 def _mahalanobis_backward(grad, X, mean, cov, VI, cholesky, squared):
     X, mean, kind, L, dtype, d = _setup(X, mean, cov, VI, cholesky)
     lead = X.shape[:-1]
-    n = int(np.prod(lead, dtype=np.int64))
+    n = math.prod(lead)
     g = as_array(grad, "grad")
     if g.shape != lead:
         raise ValueError(f"grad must have the shape of the distances {lead}, got {g.shape}")

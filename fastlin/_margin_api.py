@@ -1,4 +1,5 @@
 """Public max_margin_loss and max_margin_loss_backward."""
+import math
 import numbers
 
 import numpy as np
@@ -34,7 +35,7 @@ def _setup(pos, neg, margin, reduction):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction must be one of 'sum', 'mean', 'none', got {reduction!r}")
     dtype = result_dtype((pos, "pos"), (neg, "neg"))
-    rows = int(np.prod(lead, dtype=np.int64))
+    rows = math.prod(lead)
     n = neg.shape[-1]
     p = np.ascontiguousarray(pos, dtype=dtype).reshape(rows)
     q = np.ascontiguousarray(neg, dtype=dtype).reshape(rows, n)

@@ -21,6 +21,9 @@ def result_dtype(*arrays_and_names):
     float32.  Complex, object, string and other dtypes raise TypeError, as
     does longdouble (computing it in float64 would silently lose digits).
     """
+    first = arrays_and_names[0][0].dtype
+    if first in _FLOATS and all(a.dtype == first for a, _ in arrays_and_names):
+        return first        # the common case, without result_type's cost
     dts = []
     for a, name in arrays_and_names:
         dt = a.dtype

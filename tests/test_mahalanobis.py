@@ -565,6 +565,47 @@ def test_singular_cov_that_factors_is_rejected(dtype, d):
         assert np.isfinite(fastlin.mahalanobis(x, mu, ridged))
 
 
+@pytest.mark.parametrize("d", [1, 2, 7, 32])
+@pytest.mark.parametrize("cond", [1.0, 1e4, 1e10])
+def test_small_factor_matches_lapack(rng, d, cond):
+    """Up to dimension 32 the matrix is checked and factored in one C call
+    (small calls); its factor must be LAPACK's to the Cholesky error bound
+    (|dL| <= d eps kappa(L) |L| entrywise, generously), and its singularity
+    measure t = 1 / trace(R^-1) NumPy's from an explicit inverse."""
+    from scipy.linalg import cholesky
+    from fastlin import _mahalanobis_api as api
+    C = spd(rng, d, cond)["cov"]
+    for kind in ("cov", "VI"):
+        L = api._factor_small(C, kind)
+        assert L is not None
+        want = cholesky((C + C.T) / 2, lower=True)
+        tol = 8 * d * EPS64 * np.sqrt(cond) * np.abs(want).max()
+        np.testing.assert_allclose(L, want, rtol=0, atol=tol)
+        assert np.all(np.triu(L, 1) == 0)
+    s = 1 / np.sqrt(np.diag(C))
+    R = C * s[:, None] * s[None, :]
+    t_want = 1 / np.trace(np.linalg.inv(R))
+    M = np.ascontiguousarray(C)
+    status, t = api._k.small_factor(M, np.empty_like(M), 1e-6, True)
+    assert status == 0
+    assert t == pytest.approx(t_want, rel=64 * d * EPS64 * cond)
+
+
+def test_small_factor_sends_the_rest_to_the_general_path():
+    """Non-finite, asymmetric and indefinite matrices, and d above 32, are
+    left to the general path (which names the problem); the public errors
+    are covered by the tests above and below for d on both sides."""
+    from fastlin import _mahalanobis_api as api
+    ok = np.eye(3)
+    assert api._factor_small(ok, "cov") is not None
+    for bad in (np.diag([1.0, np.nan, 1.0]), np.array([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]]),
+                np.diag([1.0, -1.0, 1.0]), np.diag([1.0, 0.0, 1.0])):
+        assert api._factor_small(bad, "cov") is None
+        assert api._factor_small(bad, "VI") is None
+    with pytest.raises(ValueError, match="at most 32"):
+        api._k.small_factor(np.eye(33), np.empty((33, 33)), 1e-6, True)
+
+
 def test_singularity_check_ignores_the_scales_of_the_variables():
     """The check compares each pivot with its own variable's variance, not
     the largest: variables in very different units are not singular."""
