@@ -49,8 +49,49 @@ def scalar_if_0d(r):
     return r[()] if isinstance(r, np.ndarray) and r.ndim == 0 else r
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _rows(arrays, axis):
+    """(outer, n) when every array is a C-contiguous, non-empty float32 or
+    float64 ndarray of the first one's dtype and shape and `axis` (an int or
+    None) reduces its last axis or all of it (a free reshape, to
+    (outer, n, 1)); None otherwise, for the general path (Plan).  Small
+    calls spend more in Plan's generality than in the kernel."""
+    x = arrays[0]
+    if type(x) is not np.ndarray:
+        return None
+    dt, shape = x.dtype, x.shape
+    for a in arrays:
+        if (type(a) is not np.ndarray or a.dtype != dt
+                or a.shape != shape or not a.flags.c_contiguous):
+            return None
+    if dt not in _FLOATS or not x.size:
+        return None
+    nd = len(shape)
+    if axis is None:
+        return (1, x.size) if nd else None
+    if type(axis) is not int or nd == 0 or axis not in (-1, nd - 1):
+        return None
+    return x.size // shape[-1], shape[-1]
+
+
+def _run_rows(kernel, arrays, rows, extra):
+    """The kernel on the (outer, n, 1) views, into a new array of their shape."""
+    outer, n = rows
+    x = arrays[0]
+    res = _memory.empty(x.shape, x.dtype)[0]
+    kernel(*[a.reshape(outer, n, 1) for a in arrays], res.reshape(outer, n, 1), *extra,
+           _for_work(x.size))
+    return res
+
+
 def forward_same_shape(kernel, x, axis, out, *extra):
     """A forward op whose output has the shape of `x`: validate, run, return."""
+    if out is None:
+        rows = _rows((x,), axis)
+        if rows is not None:
+            return _run_rows(kernel, (x,), rows, extra)
     x = as_array(x, "x")
     dtype = result_dtype((x, "x"))
     plan = Plan(x.shape, normalize_axes(axis, x.ndim))
@@ -61,6 +102,10 @@ def forward_same_shape(kernel, x, axis, out, *extra):
 def backward_same_shape(kernel, grad, saved, saved_name, axis, *extra, out=None):
     """A backward op taking (grad, saved forward array) of one shape; `out`
     as the forwards' (run_same_shape)."""
+    if out is None:
+        rows = _rows((saved, grad), axis)
+        if rows is not None:
+            return _run_rows(kernel, (grad, saved), rows, extra)
     grad = as_array(grad, "grad")
     saved = as_array(saved, saved_name)
     check_same_shape(grad, saved, "grad", saved_name)

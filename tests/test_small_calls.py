@@ -187,3 +187,37 @@ def test_small_pdist_more_columns_out_and_overlap():
     np.testing.assert_array_equal(buf[:got.size], got)
     with pytest.raises(ValueError, match="out must have shape"):
         fastlin.pdist(X, out=np.empty(got.size + 1))
+
+
+_ROW_OPS = [
+    ("softmax", lambda x, ax, **k: fastlin.softmax(x, axis=ax, **k)),
+    ("log_softmax", lambda x, ax, **k: fastlin.log_softmax(x, axis=ax, **k)),
+    ("normalize", lambda x, ax, **k: fastlin.normalize(x, axis=ax, **k)),
+    ("softmax_backward", lambda x, ax, **k: fastlin.softmax_backward(
+        x[::-1].copy(), fastlin.softmax(x, axis=ax), axis=ax, **k)),
+    ("log_softmax_backward", lambda x, ax, **k: fastlin.log_softmax_backward(
+        x[::-1].copy(), fastlin.log_softmax(x, axis=ax), axis=ax, **k)),
+    ("normalize_backward", lambda x, ax, **k: fastlin.normalize_backward(
+        x[::-1].copy(), x, axis=ax, **k)),
+]
+
+
+@pytest.mark.parametrize("name, op", _ROW_OPS, ids=[n for n, _ in _ROW_OPS])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape, axis", [((7,), None), ((7,), -1), ((3, 5), -1), ((3, 5), 1),
+                                         ((2, 3, 4), -1), ((2, 3, 4), None), ((1, 1), -1)])
+def test_row_ops_short_path_is_bitwise_the_general_path(name, op, dtype, shape, axis):
+    """C-contiguous float arrays reduced over their last axis (or all of it)
+    skip the general axis handling (_common._rows); `out=` always takes the
+    general path: both must give the same bits (the twins judge the values,
+    in test_softmax / test_normalize / test_registry, through the short path)."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    x[(0,) * x.ndim] = 40          # one large entry: exp's range matters
+    fast = op(x, axis)
+    general = op(x, axis, out=np.empty(shape, dtype))
+    assert fast.dtype == dtype and fast.shape == shape
+    np.testing.assert_array_equal(fast.view(np.uint8), general.view(np.uint8))
+    # and another layout (a Fortran copy: the general path) agrees bitwise too
+    if x.ndim == 2:
+        np.testing.assert_array_equal(op(np.asfortranarray(x), axis), fast)
