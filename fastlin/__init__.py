@@ -33,6 +33,8 @@ from ._mahalanobis_api import mahalanobis, mahalanobis_backward
 from ._margin_api import max_margin_loss, max_margin_loss_backward
 from ._memory import get_memory_cache, set_memory_cache
 from ._normalize_api import normalize, normalize_backward
+from ._pairwise_api import (cdist_logsumexp, cdist_logsumexp_backward, cdist_topk,
+                            cdist_topk_backward)
 from ._softmax_api import (log_softmax, log_softmax_backward, logsumexp,
                            logsumexp_backward, softmax, softmax_backward)
 from ._threads import get_num_threads, set_num_threads, threads
@@ -44,6 +46,7 @@ __all__ = [
     "softmax", "log_softmax", "logsumexp",
     "softmax_backward", "log_softmax_backward", "logsumexp_backward",
     "cdist", "pdist", "squareform", "cdist_backward", "pdist_backward",
+    "cdist_topk", "cdist_topk_backward", "cdist_logsumexp", "cdist_logsumexp_backward",
     "max_margin_loss", "max_margin_loss_backward",
     "mahalanobis", "mahalanobis_backward",
     "get_num_threads", "set_num_threads", "threads", "show_config",

@@ -29,6 +29,8 @@ ctypedef fused share_t:
     float
     double
 from cython.parallel cimport prange, threadid
+from libc.math cimport INFINITY, NAN, exp, log
+from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 from fastlin._blas cimport (FL_GEMM_KC, FL_GEMM_MR, FL_GEMM_NR_D, FL_GEMM_NR_F, fl_gemm_ok,
@@ -97,6 +99,13 @@ cdef extern from "fl_distance.h" nogil:
     void fl_bwd_given_exact_row_f(const float *g, const float *d, const float *w,
                                   Py_ssize_t j0, Py_ssize_t j1, const float *a0,
                                   const float *b0, Py_ssize_t k, double *ta, double *tb)
+
+
+cdef extern from "fl_pairwise.h" nogil:
+    void lse_fold_d(const double *d, Py_ssize_t n, const double *b, double scale,
+                    double *m, double *s)
+    void lse_fold_f(const float *d, Py_ssize_t n, const float *b, float scale,
+                    double *m, double *s)
 
 
 cdef inline Py_ssize_t _epilogue_row(floating *dst, const floating *c, Py_ssize_t tn,
@@ -266,6 +275,31 @@ def sqnorms(const floating[:, ::1] X, double[::1] out, int n_threads):
             out[i] = fl_sqnorm_f(&X[i, 0], k)
 
 
+cdef Py_ssize_t _cdist_tile_m(Py_ssize_t mA, Py_ssize_t mB, bint packed,
+                              Py_ssize_t itemsize) noexcept nogil:
+    """The rows of cdist's tiles (each TILE columns wide) for an mA x mB
+    output: a function of the shapes only, never of the thread count, and
+    shared by every sweep that must reproduce cdist's entries bit for bit
+    (cdist_reduce: a GEMM under BLAS may round an entry by the shape of its
+    call).
+
+    Row blocks of up to FL_DIST_TILE_BYTES tiles (512 x 256 float64,
+    1024 x 256 float32): fewer GEMM calls and packings of B, measured 3-5%
+    faster than 256 x 256 at 4096 x 64; up to TILE rows when that would
+    leave fewer than 32 tiles to share out."""
+    cdef Py_ssize_t TM = FL_DIST_TILE_BYTES // (TILE * itemsize)
+    cdef Py_ssize_t step = FL_GEMM_MR if packed else 8
+    cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t ntm
+    if ((mA + TM - 1) // TM) * ntn < 32:
+        TM = TILE
+    # then the rows are split evenly (in whole panels): a last row block of a
+    # few rows would leave one thread short of work
+    TM = TM // step * step
+    ntm = (mA + TM - 1) // TM
+    return ((mA + ntm - 1) // ntm + step - 1) // step * step     # <= the TM above
+
+
 def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
                 const floating[:, ::1] A0, const floating[:, ::1] B0,
                 const double[::1] na, const double[::1] nb,
@@ -292,22 +326,9 @@ def cdist_tiles(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
     cdef Py_ssize_t mpad = (mA + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
     cdef Py_ssize_t npad = (mB + NR - 1) // NR * NR
-    # Row blocks of up to FL_DIST_TILE_BYTES tiles (512 x 256 float64,
-    # 1024 x 256 float32): fewer GEMM calls and packings of B, measured 3-5%
-    # faster than 256 x 256 at 4096 x 64; up to TILE rows when that would
-    # leave fewer than 32 tiles to share out.  A function of the shapes only,
-    # never of the thread count.
-    cdef Py_ssize_t TM = FL_DIST_TILE_BYTES // (TILE * sizeof(floating))
-    cdef Py_ssize_t step = FL_GEMM_MR if packed else 8
+    cdef Py_ssize_t TM = _cdist_tile_m(mA, mB, packed, sizeof(floating))
     cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
-    if ((mA + TM - 1) // TM) * ntn < 32:
-        TM = TILE
-    # then the rows are split evenly (in whole panels): a last row block of a
-    # few rows would leave one thread short of work
-    TM = TM // step * step
     cdef Py_ssize_t ntm = (mA + TM - 1) // TM
-    TM = ((mA + ntm - 1) // ntm + step - 1) // step * step     # <= the TM above
-    ntm = (mA + TM - 1) // TM
     if BT is None and scratch.shape[1] < min(TM, mA) * min(TILE, mB):
         raise ValueError("scratch too small for the tiles")
     cdef Py_ssize_t t, i0, j0, tm, tn, i
@@ -970,3 +991,234 @@ def square_to_condensed(const floating[:, ::1] M, floating[::1] v, int n_threads
         base = m * i - (i * (i + 1)) // 2
         for j in range(i + 1, m):
             v[base + j - i - 1] = M[i, j]
+
+
+# ---------------------------------------------------------------------------
+# Pairwise reductions: cdist's tiles folded row by row into the k nearest
+# (cdist_topk) or a log-sum-exp (cdist_logsumexp), never stored whole.
+
+cdef inline bint _after(floating va, int64_t ia, floating vb, int64_t ib) noexcept nogil:
+    """Whether (va, ia) sorts after (vb, ib): by value, NaN last (as
+    np.sort), ties and NaNs by index."""
+    if va != va:
+        return vb == vb or ia > ib
+    if vb != vb:
+        return False
+    return va > vb or (va == vb and ia > ib)
+
+
+cdef inline void _sift_down(floating *hv, int64_t *hi, Py_ssize_t q,
+                            Py_ssize_t n) noexcept nogil:
+    """Restore the heap below q (the root sorts after its children: the
+    worst entry kept is at 0)."""
+    cdef floating v = hv[q]
+    cdef int64_t j = hi[q]
+    cdef Py_ssize_t c
+    while True:
+        c = 2 * q + 1
+        if c >= n:
+            break
+        if c + 1 < n and _after(hv[c + 1], hi[c + 1], hv[c], hi[c]):
+            c += 1
+        if not _after(hv[c], hi[c], v, j):
+            break
+        hv[q] = hv[c]
+        hi[q] = hi[c]
+        q = c
+    hv[q] = v
+    hi[q] = j
+
+
+cdef inline void _offer(floating *hv, int64_t *hi, Py_ssize_t k, floating v,
+                        int64_t j) noexcept nogil:
+    """Keep (v, j) among the k best if it sorts before the worst kept."""
+    if _after(hv[0], hi[0], v, j):
+        hv[0] = v
+        hi[0] = j
+        _sift_down(hv, hi, 0, k)
+
+
+cdef inline void _topk_row(const floating *row, Py_ssize_t tn, Py_ssize_t j0,
+                           floating *hv, int64_t *hi, Py_ssize_t k,
+                           bint largest) noexcept nogil:
+    """Offer the tile row's entries (columns j0, j0 + 1, ...) to the row's
+    heap; keys are the distances, negated for the largest.  Within a sweep
+    the columns come in increasing order, so an entry equal to the worst kept
+    never enters: the cheap test `v < top` (or a NaN top) lets through every
+    entry that can."""
+    cdef floating top = hv[0], v
+    cdef Py_ssize_t j
+    for j in range(tn):
+        v = -row[j] if largest else row[j]
+        if v < top or top != top:
+            _offer(hv, hi, k, v, j0 + j)
+            top = hv[0]
+
+
+cdef inline void _heap_sort(floating *hv, int64_t *hi, Py_ssize_t k) noexcept nogil:
+    """A heap of k entries into ascending order (best first)."""
+    cdef Py_ssize_t end
+    cdef floating v
+    cdef int64_t j
+    for end in range(k - 1, 0, -1):
+        v = hv[0]
+        hv[0] = hv[end]
+        hv[end] = v
+        j = hi[0]
+        hi[0] = hi[end]
+        hi[end] = j
+        _sift_down(hv, hi, 0, end)
+
+
+def reduce_groups(Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t per_row, bint packed,
+                  bint is_double):
+    """How many groups of column tiles cdist_reduce splits each row block's
+    sweep into: enough work items (row blocks x groups) for 64 threads, at
+    most one group per tile, and at most 2^22 entries of per-group state
+    (per_row entries a row: k for the k nearest, 1 for the log-sum-exp).  A
+    function of the shapes only: the log-sum-exp's groups are combined in
+    their order, so the result must not depend on the thread count."""
+    cdef Py_ssize_t TM = _cdist_tile_m(mA, mB, packed, 8 if is_double else 4)
+    cdef Py_ssize_t ntm = (mA + TM - 1) // TM, ntn = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t g = (64 + ntm - 1) // ntm
+    g = min(g, ntn, max(1, (1 << 22) // max(1, mA * per_row)))
+    return max(g, 1)
+
+
+def cdist_reduce(const floating[:, ::1] A, const floating[:, ::1] B,
+                 const floating[:, ::1] A0, const floating[:, ::1] B0,
+                 const double[::1] na, const double[::1] nb,
+                 floating[:, ::1] scratch, floating[:, ::1] rowbuf, double tau,
+                 int take_sqrt, double scale, int n_threads, Py_ssize_t ngroups,
+                 floating[:, :, ::1] kv=None, int64_t[:, :, ::1] ki=None,
+                 bint largest=False, floating[:, ::1] dist_out=None,
+                 int64_t[:, ::1] idx_out=None,
+                 double[:, ::1] lm=None, double[:, ::1] ls=None,
+                 const floating[::1] bw=None, double lscale=0.0,
+                 floating[::1] lse_out=None,
+                 const double[::1] wv=None, const floating[:, ::1] BT=None,
+                 const double[:, ::1] Lm=None, floating[::1] Ap=None,
+                 floating[::1] Bp=None):
+    """cdist_tiles' sweep (the same tiles, operands and epilogue: the same
+    entries, bit for bit), each tile row reduced as it is made instead of
+    stored.  Work items are (row block, group of column tiles), ngroups
+    (reduce_groups) groups per row block; each keeps its own state per row,
+    combined once the sweep is done.  rowbuf: (n_threads, >= min(TILE, mB)).
+
+    k nearest (kv given): kv, ki (ngroups, mA, k) hold each group's heap per
+    row, filled by the caller with (NaN, INT64_MAX), which every entry beats;
+    the merged, sorted result goes to dist_out, idx_out (mA, k).  largest:
+    the k farthest (keys negated; NaN still last).
+
+    log-sum-exp (lm given): lm, ls (ngroups, mA) each group's shift and sum
+    (fl_pairwise_tpl.h lse_fold), filled by the caller with -inf and 0; bw
+    the weights b (or None), lscale the factor of the distances; the result
+    log(sum_j b_j exp(lscale D_ij)) goes to lse_out (mA,)."""
+    cdef Py_ssize_t mA = A.shape[0], mB = B.shape[0], k = A.shape[1]
+    if mA == 0 or mB == 0:
+        return
+    cdef bint topk = kv is not None
+    cdef Py_ssize_t kk = kv.shape[2] if topk else 0
+    if topk and (ki is None or dist_out is None or idx_out is None
+                 or kv.shape[0] < ngroups or kv.shape[1] < mA or kk < 1
+                 or ki.shape[0] != kv.shape[0] or ki.shape[1] != kv.shape[1]
+                 or ki.shape[2] != kk or dist_out.shape[0] < mA or dist_out.shape[1] != kk
+                 or idx_out.shape[0] < mA or idx_out.shape[1] != kk):
+        raise ValueError("cdist_reduce: inconsistent k-nearest state or outputs")
+    if not topk and (lm is None or ls is None or lse_out is None or lm.shape[0] < ngroups
+                     or ls.shape[0] < ngroups or lm.shape[1] < mA or ls.shape[1] < mA
+                     or lse_out.shape[0] < mA or (bw is not None and bw.shape[0] < mB)):
+        raise ValueError("cdist_reduce: inconsistent log-sum-exp state or outputs")
+    if ngroups < 1 or rowbuf.shape[1] < min(<Py_ssize_t>TILE, mB):
+        raise ValueError("cdist_reduce: bad groups or row buffer")
+    cdef bint packed = _use_panels(Ap, Bp, mA, mB, k, floating is double)
+    cdef Py_ssize_t NR = FL_GEMM_NR_D if floating is double else FL_GEMM_NR_F
+    cdef Py_ssize_t mpad = (mA + FL_GEMM_MR - 1) // FL_GEMM_MR * FL_GEMM_MR
+    cdef Py_ssize_t npad = (mB + NR - 1) // NR * NR
+    cdef Py_ssize_t TM = _cdist_tile_m(mA, mB, packed, sizeof(floating))
+    cdef Py_ssize_t ntn = (mB + TILE - 1) // TILE
+    cdef Py_ssize_t ntm = (mA + TM - 1) // TM
+    cdef bint direct = BT is not None
+    if not direct and scratch.shape[1] < min(TM, mA) * min(TILE, mB):
+        raise ValueError("scratch too small for the tiles")
+    cdef Py_ssize_t it, r, g, i0, j0, tm, tn, i, tj, ta, tb, tid, q
+    cdef floating *c
+    cdef floating *buf
+    cdef const floating *pa = &A[0, 0]
+    cdef const floating *pb = &B[0, 0]
+    cdef const floating *pa0 = &A0[0, 0]
+    cdef const floating *pb0 = &B0[0, 0]
+    cdef const floating *pbt = &BT[0, 0] if direct else NULL
+    cdef const double *pw = &wv[0] if wv is not None else NULL
+    cdef const double *pL = &Lm[0, 0] if Lm is not None else NULL
+    cdef const floating *pbw = &bw[0] if bw is not None else NULL
+    cdef floating *pAp = &Ap[0] if packed else NULL
+    cdef floating *pBp = &Bp[0] if packed else NULL
+    cdef floating *hv
+    cdef int64_t *hi
+    cdef double M, S, mg
+    cdef floating v
+    if not direct:
+        with nogil:
+            _tiles_prologue(packed, pa, mA, pb, mB, k, pAp, pBp, &scratch[0, 0],
+                            scratch.shape[0] * scratch.shape[1], n_threads)
+    for it in prange(ntm * ngroups, nogil=True, schedule='dynamic', num_threads=n_threads):
+        r = it // ngroups
+        g = it % ngroups
+        i0 = r * TM
+        tm = min(TM, mA - i0)
+        ta = g * ntn // ngroups
+        tb = (g + 1) * ntn // ngroups
+        tid = threadid()
+        buf = &rowbuf[tid, 0]
+        c = &scratch[tid, 0] if not direct else NULL
+        for tj in range(ta, tb):
+            j0 = tj * TILE
+            tn = min(TILE, mB - j0)
+            if not direct:
+                _tile_cross(packed, tm, tn, k, i0, j0, pa, pb, pAp, mpad, pBp, npad, c)
+            for i in range(tm):
+                if direct:
+                    _direct_row(buf, tn, pa0 + (i0 + i) * k, pbt + j0, mB, k, pw,
+                                take_sqrt, scale, False)
+                else:
+                    _epilogue_row(buf, c + i * tn, tn, na[i0 + i], &nb[j0],
+                                  pa0 + (i0 + i) * k, pb0 + j0 * k, k, pw, pL, tau,
+                                  take_sqrt, scale, False)
+                    if not packed:
+                        memset(c + i * tn, 0, tn * sizeof(floating))
+                if topk:
+                    _topk_row(buf, tn, j0, &kv[g, i0 + i, 0], &ki[g, i0 + i, 0], kk, largest)
+                elif floating is double:
+                    lse_fold_d(buf, tn, (pbw + j0) if pbw != NULL else NULL, lscale,
+                               &lm[g, i0 + i], &ls[g, i0 + i])
+                else:
+                    lse_fold_f(buf, tn, (pbw + j0) if pbw != NULL else NULL, <float>lscale,
+                               &lm[g, i0 + i], &ls[g, i0 + i])
+    # combine the groups, row by row, in group order
+    for i in prange(mA, nogil=True, schedule='static', num_threads=n_threads):
+        if topk:
+            hv = &kv[0, i, 0]
+            hi = &ki[0, i, 0]
+            for g in range(1, ngroups):
+                for q in range(kk):
+                    _offer(hv, hi, kk, kv[g, i, q], ki[g, i, q])
+            _heap_sort(hv, hi, kk)
+            for q in range(kk):
+                dist_out[i, q] = -hv[q] if largest else hv[q]
+                idx_out[i, q] = hi[q]
+        else:
+            M = -INFINITY
+            for g in range(ngroups):
+                mg = lm[g, i]
+                if mg != mg or M != M:
+                    M = NAN
+                elif mg > M:
+                    M = mg
+            if M != M or M == INFINITY or M == -INFINITY:
+                lse_out[i] = <floating>M
+            else:
+                S = 0.0
+                for g in range(ngroups):
+                    S = S + ls[g, i] * exp(lm[g, i] - M)
+                lse_out[i] = <floating>(M + log(S))

@@ -431,6 +431,16 @@ def _small_result(out, shape, arrays):
     return out, [X.copy() if np.may_share_memory(out, X) else X for X in arrays]
 
 
+def _cdist_small_mode(XA, XB, metric):
+    """_small_mode for cdist's raw arguments (w and VI not given): the
+    take_sqrt of the short path when cdist takes it, else None."""
+    if (type(XA) is not np.ndarray or type(XB) is not np.ndarray
+            or XA.ndim != 2 or XB.ndim != 2 or XA.shape[1] != XB.shape[1]):
+        return None
+    (mA, n), mB = XA.shape, XB.shape[0]
+    return _small_mode((XA, XB), metric, n, mA * mB * n)
+
+
 def _cdist_small(XA, XB, metric, out):
     """cdist of two small float arrays of one dtype under a plain
     (sq)euclidean metric, with the least argument handling, every entry by
@@ -439,14 +449,10 @@ def _cdist_small(XA, XB, metric, out):
     runs, and validates.  With few columns the general path computes the same
     entries the same way; with more, it would use a GEMM and recompute only
     the pairs the GEMM cannot get right, which costs more than the work here."""
-    if (type(XA) is not np.ndarray or type(XB) is not np.ndarray
-            or XA.ndim != 2 or XB.ndim != 2 or XA.shape[1] != XB.shape[1]):
-        return None
-    (mA, n), mB = XA.shape, XB.shape[0]
-    take_sqrt = _small_mode((XA, XB), metric, n, mA * mB * n)
+    take_sqrt = _cdist_small_mode(XA, XB, metric)
     if take_sqrt is None:
         return None
-    res, (XA, XB) = _small_result(out, (mA, mB), (XA, XB))
+    res, (XA, XB) = _small_result(out, XA.shape[:1] + XB.shape[:1], (XA, XB))
     _k.cdist_direct_small(np.ascontiguousarray(XA), np.ascontiguousarray(XB.T), res,
                           take_sqrt, 1.0)
     return res

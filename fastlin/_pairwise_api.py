@@ -1,0 +1,296 @@
+"""Pairwise reductions that never build the distance matrix: the k nearest
+(cdist_topk) and the soft-min (cdist_logsumexp), with their backward passes.
+
+The forwards sweep cdist's own tiles (the same operands, GEMM calls and
+epilogue, _distance.cdist_reduce) and fold each tile row into per-row state
+as it is made: a heap of the k best, or a running (shift, sum) of the
+log-sum-exp.  The backward passes work on bands of rows of bounded size.
+"""
+import math
+import numbers
+import operator
+
+import numpy as np
+
+from . import _simd
+from ._common import store_out
+from ._distance_api import (TAU, _cdist_small_mode, _check_extra_args, _default_vi,
+                            _direct_sqrt, _exact_marked, _gemm_operands, _kernel_params,
+                            _Operands, _pair, _panels, _precision_factor, _scratch,
+                            _uses_blas, _weights, cdist, cdist_backward)
+from ._softmax_api import logsumexp
+from ._threads import _for_macs, blas_single_thread
+from ._validation import as_array, real_array, symmetric_part
+
+_k = _simd.kernels("_distance")
+
+__all__ = ["cdist_topk", "cdist_topk_backward", "cdist_logsumexp",
+           "cdist_logsumexp_backward"]
+
+_NO_INDEX = np.iinfo(np.int64).max
+# Entries of per-group reduction state (the k-nearest heaps of every row, in
+# each group of column tiles) at most: 2^21 entries, 32 MiB with indices.
+_STATE_ENTRIES = 1 << 21
+# The backward passes hold bands of rows of the (rows, mB) weights: about
+# this many entries each (8 MiB of float64).
+_BAND_ENTRIES = 1 << 20
+
+
+def _check_k(k, mB):
+    if isinstance(k, (bool, np.bool_)):
+        raise TypeError(f"k must be an integer, got {k!r}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"k must be an integer, got {type(k).__name__} {k!r}") from None
+    if not 0 <= k <= mB:
+        raise ValueError(f"k must satisfy 0 <= k <= {mB} (the number of rows of XB), "
+                         f"got {k}")
+    return k
+
+
+def _check_scale(scale):
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a real number, got {scale!r}")
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale!r}")
+    return scale
+
+
+def _check_b(b, mB, dtype):
+    """b as a contiguous (mB,) array of dtype, finite and non-negative; None
+    stays None (every weight 1)."""
+    if b is None:
+        return None
+    b = real_array(b, "b")
+    if b.shape != (mB,):
+        raise ValueError(f"b must have shape ({mB},) (one weight per row of XB), "
+                         f"got {b.shape}")
+    bd = np.asarray(b, dtype=np.float64)
+    if not np.all(np.isfinite(bd)):
+        raise ValueError("b must be finite")
+    if np.any(bd < 0):
+        raise ValueError(f"b must be non-negative, got a minimum of {bd.min():.6g}")
+    return np.ascontiguousarray(b, dtype=dtype)
+
+
+class _Pairs:
+    """cdist's validation of (XA, XB, metric, w, VI), kept for the sweep."""
+
+    def __init__(self, XA0, XB0, metric, w, VI):
+        self.small = (_cdist_small_mode(XA0, XB0, metric)
+                      if w is None and VI is None else None)
+        XA, XB, self.metric, self.dtype = _pair(XA0, XB0, metric)
+        self.XA, self.XB = XA, XB
+        self.mA, self.mB, self.n = XA.shape[0], XB.shape[0], XA.shape[1]
+        _check_extra_args(self.metric, w, VI)
+        self.sw = _weights(w, self.n, self.dtype)
+        self.VI = VI
+
+    def sweep(self, per_row, state):
+        """Run _distance.cdist_reduce over cdist's own tiles (mA, mB, n > 0):
+        ``state(ngroups)`` gives the mode's state and output arguments."""
+        if self.small is None and _uses_blas(self.metric, self.n):
+            # BLAS on one thread for the preparatory products too, as cdist
+            with blas_single_thread():
+                return self._sweep(per_row, state)
+        return self._sweep(per_row, state)
+
+    def _sweep(self, per_row, state):
+        """cdist's _cdist_run, the sweep reducing instead of storing."""
+        XA, XB, metric, dtype = self.XA, self.XB, self.metric, self.dtype
+        mA, mB, n = self.mA, self.mB, self.n
+        L = (_precision_factor(self.VI, n, XA, XB, dtype) if metric == "mahalanobis"
+             else None)
+        same = XB is XA
+        OA = _Operands(XA, dtype, metric, self.sw, L)
+        OB = OA if same else _Operands(XB, dtype, metric, self.sw, L)
+        wv = None if OA.sw is None else (OA.sw.astype(np.float64) ** 2)
+        take_sqrt, scale = _kernel_params(metric)
+        nt = _for_macs(mA * mB * n)
+        rowbuf = np.empty((max(nt, 1), min(_k.tile_width(), mB)), dtype)
+        dbl = dtype == np.float64
+        A0, B0 = _nan_zero_rows(OA, OB, same)
+        if self.small is not None or not _uses_blas(metric, n):
+            # few columns, or a call cdist takes its short path for: every
+            # entry by direct differences (the short path's row function)
+            if self.small is not None:
+                ts, wv = self.small, None
+            else:
+                ts = _direct_sqrt(take_sqrt, dtype, n, wv, A0, B0)
+            ng = _k.reduce_groups(mA, mB, per_row, False, dbl)
+            _k.cdist_reduce(A0, B0, A0, B0, np.empty(mA), np.empty(mB), rowbuf[:, :0],
+                            rowbuf, 0.0, ts, scale, nt, ng, wv=wv,
+                            BT=np.ascontiguousarray(B0.T), **state(ng))
+            return
+        A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
+        na, nb = _exact_marked(na, dtype, A), _exact_marked(nb, dtype, B)
+        if OA.zero is not None:
+            # cosine: a zero row's distances are nan (cdist sets them after
+            # its sweep); a nan norm sends them to the exact path, which
+            # makes them nan from the nan row of A0 / B0
+            na = np.where(OA.zero, np.nan, na)
+            nb = np.where(OB.zero, np.nan, nb)
+        Ap, Bp = _panels(mA, mB, n, dtype)
+        scratch = _scratch(nt, dtype, mA, mB)
+        ng = _k.reduce_groups(mA, mB, per_row, Ap is not None, dbl)
+        _k.cdist_reduce(A, B, A0, B0, na, nb, scratch, rowbuf, TAU[dtype], take_sqrt, scale,
+                        nt, ng, wv=wv, Lm=OA.exact_factor(), Ap=Ap, Bp=Bp, **state(ng))
+
+
+def _nan_zero_rows(OA, OB, same):
+    """The exact rows, with nan for cosine's zero rows (whose distances are
+    nan, as scipy's): copies where that changes them."""
+    A0, B0 = OA.exact, OB.exact
+    if OA.zero is not None and OA.zero.any():
+        A0 = A0.copy()
+        A0[OA.zero] = np.nan
+    if same:
+        return A0, A0
+    if OB.zero is not None and OB.zero.any():
+        B0 = B0.copy()
+        B0[OB.zero] = np.nan
+    return A0, B0
+
+
+def cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None):
+    r"""The k nearest (or farthest) rows of XB to each row of XA, exactly,
+    without forming the distance matrix.
+
+    Parameters
+    ----------
+    XA : array_like, shape (mA, n)
+        Query points.
+    XB : array_like, shape (mB, n)
+        Reference points.
+    k : int
+        How many neighbours per query, ``0 <= k <= mB``.
+    metric : {'euclidean', 'sqeuclidean', 'cosine', 'mahalanobis'}
+        As :func:`cdist`.
+    largest : bool, optional
+        The k farthest instead of the k nearest.
+    w, VI : array_like, optional
+        As :func:`cdist` (per-feature weights; the Mahalanobis precision
+        matrix, estimated from the stacked points when not given).
+
+    Returns
+    -------
+    dist : ndarray, shape (mA, k)
+        The distances, in cdist's dtype (float32 when both inputs are).
+    idx : ndarray of int64, shape (mA, k)
+        Their rows of XB.
+
+    Notes
+    -----
+    **Exact.**  Every distance is bitwise the entry ``cdist(XA, XB, metric,
+    w=w, VI=VI)`` holds at ``(i, idx[i, q])``: the sweep computes cdist's own
+    tiles (the same operands, GEMM calls and exact recomputation of near
+    pairs) and keeps the best entries of each row as they are made.  The
+    indices are the true k nearest (farthest) of those distances, sorted,
+    ties broken by the lower index; nan distances (cosine's zero rows, nan
+    input) sort last, by index, as ``np.argsort(D, kind='stable')`` orders
+    them.  Hence ``idx`` equals ``np.argsort(D, axis=1, kind='stable')[:,
+    :k]`` (``largest``: the same of ``-D``).
+
+    **Memory.**  The outputs, one tile of cdist per thread (at most 1 MiB
+    each), the operands cdist prepares (centred or weighted copies of XA and
+    XB, as cdist's), and per-group heaps: the sweep of each block of rows is
+    split into a few groups of column tiles for the threads, each keeping
+    its own k best per row, at most 2^21 entries (32 MiB) in all beyond one
+    group.  Nothing of size mA x mB.  Threads share rows and column groups;
+    the result does not depend on their number.
+    """
+    P = _Pairs(XA, XB, metric, w, VI)
+    k = _check_k(k, P.mB)
+    largest = bool(largest)
+    dist = np.empty((P.mA, k), P.dtype)
+    idx = np.empty((P.mA, k), np.int64)
+    if not P.mA or not k:
+        return dist, idx
+    if not P.n:
+        # no columns: every distance is 0 (cosine: 0 / 0, nan); the first k
+        dist[...] = np.nan if P.metric == "cosine" else 0
+        idx[...] = np.arange(k)
+        return dist, idx
+
+    def state(ng):
+        return dict(kv=np.full((ng, P.mA, k), np.nan, P.dtype),
+                    ki=np.full((ng, P.mA, k), _NO_INDEX, np.int64),
+                    largest=largest, dist_out=dist, idx_out=idx)
+
+    P.sweep(k, state)
+    return dist, idx
+
+
+def cdist_logsumexp(XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None, w=None, VI=None):
+    r"""The soft-min of the distances from each row of XA to the rows of XB,
+    ``log(sum_j b_j exp(scale D_ij))``, without forming D.
+
+    Parameters
+    ----------
+    XA : array_like, shape (mA, n)
+    XB : array_like, shape (mB, n)
+    metric : {'sqeuclidean', 'euclidean', 'cosine', 'mahalanobis'}
+        As :func:`cdist`; the default is the squared Euclidean distance (the
+        Gaussian kernel's).
+    scale : float, optional
+        Factor of the distances, of either sign (default -1: the soft-min;
+        ``-1 / (2 sigma^2)`` gives a Gaussian kernel density; positive: a
+        soft-max).  Finite.
+    b : array_like, shape (mB,), optional
+        Non-negative weights of the terms (default all 1).  Terms whose
+        weight is 0 are left out, whatever their distance.
+    w, VI : array_like, optional
+        As :func:`cdist`.
+
+    Returns
+    -------
+    lse : ndarray, shape (mA,)
+        In cdist's dtype.  A row without terms (every weight 0, or mB = 0)
+        or whose every term is ``exp(-inf)`` gives -inf; a nan distance
+        with a nonzero weight gives nan; an infinite term gives +inf.
+
+    Notes
+    -----
+    The distances are cdist's (its tiles and exactness guarantee).  Each row
+    is shifted by its largest term exponent, found tile by tile (an online
+    maximum: a larger one rescales the running sum), and summed in double:
+    the error is that of :func:`logsumexp` on ``scale * D`` (the exponent
+    formed in the input dtype, as there), plus ``|scale|`` times cdist's
+    error in D.  Memory: the output, one tile of cdist per thread, cdist's
+    operand copies and O(mA) state per group of column tiles; nothing of
+    size mA x mB.  The groups are combined in a fixed order: the result does
+    not depend on the thread count.
+    """
+    scale = _check_scale(scale)
+    P = _Pairs(XA, XB, metric, w, VI)
+    bb = _check_b(b, P.mB, P.dtype)
+    out = np.empty(P.mA, P.dtype)
+    if not P.mA:
+        return out
+    if not P.mB:
+        out[...] = -np.inf          # an empty sum
+        return out
+    if not P.n:
+        # no columns: every distance is 0 (cosine: 0 / 0, nan)
+        terms = np.full(P.mB, np.nan if P.metric == "cosine" else 0.0, P.dtype) * scale
+        out[...] = logsumexp(terms) if bb is None else logsumexp(terms, b=bb)
+        return out
+
+    def state(ng):
+        return dict(lm=np.full((ng, P.mA), -np.inf), ls=np.zeros((ng, P.mA)), bw=bb,
+                    lscale=scale, lse_out=out)
+
+    P.sweep(1, state)
+    return out
+
+
+def cdist_topk_backward(grad, XA, XB, idx, metric="euclidean", *, w=None, VI=None,
+                        dist=None, out=None):
+    raise NotImplementedError
+
+
+def cdist_logsumexp_backward(grad, XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None,
+                             w=None, VI=None, lse=None, out=None):
+    raise NotImplementedError

@@ -1,0 +1,66 @@
+/*
+ * cdist_logsumexp's inner loop, instantiated once per dtype by
+ * fl_pairwise.h (T, VT, VI, VL, ACC, FL(name) as in fl_softmax_tpl.h).
+ *
+ * A row of the soft-min, log(sum_j b_j exp(scale d_j)), is folded tile row
+ * by tile row into a running state (m, s): the shift m, the largest term
+ * exponent scale d_j (with b_j != 0) seen so far, and s = sum_j b_j
+ * exp(scale d_j - m) in double.  A larger shift in a later tile rescales s
+ * by exp(m_old - m_new) (the online maximum), so no exponent is ever taken
+ * of a positive number and the row is never held whole.  The fold order
+ * (tiles left to right, lanes in fl_pairsum's order) is fixed by the shapes:
+ * the result does not depend on the thread count.
+ */
+
+/*
+ * Fold the terms b_j exp(scale d_j), j < n, into the state (*m, *s).
+ * Terms with b_j == 0 are dropped whatever d_j is (b NULL: every b_j is 1).
+ * A NaN term makes *m NaN for good, a +inf one makes it +inf (the sum is not
+ * needed after either); -inf terms add nothing.  scale d_j and its shifted
+ * exponential are formed in T, as the softmax family forms x - max.
+ */
+FL_INLINE void FL(lse_fold)(const T *FL_RESTRICT d, ptrdiff_t n, const T *FL_RESTRICT b,
+                            T scale, double *FL_RESTRICT m, double *FL_RESTRICT s)
+{
+    if (*m != *m || *m == INFINITY || n <= 0) return;
+    const VT zero = FL(vsplat)(0), ninf = FL(vsplat)(-INFINITY), sc = FL(vsplat)(scale);
+    VI bad = FL(vmask)(0);
+    VT mv = ninf;
+    for (ptrdiff_t i = 0; i < n; i += VL) {
+        int part = i + VL > n;
+        VT v = sc * (part ? FL(vldpad)(d + i, n - i, 0) : FL(vld)(d + i));
+        VI live = part ? FL(vmask)(n - i) : ~FL(vmask)(0);
+        if (b) live &= FL(vne)(part ? FL(vldpad)(b + i, n - i, 0) : FL(vld)(b + i), zero);
+        bad |= FL(vne)(v, v) & live;
+        mv = FL(vmax)(FL(vsel)(live, v, ninf), mv);
+    }
+    if (FL(vany)(bad)) {
+        *m = NAN;
+        return;
+    }
+    T mt = FL(vhmax)(mv);
+    if (mt == -INFINITY) return;            /* nothing but zeros to add */
+    if (mt == INFINITY) {
+        *m = INFINITY;
+        return;
+    }
+    if ((double)mt > *m) {
+        *s *= exp(*m - (double)mt);         /* exp(-inf) = 0 before any term */
+        *m = (double)mt;
+    }
+    const VT shift = FL(vsplat)((T)*m);     /* a value of T: exact */
+    ACC acc = FL(acc_zero)();
+    for (ptrdiff_t i = 0; i < n; i += VL) {
+        int part = i + VL > n;
+        VT v = sc * (part ? FL(vldpad)(d + i, n - i, 0) : FL(vld)(d + i));
+        VI live = part ? FL(vmask)(n - i) : ~FL(vmask)(0);
+        VT e = FL(vexp)(v - shift);
+        if (b) {
+            VT bv = part ? FL(vldpad)(b + i, n - i, 0) : FL(vld)(b + i);
+            FL(acc_addmul)(&acc, FL(vsel)(live, bv, zero), FL(vsel)(live, e, zero));
+        } else {
+            FL(acc_add)(&acc, FL(vsel)(live, e, zero));
+        }
+    }
+    *s += FL(acc_sum)(acc);
+}
