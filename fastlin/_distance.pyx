@@ -106,6 +106,8 @@ cdef extern from "fl_pairwise.h" nogil:
                     double *m, double *s)
     void lse_fold_f(const float *d, Py_ssize_t n, const float *b, float scale,
                     double *m, double *s)
+    Py_ssize_t topk_next_d(const double *d, Py_ssize_t j, Py_ssize_t n, double top, int neg)
+    Py_ssize_t topk_next_f(const float *d, Py_ssize_t j, Py_ssize_t n, float top, int neg)
 
 
 cdef inline Py_ssize_t _epilogue_row(floating *dst, const floating *c, Py_ssize_t tn,
@@ -1044,15 +1046,18 @@ cdef inline void _topk_row(const floating *row, Py_ssize_t tn, Py_ssize_t j0,
     """Offer the tile row's entries (columns j0, j0 + 1, ...) to the row's
     heap; keys are the distances, negated for the largest.  Within a sweep
     the columns come in increasing order, so an entry equal to the worst kept
-    never enters: the cheap test `v < top` (or a NaN top) lets through every
-    entry that can."""
-    cdef floating top = hv[0], v
-    cdef Py_ssize_t j
-    for j in range(tn):
-        v = -row[j] if largest else row[j]
-        if v < top or top != top:
-            _offer(hv, hi, k, v, j0 + j)
-            top = hv[0]
+    never enters: only those whose key is below it (or all, while the worst
+    is NaN) are offered, found by the vector scan topk_next."""
+    cdef Py_ssize_t j = 0
+    while True:
+        if floating is double:
+            j = topk_next_d(row, j, tn, hv[0], largest)
+        else:
+            j = topk_next_f(row, j, tn, hv[0], largest)
+        if j >= tn:
+            break
+        _offer(hv, hi, k, -row[j] if largest else row[j], j0 + j)
+        j += 1
 
 
 cdef inline void _heap_sort(floating *hv, int64_t *hi, Py_ssize_t k) noexcept nogil:

@@ -64,3 +64,37 @@ FL_INLINE void FL(lse_fold)(const T *FL_RESTRICT d, ptrdiff_t n, const T *FL_RES
     }
     *s += FL(acc_sum)(acc);
 }
+
+/*
+ * cdist_topk's scan: the first j in [j, n) whose key (d_j, or -d_j when
+ * neg: the farthest) is below top, the worst key a row's heap keeps -- or
+ * every j when top is NaN (a heap not yet full holds NaN placeholders, and a
+ * NaN distance only beats a NaN) -- else n.  From the start of a tile row
+ * its best key is found with whole vectors first: once the heap is full
+ * almost no tile row holds an entry that can enter, and those are skipped
+ * at the speed of the loads.
+ */
+FL_INLINE ptrdiff_t FL(topk_next)(const T *FL_RESTRICT d, ptrdiff_t j, ptrdiff_t n, T top,
+                                  int neg)
+{
+    if (top != top) return j;
+    if (j == 0) {
+        /* the largest -key of the row (NaN-ignoring): below -top, none enters */
+        VT best = FL(vsplat)(-INFINITY);
+        ptrdiff_t i = 0;
+        for (; i + VL <= n; i += VL) {
+            VT v = FL(vld)(d + i);
+            best = FL(vmax)(neg ? v : -v, best);
+        }
+        if (i < n) {
+            VT v = FL(vldpad)(d + i, n - i, neg ? -INFINITY : INFINITY);
+            best = FL(vmax)(neg ? v : -v, best);
+        }
+        if (!(FL(vhmax)(best) > -top)) return n;
+    }
+    for (; j < n; j++) {
+        T v = neg ? -d[j] : d[j];
+        if (v < top) return j;
+    }
+    return n;
+}
