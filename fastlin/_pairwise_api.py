@@ -20,7 +20,7 @@ from ._distance_api import (TAU, _cdist_small_mode, _check_extra_args, _default_
                             _uses_blas, _weights, cdist, cdist_backward)
 from ._softmax_api import logsumexp
 from ._threads import _for_macs, blas_single_thread
-from ._validation import as_array, real_array, symmetric_part
+from ._validation import as_array, real_array, result_dtype
 
 _k = _simd.kernels("_distance")
 
@@ -286,11 +286,212 @@ def cdist_logsumexp(XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None, w=None,
     return out
 
 
+def _grad_rows(x, shape, dtype, name):
+    a = as_array(x, name)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    result_dtype((a, name))             # refuses complex and non-numeric, naming it
+    return np.asarray(a, dtype=dtype)
+
+
+def _check_idx(idx, mA, mB):
+    idx = as_array(idx, "idx")
+    if idx.ndim != 2 or idx.shape[0] != mA:
+        raise ValueError(f"idx must have shape ({mA}, k) (cdist_topk's indices), "
+                         f"got {idx.shape}")
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"idx must hold integers (cdist_topk's int64 indices), "
+                        f"got dtype {idx.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= mB):
+        raise ValueError(f"idx must index the rows of XB, 0 <= idx < {mB}, got values "
+                         f"from {idx.min()} to {idx.max()}")
+    return np.asarray(idx, dtype=np.intp)
+
+
 def cdist_topk_backward(grad, XA, XB, idx, metric="euclidean", *, w=None, VI=None,
                         dist=None, out=None):
-    raise NotImplementedError
+    r"""Backward pass of :func:`cdist_topk`.
+
+    Parameters
+    ----------
+    grad : array_like, shape (mA, k)
+        Gradient of the loss with respect to the returned distances.
+    XA, XB, metric, w, VI
+        As given to :func:`cdist_topk` (VI, given or estimated, is a constant:
+        as :func:`cdist_backward`).
+    idx : array_like of int, shape (mA, k)
+        The indices :func:`cdist_topk` returned.
+    dist : array_like, shape (mA, k), optional
+        The distances it returned; 'euclidean' and 'mahalanobis' divide by
+        them instead of recomputing them from the differences.
+    out : tuple of two ndarrays, optional
+        Arrays of the shapes and dtype of ``(gXA, gXB)`` to write into.
+
+    Returns
+    -------
+    gXA : ndarray, shape (mA, n)
+    gXB : ndarray, shape (mB, n)
+        The gradients of ``sum(grad * D[i, idx[i, q]])``: ``grad`` scattered
+        through the selected pairs only (a row of XB picked by several
+        queries sums their contributions, in query order).
+
+    Notes
+    -----
+    Each pair's term is formed from its difference ``a_i - b_j`` in float64
+    (no cancellation for near neighbours) and rounded to the result dtype
+    once: ``2 w (a - b)`` (sqeuclidean), ``w (a - b) / D`` (euclidean; the
+    zero subgradient at ``D == 0``, finite, as :func:`cdist_backward`), the
+    derivative of ``1 - cos`` of the weighted rows (cosine; zero for a zero
+    row), ``VI (a - b) / D`` (mahalanobis).  O(mA k n) work in bands of
+    rows; no (mA, mB) array.  Single-threaded NumPy, independent of the
+    thread count.
+    """
+    return store_out(_topk_backward(grad, XA, XB, idx, metric, w, VI, dist), out,
+                     ("gXA", "gXB"))
+
+
+def _topk_backward(grad, XA, XB, idx, metric, w, VI, dist):
+    P = _Pairs(XA, XB, metric, w, VI)
+    mA, mB, n, dtype = P.mA, P.mB, P.n, P.dtype
+    idx = _check_idx(idx, mA, mB)
+    k = idx.shape[1]
+    g = _grad_rows(grad, (mA, k), np.float64, "grad")
+    D = None if dist is None else _grad_rows(dist, (mA, k), np.float64, "dist")
+    A = np.asarray(P.XA, dtype=np.float64)
+    B = np.asarray(P.XB, dtype=np.float64)
+    gA = np.zeros((mA, n))
+    gB = np.zeros((mB, n))
+    if not (mA and k and n):
+        return gA.astype(dtype), gB.astype(dtype)
+    metric = P.metric
+    wv = None if P.sw is None else np.asarray(P.sw, np.float64) ** 2
+    L = None
+    if metric == "mahalanobis":
+        L = np.asarray(_precision_factor(VI, n, P.XA, P.XB, np.float64), np.float64)
+    if metric == "cosine":
+        sw = np.ones(n) if wv is None else np.sqrt(wv)
+        nA = np.sqrt(np.einsum("ij,ij->i", A * sw, A * sw))
+        nB = np.sqrt(np.einsum("ij,ij->i", B * sw, B * sw))
+    rows = max(1, _BAND_ENTRIES // max(k * n, 1))
+    for i0 in range(0, mA, rows):
+        i1 = min(mA, i0 + rows)
+        j = idx[i0:i1]                                   # (r, k)
+        gi = g[i0:i1][:, :, None]                        # (r, k, 1)
+        a = A[i0:i1][:, None, :]                         # (r, 1, n)
+        bj = B[j]                                        # (r, k, n)
+        if metric == "cosine":
+            sa, sb = a * sw, bj * sw
+            na_, nb_ = nA[i0:i1][:, None, None], nB[j][:, :, None]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ua, ub = sa / na_, sb / nb_
+                cos = np.einsum("rkn,rkn->rk", np.broadcast_to(ua, ub.shape), ub)[:, :, None]
+                ta = -(ub - cos * ua) / na_ * sw
+                tb = -(ua - cos * ub) / nb_ * sw
+            zero = (na_ == 0) | (nb_ == 0)
+            ta = np.where(zero, 0.0, ta) * gi
+            tb = np.where(zero, 0.0, tb) * gi
+        else:
+            diff = a - bj                                 # (r, k, n), exact differences
+            if metric == "sqeuclidean":
+                ta = 2 * diff * (wv if wv is not None else 1.0) * gi
+            elif metric == "euclidean":
+                wd = diff * wv if wv is not None else diff
+                d = (np.sqrt(np.einsum("rkn,rkn->rk", diff, wd)) if D is None
+                     else D[i0:i1])[:, :, None]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ta = np.where(d > 0, wd / d, 0.0) * gi
+            else:                                         # mahalanobis: VI = L L^T
+                z = diff @ L
+                d = (np.sqrt(np.einsum("rkn,rkn->rk", z, z)) if D is None
+                     else D[i0:i1])[:, :, None]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ta = np.where(d > 0, (z / d) @ L.T, 0.0) * gi
+            tb = -ta
+        gA[i0:i1] = ta.sum(axis=1)
+        np.add.at(gB, j.ravel(), tb.reshape(-1, n))
+    return gA.astype(dtype), gB.astype(dtype)
 
 
 def cdist_logsumexp_backward(grad, XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None,
                              w=None, VI=None, lse=None, out=None):
-    raise NotImplementedError
+    r"""Backward pass of :func:`cdist_logsumexp`.
+
+    Parameters
+    ----------
+    grad : array_like, shape (mA,)
+        Gradient of the loss with respect to the returned log-sum-exps.
+    XA, XB, metric, scale, b, w, VI
+        As given to :func:`cdist_logsumexp` (VI, given or estimated, is a
+        constant, as in :func:`cdist_backward`).
+    lse : array_like, shape (mA,), optional
+        The forward's result, reused instead of recomputed.
+    out : tuple of three ndarrays, optional
+        Arrays of the shapes and dtype of ``(gXA, gXB, gb)`` to write into.
+
+    Returns
+    -------
+    gXA : ndarray, shape (mA, n)
+    gXB : ndarray, shape (mB, n)
+    gb : ndarray, shape (mB,)
+        With the softmax weights ``E_ij = exp(scale D_ij - lse_i)``:
+        ``sum_j grad_i scale b_j E_ij dD_ij`` through :func:`cdist_backward`
+        for the points, and ``gb_j = sum_i grad_i E_ij`` (also for a weight
+        of 0, and for the implicit weights of 1 when b is not given).  A row
+        without terms (lse -inf) contributes nothing.
+
+    Notes
+    -----
+    Computed in bands of rows of XA of about 2^20 distances: each band's
+    distances (cdist), weights and gradients (:func:`cdist_backward`, its
+    GEMMs, given the distances), then the next; the XB sums are added band
+    by band in order.  No (mA, mB) array; the result does not depend on the
+    thread count.
+    """
+    return store_out(_lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse), out,
+                     ("gXA", "gXB", "gb"))
+
+
+def _lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse):
+    scale = _check_scale(scale)
+    P = _Pairs(XA, XB, metric, w, VI)
+    mA, mB, n, dtype, metric = P.mA, P.mB, P.n, P.dtype, P.metric
+    bb = _check_b(b, mB, dtype)
+    g = _grad_rows(grad, (mA,), dtype, "grad")
+    lv = None if lse is None else _grad_rows(lse, (mA,), dtype, "lse")
+    gA = np.zeros((mA, n), dtype)
+    gB = np.zeros((mB, n))
+    gb = np.zeros(mB)
+    if not (mA and mB):
+        return gA, gB.astype(dtype), gb.astype(dtype)
+    A = np.ascontiguousarray(P.XA, dtype=dtype)
+    B = np.ascontiguousarray(P.XB, dtype=dtype)
+    if P.sw is not None:
+        # a weighted metric is the metric of the rows scaled by sqrt(w)
+        A, B = A * P.sw, B * P.sw
+    Vm = None
+    if metric == "mahalanobis":
+        Vm = _default_vi(np.vstack([P.XA, P.XB]), n) if VI is None else VI
+    rows = max(1, _BAND_ENTRIES // mB)
+    for i0 in range(0, mA, rows):
+        i1 = min(mA, i0 + rows)
+        D = cdist(A[i0:i1], B, metric, VI=Vm)
+        T = scale * D
+        if lv is None:
+            lb = logsumexp(T, axis=1) if bb is None else logsumexp(T, axis=1, b=bb)
+        else:
+            lb = lv[i0:i1]
+        with np.errstate(invalid="ignore", over="ignore"):
+            E = np.exp(T - lb[:, None])
+        E[np.isneginf(lb)] = 0            # a row without terms has no gradient
+        gi = g[i0:i1]
+        gb += gi.astype(np.float64) @ E
+        W = E * bb if bb is not None else E
+        W *= (gi * dtype.type(scale))[:, None]
+        if n:
+            ga, gbp = cdist_backward(W, A[i0:i1], B, metric, VI=Vm, dist=D)
+            gA[i0:i1] = ga
+            gB += gbp
+    if P.sw is not None:
+        gA *= P.sw
+        gB *= P.sw
+    return gA, gB.astype(dtype), gb.astype(dtype)
