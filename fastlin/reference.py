@@ -441,6 +441,123 @@ def pdist_backward(grad, X, metric="euclidean", *, VI=None, dtype=None):
     return gX.astype(dt)
 
 
+# ------------------------------------------------------------ pairwise reductions
+
+def _scaled_rows(XA, XB, w):
+    """The rows in longdouble, scaled by sqrt(w) (a weighted metric is the
+    metric of the scaled rows), and that scale (None without w)."""
+    A, B = _rows(XA).astype(LD), _rows(XB).astype(LD)
+    if w is None:
+        return A, B, None
+    sw = np.sqrt(np.asarray(w).astype(LD))
+    return A * sw, B * sw, sw
+
+
+def cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None, D=None):
+    """The k nearest (largest: farthest) rows of XB to each row of XA: the
+    first k of ``np.argsort(D, axis=1, kind='stable')`` (of ``-D`` for the
+    farthest; nan last, ties by index), with their distances.
+
+    D is the distance matrix to select from: by default :func:`cdist`'s
+    (longdouble, rounded to fastlin's dtype); pass fastlin's own to check
+    which entries it selects, since near ties order by the last bit.
+
+    Returns
+    -------
+    dist : ndarray, shape (mA, k)
+    idx : ndarray of int64, shape (mA, k)
+    """
+    if D is None:
+        D = cdist(XA, XB, metric, w=w, VI=VI)
+    D = np.asarray(D)
+    idx = np.argsort(-D if largest else D, axis=1, kind="stable")[:, :k].astype(np.int64)
+    return np.take_along_axis(D, idx, axis=1), idx
+
+
+def cdist_topk_backward(grad, XA, XB, idx, metric="euclidean", *, w=None, VI=None,
+                        dtype=None):
+    """Gradients of ``sum_iq grad_iq d(a_i, b_idx_iq)`` with respect to XA and
+    XB: each selected pair's gradients (`_pair_grads`, on the rows scaled by
+    sqrt(w), chained back by sqrt(w)) added to its rows, in longdouble.
+
+    Returns
+    -------
+    gXA : ndarray, shape (mA, n)
+    gXB : ndarray, shape (mB, n)
+    """
+    dt = _dtype(XA, XB) if dtype is None else np.dtype(dtype)
+    metric = _metric(metric)
+    P = _precision(VI, XA, XB) if metric == "mahalanobis" else None
+    A, B, sw = _scaled_rows(XA, XB, w)
+    idx = np.asarray(idx)
+    rows = np.repeat(np.arange(A.shape[0]), idx.shape[1])
+    cols = idx.reshape(-1)
+    g = np.asarray(grad).astype(LD).reshape(-1)
+    ga, gb = _pair_grads(A[rows], B[cols], g, metric, P)
+    gA = np.zeros(A.shape, LD)
+    gB = np.zeros(B.shape, LD)
+    np.add.at(gA, rows, ga)
+    np.add.at(gB, cols, gb)
+    if sw is not None:
+        gA, gB = gA * sw, gB * sw
+    return gA.astype(dt), gB.astype(dt)
+
+
+def cdist_logsumexp(XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None, w=None, VI=None,
+                    dtype=None):
+    """``log(sum_j b_j exp(scale D_ij))`` per row of XA: :func:`cdist` in
+    longdouble, then :func:`logsumexp` of ``scale D`` along the rows (terms
+    with b_j == 0 left out; -inf for a row without terms).
+
+    Returns
+    -------
+    lse : ndarray, shape (mA,)
+    """
+    dt = _dtype(XA, XB) if dtype is None else np.dtype(dtype)
+    D = cdist(XA, XB, metric, w=w, VI=VI, dtype=LD)
+    T = LD(scale) * D
+    if D.shape[1] == 0:
+        return np.full(D.shape[0], -np.inf, dt)
+    if b is None:
+        return logsumexp(T, axis=1).astype(dt)
+    bl = np.broadcast_to(np.asarray(b).astype(LD), T.shape)
+    T = np.where(bl == 0, LD(-np.inf), T)       # a zero weight drops its term
+    return logsumexp(T, axis=1, b=np.where(bl == 0, LD(1), bl)).astype(dt)
+
+
+def cdist_logsumexp_backward(grad, XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None,
+                             w=None, VI=None, dtype=None):
+    """Gradients of ``sum_i grad_i lse_i`` (:func:`cdist_logsumexp`) in
+    longdouble: with ``E_ij = exp(scale D_ij - lse_i)``, the pair weights
+    ``grad_i scale b_j E_ij`` through `_pair_grads` (every pair), and
+    ``gb_j = sum_i grad_i E_ij``.  A row of lse -inf contributes nothing.
+
+    Returns
+    -------
+    gXA : ndarray, shape (mA, n)
+    gXB : ndarray, shape (mB, n)
+    gb : ndarray, shape (mB,)
+    """
+    dt = _dtype(XA, XB) if dtype is None else np.dtype(dtype)
+    metric = _metric(metric)
+    P = _precision(VI, XA, XB) if metric == "mahalanobis" else None
+    D = cdist(XA, XB, metric, w=w, VI=VI, dtype=LD)
+    lse = cdist_logsumexp(XA, XB, metric, scale=scale, b=b, w=w, VI=VI, dtype=LD)
+    g = np.asarray(grad).astype(LD)
+    with np.errstate(invalid="ignore", over="ignore"):
+        E = np.exp(LD(scale) * D - lse[:, None])
+    E[np.isneginf(lse)] = 0
+    bl = np.ones(D.shape[1], LD) if b is None else np.asarray(b).astype(LD)
+    gb = (g[:, None] * E).sum(axis=0)
+    A, B, sw = _scaled_rows(XA, XB, w)
+    Wt = g[:, None] * LD(scale) * bl[None, :] * E
+    ga, gbr = _pair_grads(A[:, None, :], B[None, :, :], Wt, metric, P)
+    gA, gB = ga.sum(axis=1), gbr.sum(axis=0)
+    if sw is not None:
+        gA, gB = gA * sw, gB * sw
+    return gA.astype(dt), gB.astype(dt), gb.astype(dt)
+
+
 # ------------------------------------------------------------------ margin loss
 
 def _margin_setup(pos, neg, margin):
