@@ -1075,18 +1075,23 @@ cdef inline void _heap_sort(floating *hv, int64_t *hi, Py_ssize_t k) noexcept no
         _sift_down(hv, hi, 0, end)
 
 
+cdef enum:
+    REDUCE_STATE = 1 << 21
+
+
 def reduce_groups(Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t per_row, bint packed,
                   bint is_double):
     """How many groups of column tiles cdist_reduce splits each row block's
     sweep into: enough work items (row blocks x groups) for 64 threads, at
-    most one group per tile, and at most 2^22 entries of per-group state
-    (per_row entries a row: k for the k nearest, 1 for the log-sum-exp).  A
+    most one group per tile, and at most REDUCE_STATE (2^21) entries of
+    per-group state beyond one group's (per_row entries a row: k for the k
+    nearest, 32 MiB with their indices; 1 for the log-sum-exp).  A
     function of the shapes only: the log-sum-exp's groups are combined in
     their order, so the result must not depend on the thread count."""
     cdef Py_ssize_t TM = _cdist_tile_m(mA, mB, packed, 8 if is_double else 4)
     cdef Py_ssize_t ntm = (mA + TM - 1) // TM, ntn = (mB + TILE - 1) // TILE
     cdef Py_ssize_t g = (64 + ntm - 1) // ntm
-    g = min(g, ntn, max(1, (1 << 22) // max(1, mA * per_row)))
+    g = min(g, ntn, max(1, REDUCE_STATE // max(1, mA * per_row)))
     return max(g, 1)
 
 

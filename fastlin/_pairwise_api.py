@@ -28,9 +28,6 @@ __all__ = ["cdist_topk", "cdist_topk_backward", "cdist_logsumexp",
            "cdist_logsumexp_backward"]
 
 _NO_INDEX = np.iinfo(np.int64).max
-# Entries of per-group reduction state (the k-nearest heaps of every row, in
-# each group of column tiles) at most: 2^21 entries, 32 MiB with indices.
-_STATE_ENTRIES = 1 << 21
 # The backward passes hold bands of rows of the (rows, mB) weights: about
 # this many entries each (8 MiB of float64).
 _BAND_ENTRIES = 1 << 20
