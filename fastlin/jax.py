@@ -22,8 +22,12 @@ Requires ``jax`` (``pip install jax``); importing ``fastlin`` never imports it.
 """
 from functools import partial
 
-import jax
-import jax.numpy as jnp
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"fastlin.jax needs JAX ({e}); install it with "
+                      "pip install 'fastlin[jax]'") from e
 import numpy as np
 
 import fastlin as _fl

@@ -20,7 +20,11 @@ Requires ``tensorflow`` (``pip install tensorflow-cpu``); importing
 import math
 
 import numpy as np
-import tensorflow as tf
+try:
+    import tensorflow as tf
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"fastlin.tensorflow needs TensorFlow ({e}); install it with "
+                      "pip install 'fastlin[tensorflow]'") from e
 
 import fastlin as _fl
 

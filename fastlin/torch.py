@@ -27,7 +27,11 @@ never imports it.
 from typing import Optional
 
 import numpy as np
-import torch
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"fastlin.torch needs PyTorch ({e}); install it with "
+                      "pip install 'fastlin[torch]'") from e
 
 import fastlin as _fl
 
