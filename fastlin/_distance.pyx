@@ -1080,17 +1080,22 @@ cdef enum:
 
 
 def reduce_groups(Py_ssize_t mA, Py_ssize_t mB, Py_ssize_t per_row, bint packed,
-                  bint is_double):
+                  bint is_double, Py_ssize_t items=64):
     """How many groups of column tiles cdist_reduce splits each row block's
-    sweep into: enough work items (row blocks x groups) for 64 threads, at
-    most one group per tile, and at most REDUCE_STATE (2^21) entries of
-    per-group state beyond one group's (per_row entries a row: k for the k
-    nearest, 32 MiB with their indices; 1 for the log-sum-exp).  A
-    function of the shapes only: the log-sum-exp's groups are combined in
-    their order, so the result must not depend on the thread count."""
+    sweep into: enough work items (row blocks x groups) for `items`, at most
+    one group per tile, and at most REDUCE_STATE (2^21) entries of per-group
+    state beyond one group's (per_row entries a row: k for the k nearest, 32
+    MiB with their indices; 1 for the log-sum-exp).
+
+    The log-sum-exp's groups are combined in their order, so its `items`
+    must be fixed (the default, enough for 64 threads): its result may not
+    depend on the thread count.  The k nearest are the same whatever the
+    grouping (a total order: distance, then index), so they can ask for a
+    few items per thread: every extra group is k more entries a row to
+    merge."""
     cdef Py_ssize_t TM = _cdist_tile_m(mA, mB, packed, 8 if is_double else 4)
     cdef Py_ssize_t ntm = (mA + TM - 1) // TM, ntn = (mB + TILE - 1) // TILE
-    cdef Py_ssize_t g = (64 + ntm - 1) // ntm
+    cdef Py_ssize_t g = (items + ntm - 1) // ntm
     g = min(g, ntn, max(1, REDUCE_STATE // max(1, mA * per_row)))
     return max(g, 1)
 

@@ -85,16 +85,18 @@ class _Pairs:
         self.sw = _weights(w, self.n, self.dtype)
         self.VI = VI
 
-    def sweep(self, per_row, state):
+    def sweep(self, per_row, state, any_grouping=False):
         """Run _distance.cdist_reduce over cdist's own tiles (mA, mB, n > 0):
-        ``state(ngroups)`` gives the mode's state and output arguments."""
+        ``state(ngroups)`` gives the mode's state and output arguments.
+        any_grouping: the result does not depend on how the column tiles are
+        grouped (the k nearest), so the groups may follow the thread count."""
         if self.small is None and _uses_blas(self.metric, self.n):
             # BLAS on one thread for the preparatory products too, as cdist
             with blas_single_thread():
-                return self._sweep(per_row, state)
-        return self._sweep(per_row, state)
+                return self._sweep(per_row, state, any_grouping)
+        return self._sweep(per_row, state, any_grouping)
 
-    def _sweep(self, per_row, state):
+    def _sweep(self, per_row, state, any_grouping):
         """cdist's _cdist_run, the sweep reducing instead of storing."""
         XA, XB, metric, dtype = self.XA, self.XB, self.metric, self.dtype
         mA, mB, n = self.mA, self.mB, self.n
@@ -107,6 +109,9 @@ class _Pairs:
         take_sqrt, scale = _kernel_params(metric)
         nt = _for_macs(mA * mB * n)
         rowbuf = np.empty((max(nt, 1), min(_k.tile_width(), mB)), dtype)
+        # four work items per thread where the grouping is free, else the
+        # fixed default
+        items = {"items": 4 * max(nt, 1)} if any_grouping else {}
         dbl = dtype == np.float64
         A0, B0 = _nan_zero_rows(OA, OB, same)
         if self.small is not None or not _uses_blas(metric, n):
@@ -116,7 +121,7 @@ class _Pairs:
                 ts, wv = self.small, None
             else:
                 ts = _direct_sqrt(take_sqrt, dtype, n, wv, A0, B0)
-            ng = _k.reduce_groups(mA, mB, per_row, False, dbl)
+            ng = _k.reduce_groups(mA, mB, per_row, False, dbl, **items)
             _k.cdist_reduce(A0, B0, A0, B0, np.empty(mA), np.empty(mB), rowbuf[:, :0],
                             rowbuf, 0.0, ts, scale, nt, ng, wv=wv,
                             BT=np.ascontiguousarray(B0.T), **state(ng))
@@ -131,7 +136,7 @@ class _Pairs:
             nb = np.where(OB.zero, np.nan, nb)
         Ap, Bp = _panels(mA, mB, n, dtype)
         scratch = _scratch(nt, dtype, mA, mB)
-        ng = _k.reduce_groups(mA, mB, per_row, Ap is not None, dbl)
+        ng = _k.reduce_groups(mA, mB, per_row, Ap is not None, dbl, **items)
         _k.cdist_reduce(A, B, A0, B0, na, nb, scratch, rowbuf, TAU[dtype], take_sqrt, scale,
                         nt, ng, wv=wv, Lm=OA.exact_factor(), Ap=Ap, Bp=Bp, **state(ng))
 
@@ -216,7 +221,7 @@ def cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None)
                     ki=np.full((ng, P.mA, k), _NO_INDEX, np.int64),
                     largest=largest, dist_out=dist, idx_out=idx)
 
-    P.sweep(k, state)
+    P.sweep(k, state, any_grouping=True)
     return dist, idx
 
 

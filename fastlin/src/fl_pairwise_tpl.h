@@ -92,6 +92,13 @@ FL_INLINE ptrdiff_t FL(topk_next)(const T *FL_RESTRICT d, ptrdiff_t j, ptrdiff_t
         }
         if (!(FL(vhmax)(best) > -top)) return n;
     }
+    /* then vector by vector: a row with a few entries that enter (a large k
+       fills many rows with some) is still compared VL lanes at a time */
+    const VT t = FL(vsplat)(neg ? -top : top), one = FL(vsplat)(1), zero = FL(vsplat)(0);
+    for (; j + VL <= n; j += VL) {
+        VT v = FL(vld)(d + j);
+        if (FL(vhmax)(FL(vsel)(neg ? FL(vgt)(v, t) : FL(vlt)(v, t), one, zero)) > 0) break;
+    }
     for (; j < n; j++) {
         T v = neg ? -d[j] : d[j];
         if (v < top) return j;
