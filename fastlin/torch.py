@@ -101,25 +101,52 @@ def _dims(dim, ndim):
     return list(dim) if dim is not None else list(range(ndim))
 
 
+def _custom(name):
+    """Register fn as the custom op fastlin::name (CPU) and keep fn itself as
+    ``.raw``: the eager path without autograd calls it directly (_run)."""
+    def deco(fn):
+        op = torch.library.custom_op(f"fastlin::{name}", mutates_args=(), device_types="cpu")(fn)
+        op.raw = fn
+        return op
+    return deco
+
+
+_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor",
+                   lambda t: False)
+
+
+def _run(op, *args):
+    """op(*args), through the dispatcher only where it is needed: a call
+    that records no autograd (no input requires grad, or grad mode is off),
+    outside torch.compile and functorch transforms, on plain tensors, runs
+    the kernel directly -- the dispatcher's ~10 us a call is more than a
+    small kernel's work.  The result is the same either way."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    if (torch.compiler.is_compiling()
+            or any(type(t) is not torch.Tensor or _wrapped(t) for t in tensors)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+        return op(*args)
+    return op.raw(*args)
+
+
 # ----------------------------------------------------------- softmax family
 
-@torch.library.custom_op("fastlin::softmax", mutates_args=(), device_types="cpu")
+@_custom("softmax")
 def _softmax(x: Tensor, dim: int) -> Tensor:
     return _t(_fl.softmax(_np(x), axis=dim))
 
 
-@torch.library.custom_op("fastlin::log_softmax", mutates_args=(), device_types="cpu")
+@_custom("log_softmax")
 def _log_softmax(x: Tensor, dim: int) -> Tensor:
     return _t(_fl.log_softmax(_np(x), axis=dim))
 
 
-@torch.library.custom_op("fastlin::softmax_backward", mutates_args=(), device_types="cpu")
+@_custom("softmax_backward")
 def _softmax_backward(grad: Tensor, y: Tensor, dim: int) -> Tensor:
     return _t(_fl.softmax_backward(_np(grad), _np(y), axis=dim))
 
 
-@torch.library.custom_op("fastlin::log_softmax_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("log_softmax_backward")
 def _log_softmax_backward(grad: Tensor, y: Tensor, dim: int) -> Tensor:
     return _t(_fl.log_softmax_backward(_np(grad), _np(y), axis=dim))
 
@@ -157,16 +184,16 @@ _log_softmax.register_autograd(_log_softmax_grad, setup_context=_save_output)
 def softmax(x, dim):
     """``torch.softmax(x, dim)`` by fastlin's kernel (see :func:`fastlin.softmax`)."""
     (x,), back = _prepare("softmax", ("x", x))
-    return _give_back(_softmax(x, dim), back)
+    return _give_back(_run(_softmax, x, dim), back)
 
 
 def log_softmax(x, dim):
     """``torch.log_softmax(x, dim)`` by fastlin's kernel."""
     (x,), back = _prepare("log_softmax", ("x", x))
-    return _give_back(_log_softmax(x, dim), back)
+    return _give_back(_run(_log_softmax, x, dim), back)
 
 
-@torch.library.custom_op("fastlin::logsumexp", mutates_args=(), device_types="cpu")
+@_custom("logsumexp")
 def _logsumexp(x: Tensor, dim: list[int], keepdim: bool) -> Tensor:
     return _t(_fl.logsumexp(_np(x), axis=tuple(dim), keepdims=keepdim))
 
@@ -180,8 +207,7 @@ def _(x, dim, keepdim):
     return x.new_empty(shape)
 
 
-@torch.library.custom_op("fastlin::logsumexp_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("logsumexp_backward")
 def _logsumexp_backward(grad: Tensor, x: Tensor, dim: list[int], keepdim: bool) -> Tensor:
     return _t(_fl.logsumexp_backward(_np(grad), _np(x), axis=tuple(dim), keepdims=keepdim))
 
@@ -208,12 +234,12 @@ def logsumexp(x, dim, keepdim=False):
     """``torch.logsumexp(x, dim, keepdim)`` by fastlin's kernel; dim an int or
     a tuple of ints."""
     (x,), back = _prepare("logsumexp", ("x", x))
-    return _give_back(_logsumexp(x, _dims(dim, x.dim()), bool(keepdim)), back)
+    return _give_back(_run(_logsumexp, x, _dims(dim, x.dim()), bool(keepdim)), back)
 
 
 # ------------------------------------------------------------- normalize
 
-@torch.library.custom_op("fastlin::normalize", mutates_args=(), device_types="cpu")
+@_custom("normalize")
 def _normalize(x: Tensor, dim: int, eps: float) -> Tensor:
     return _t(_fl.normalize(_np(x), axis=dim, eps=eps))
 
@@ -223,8 +249,7 @@ def _(x, dim, eps):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("fastlin::normalize_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("normalize_backward")
 def _normalize_backward(grad: Tensor, x: Tensor, dim: int, eps: float) -> Tensor:
     return _t(_fl.normalize_backward(_np(grad), _np(x), axis=dim, eps=eps))
 
@@ -253,7 +278,7 @@ def normalize(x, p=2.0, dim=1, eps=1e-12):
     if p != 2:
         raise ValueError(f"fastlin.torch.normalize: only p=2 is supported, got {p!r}")
     (x,), back = _prepare("normalize", ("x", x))
-    return _give_back(_normalize(x, int(dim), float(eps)), back)
+    return _give_back(_run(_normalize, x, int(dim), float(eps)), back)
 
 
 # ------------------------------------------------------------- distances
@@ -266,7 +291,7 @@ def _check_vi_grad(name, VI):
             "cdist(x1 @ L, x2 @ L) with VI = L L^T")
 
 
-@torch.library.custom_op("fastlin::cdist", mutates_args=(), device_types="cpu")
+@_custom("cdist")
 def _cdist(x1: Tensor, x2: Tensor, metric: str, VI: Optional[Tensor]) -> Tensor:
     return _t(_fl.cdist(_np(x1), _np(x2), metric, VI=_opt(VI)))
 
@@ -276,7 +301,7 @@ def _(x1, x2, metric, VI):
     return x1.new_empty((x1.shape[0], x2.shape[0]))
 
 
-@torch.library.custom_op("fastlin::cdist_backward", mutates_args=(), device_types="cpu")
+@_custom("cdist_backward")
 def _cdist_backward(grad: Tensor, x1: Tensor, x2: Tensor, metric: str, VI: Optional[Tensor],
                     dist: Tensor) -> tuple[Tensor, Tensor]:
     g1, g2 = _fl.cdist_backward(_np(grad), _np(x1), _np(x2), metric, VI=_opt(VI),
@@ -324,10 +349,10 @@ def cdist(x1, x2, metric="euclidean", *, w=None, VI=None):
     (x1, x2, w, VI), back = _prepare("cdist", ("x1", x1), ("x2", x2), ("w", w), ("VI", VI))
     _check_vi_grad("cdist", VI)
     x1, x2 = _weighted(_fl._distance_api._metric(metric), w, x1, x2)
-    return _give_back(_cdist(x1, x2, metric, VI), back)
+    return _give_back(_run(_cdist, x1, x2, metric, VI), back)
 
 
-@torch.library.custom_op("fastlin::pdist", mutates_args=(), device_types="cpu")
+@_custom("pdist")
 def _pdist(x: Tensor, metric: str, VI: Optional[Tensor]) -> Tensor:
     return _t(_fl.pdist(_np(x), metric, VI=_opt(VI)))
 
@@ -338,7 +363,7 @@ def _(x, metric, VI):
     return x.new_empty((m * (m - 1) // 2,))
 
 
-@torch.library.custom_op("fastlin::pdist_backward", mutates_args=(), device_types="cpu")
+@_custom("pdist_backward")
 def _pdist_backward(grad: Tensor, x: Tensor, metric: str, VI: Optional[Tensor],
                     dist: Tensor) -> Tensor:
     return _t(_fl.pdist_backward(_np(grad), _np(x), metric, VI=_opt(VI), dist=_np(dist)))
@@ -368,12 +393,12 @@ def pdist(x, metric="euclidean", *, w=None, VI=None):
     (x, w, VI), back = _prepare("pdist", ("x", x), ("w", w), ("VI", VI))
     _check_vi_grad("pdist", VI)
     x, = _weighted(_fl._distance_api._metric(metric), w, x)
-    return _give_back(_pdist(x, metric, VI), back)
+    return _give_back(_run(_pdist, x, metric, VI), back)
 
 
 # ------------------------------------------------------------- Mahalanobis
 
-@torch.library.custom_op("fastlin::mahalanobis", mutates_args=(), device_types="cpu")
+@_custom("mahalanobis")
 def _mahalanobis(x: Tensor, mean: Tensor, M: Tensor, kind: str, squared: bool) -> Tensor:
     return _t(_fl.mahalanobis(_np(x), _np(mean), **{kind: _np(M)}, squared=squared))
 
@@ -383,8 +408,7 @@ def _(x, mean, M, kind, squared):
     return x.new_empty(x.shape[:-1])
 
 
-@torch.library.custom_op("fastlin::mahalanobis_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("mahalanobis_backward")
 def _mahalanobis_backward(grad: Tensor, x: Tensor, mean: Tensor, M: Tensor, kind: str,
                           squared: bool) -> tuple[Tensor, Tensor, Tensor]:
     r = _fl.mahalanobis_backward(_np(grad), _np(x), _np(mean), **{kind: _np(M)},
@@ -423,12 +447,12 @@ def mahalanobis(x, mean, cov=None, *, VI=None, cholesky=None, squared=False):
                          f"cholesky, got {len(given)}")
     kind, M = given[0]
     (x, mean, M), back = _prepare("mahalanobis", ("x", x), ("mean", mean), (kind, M))
-    return _give_back(_mahalanobis(x, mean, M, kind, bool(squared)), back)
+    return _give_back(_run(_mahalanobis, x, mean, M, kind, bool(squared)), back)
 
 
 # ------------------------------------------------------------- max-margin loss
 
-@torch.library.custom_op("fastlin::max_margin_loss", mutates_args=(), device_types="cpu")
+@_custom("max_margin_loss")
 def _margin(pos: Tensor, neg: Tensor, margin: float, reduction: str) -> Tensor:
     r = _fl.max_margin_loss(_np(pos), _np(neg), margin, reduction)
     return _t(np.asarray(r, dtype=_np(pos).dtype if reduction != "none" else None))
@@ -441,8 +465,7 @@ def _(pos, neg, margin, reduction):
     return neg.new_empty(())
 
 
-@torch.library.custom_op("fastlin::max_margin_loss_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("max_margin_loss_backward")
 def _margin_backward(grad: Tensor, pos: Tensor, neg: Tensor, margin: float,
                      reduction: str) -> tuple[Tensor, Tensor]:
     g = _np(grad)
@@ -474,12 +497,12 @@ def max_margin_loss(pos, neg, margin=1.0, reduction="sum"):
     """The hinge ranking loss ``max(0, margin - pos + neg)``, as
     :func:`fastlin.max_margin_loss` (pos (...,), neg (..., N))."""
     (pos, neg), back = _prepare("max_margin_loss", ("pos", pos), ("neg", neg))
-    return _give_back(_margin(pos, neg, float(margin), str(reduction)), back)
+    return _give_back(_run(_margin, pos, neg, float(margin), str(reduction)), back)
 
 
 # ------------------------------------------------------------- pairwise reductions
 
-@torch.library.custom_op("fastlin::cdist_topk", mutates_args=(), device_types="cpu")
+@_custom("cdist_topk")
 def _topk(x1: Tensor, x2: Tensor, k: int, metric: str, largest: bool,
           VI: Optional[Tensor]) -> tuple[Tensor, Tensor]:
     d, i = _fl.cdist_topk(_np(x1), _np(x2), k, metric, largest=largest, VI=_opt(VI))
@@ -492,8 +515,7 @@ def _(x1, x2, k, metric, largest, VI):
             x1.new_empty((x1.shape[0], k), dtype=torch.int64))
 
 
-@torch.library.custom_op("fastlin::cdist_topk_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("cdist_topk_backward")
 def _topk_backward(grad: Tensor, x1: Tensor, x2: Tensor, idx: Tensor, metric: str,
                    VI: Optional[Tensor], dist: Tensor) -> tuple[Tensor, Tensor]:
     g1, g2 = _fl.cdist_topk_backward(_np(grad), _np(x1), _np(x2), _np(idx), metric,
@@ -531,10 +553,10 @@ def cdist_topk(x1, x2, k, metric="euclidean", *, largest=False, w=None, VI=None)
                                      ("VI", VI))
     _check_vi_grad("cdist_topk", VI)
     x1, x2 = _weighted(_fl._distance_api._metric(metric), w, x1, x2)
-    return _give_back(_topk(x1, x2, int(k), metric, bool(largest), VI), back)
+    return _give_back(_run(_topk, x1, x2, int(k), metric, bool(largest), VI), back)
 
 
-@torch.library.custom_op("fastlin::cdist_logsumexp", mutates_args=(), device_types="cpu")
+@_custom("cdist_logsumexp")
 def _softmin(x1: Tensor, x2: Tensor, metric: str, scale: float, b: Optional[Tensor],
              VI: Optional[Tensor]) -> Tensor:
     return _t(_fl.cdist_logsumexp(_np(x1), _np(x2), metric, scale=scale, b=_opt(b),
@@ -546,8 +568,7 @@ def _(x1, x2, metric, scale, b, VI):
     return x1.new_empty((x1.shape[0],))
 
 
-@torch.library.custom_op("fastlin::cdist_logsumexp_backward", mutates_args=(),
-                         device_types="cpu")
+@_custom("cdist_logsumexp_backward")
 def _softmin_backward(grad: Tensor, x1: Tensor, x2: Tensor, metric: str, scale: float,
                       b: Optional[Tensor], VI: Optional[Tensor],
                       lse: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -585,4 +606,4 @@ def cdist_logsumexp(x1, x2, metric="sqeuclidean", *, scale=-1.0, b=None, w=None,
                                         ("w", w), ("VI", VI))
     _check_vi_grad("cdist_logsumexp", VI)
     x1, x2 = _weighted(_fl._distance_api._metric(metric), w, x1, x2)
-    return _give_back(_softmin(x1, x2, metric, float(scale), b, VI), back)
+    return _give_back(_run(_softmin, x1, x2, metric, float(scale), b, VI), back)

@@ -181,3 +181,16 @@ def test_bad_inputs_are_refused_clearly():
         ft.mahalanobis(torch.randn(3, 2), torch.zeros(2))
     with pytest.raises(ValueError, match="k must satisfy"):
         ft.cdist_topk(torch.randn(3, 2), torch.randn(2, 2), 3)
+
+
+@pytest.mark.parametrize("name, ours, theirs, make", CASES, ids=IDS)
+def test_calls_without_autograd_skip_the_dispatcher_with_the_same_result(name, ours, theirs,
+                                                                         make):
+    """Without autograd to record, the kernel runs directly (fastlin.torch._run);
+    the result must be the dispatcher's, bit for bit."""
+    args = make()
+    via_op = ours(*args).detach()
+    with torch.no_grad():
+        direct = ours(*args)
+    assert torch.equal(direct, via_op)
+    assert torch.equal(ours(*[a.detach() for a in args]), via_op)
