@@ -40,6 +40,15 @@ subnormal result carries an absolute rounding error of up to ``tiny / 2``):
 * cdist_backward / pdist_backward (test_distance_backward): ``1e-14``
   (float64) / ``4e-6`` (float32) of the largest magnitude of the pair terms
   summed, times kappa(VI) for mahalanobis.
+* cdist_topk (test_pairwise): the indices exactly the stable argsort of
+  fastlin.cdist's own matrix (the documented contract), the distances by
+  cdist's rule against the longdouble twin's; cdist_topk_backward the
+  cdist_backward rule over the selected pairs (times max sqrt(w)).
+* cdist_logsumexp (test_pairwise.lse_bound): ``|scale|`` times cdist's
+  error plus ``eps |scale D|`` over the live terms, plus ``eps (8 (1 +
+  |lse|) + log mB)`` and ``eps64 (256 + 2 ntiles + 128)`` for the double sum;
+  its backward the cdist_backward rule plus the relative error of the
+  softmax weights, ``(e + mA eps64 + eps) sum_i |g_i| E_ij`` for gb.
 * max_margin_loss (test_margin): ``2 eps (|margin| + |pos| + |neg|)`` per
   element, their sum plus ``n eps64`` of the sum plus ``eps |total|`` for the
   reductions; backward: gneg exact up to the rounding of ``grad / count``
@@ -61,8 +70,13 @@ test_known_discrepancies: results off their twin beyond the bound, each
 pinned there by a minimal reproducer (strict xfail) -- a distance backward
 next to a point ~1e15 away (the centring rounds the near pair away), the
 Mahalanobis backward and weighted cosine on subnormal rows, scipy's VI
-estimated for tiny float32 rows (its factor overflows float32: nan), and
-nan gradients of an empty sum of pairs.
+estimated for tiny float32 rows (its factor overflows float32: nan), nan
+gradients of an empty sum of pairs, cdist_topk_backward's recomputed
+distances and norms under- and overflowing (subnormal rows, rows ~1e300)
+and dropping nan, and cdist_logsumexp_backward with w of points near a
+large common offset.  Zero weights of cdist_logsumexp on nan, infinite or
+far terms (nan: test_pairwise.test_known_zero_weight_terms) are kept out of
+the zoo and the fuzz.
 """
 import gc
 import itertools
@@ -821,6 +835,228 @@ def cases_maha(seed, backward=False):
                             yield f"{lead}x{d} {dt} {kind} {mk} sq={sq}", (X, mean), kw
 
 
+# ------------------------------------------- pairwise reductions (cdist_topk ...)
+
+TILE = 256          # cdist's tile width (columns of XB per tile row)
+
+
+def _twin_cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None):
+    """cdist_topk's twin: its documented indices are the stable argsort of
+    fastlin.cdist's own matrix (near ties order by the last bit of *those*
+    distances; cdist is judged by its own entry), its distances judged
+    against the longdouble twin's at those indices by cdist's rule."""
+    with np.errstate(all="ignore"):
+        D = fastlin.cdist(XA, XB, metric, w=w, VI=VI)
+    _, idx = ref.cdist_topk(XA, XB, k, metric, largest=largest, D=D)
+    DL = ref.cdist(XA, XB, metric, w=w, VI=VI, dtype=LD)
+    return np.take_along_axis(DL, idx, axis=1), idx
+
+
+def tol_cdist_topk(got, want, args, kw):
+    """cdist's rule for the distances; the indices exact."""
+    XA, XB = args[:2]
+    return tol_dist(got[0], want[0], (XA, XB), kw, XA.shape[1]), 0.0
+
+
+def _scaled(args, kw):
+    """(A, B, s): the points scaled by sqrt(w) (a weighted metric is the
+    metric of the scaled rows) and the largest sqrt(w) (1 without w): the
+    gradients' terms are the scaled rows' times sqrt(w)."""
+    A, B = _f64(args[0]), _f64(args[1])
+    w = kw.get("w")
+    if w is None:
+        return A, B, 1.0
+    sw = np.sqrt(_f64(w))
+    return A * sw, B * sw, float(sw.max(initial=0.0))
+
+
+def tol_cdist_topk_bwd(got, want, args, kw):
+    """cdist_backward's rule on the selected pairs: |grad| scattered into the
+    (mA, mB) pairs it weights, each term a rounded subnormal at worst."""
+    G, XA, XB, idx = args
+    metric = kw.get("metric", "euclidean")
+    dt = np.asarray(got[0]).dtype
+    VI = kw.get("VI")
+    if metric == "mahalanobis" and VI is None:
+        VI = ref.default_vi(np.vstack([_f64(XA), _f64(XB)]))
+    A, B, s = _scaled((XA, XB), kw)
+    # the magnitudes of the finite terms (where a nan sits is checked apart;
+    # a pair of weight 0 must not make a row's magnitude nan)
+    A, B = np.nan_to_num(A, nan=0.0), np.nan_to_num(B, nan=0.0)
+    Gf = np.zeros((A.shape[0], B.shape[0]))
+    k = np.shape(idx)[1]
+    with np.errstate(invalid="ignore"):
+        np.add.at(Gf, (np.arange(A.shape[0])[:, None], np.asarray(idx)), np.abs(_f64(G)))
+    ma, mb = _abs_terms(Gf, A, B, metric, VI)
+    f = _bwd_factor(dt, metric, VI) * s
+    return (f * _top(ma) + (k + 2) * tiny(dt), f * _top(mb) + (A.shape[0] * k + 2) * tiny(dt))
+
+
+def _lse_dist_error(XA, XB, kw, dt):
+    """(D, dD): the longdouble distances and cdist's bound on the error of
+    each (tol_dist), as float64."""
+    kwd = {k: v for k, v in kw.items() if k in ("w", "VI")}
+    with np.errstate(all="ignore"):
+        D = ref.cdist(XA, XB, kw["metric"], dtype=LD, **kwd)
+        dD = tol_dist(np.zeros(0, dt), D, (XA, XB), kw, np.shape(XA)[1])
+    return _f64(D), np.broadcast_to(_f64(dD), D.shape)
+
+
+def _lse_bound(D, dD, dt, scale, b, want):
+    """cdist_logsumexp's bound per row (test_pairwise.lse_bound): lse is
+    1-Lipschitz in the max-norm of its exponents, which carry |scale| times
+    cdist's error plus the rounding of scale D (eps |scale D|), over the
+    live terms; the softmax family's 8 eps (1 + |lse|) plus eps log mB for
+    the shifted exponentials; the double sum eps64 (TILE + 2 ntiles + 128)."""
+    e = eps(dt)
+    mB = D.shape[1]
+    live = np.ones(D.shape, bool) if b is None else np.broadcast_to(_f64(b) != 0, D.shape)
+    with np.errstate(all="ignore"):
+        term = np.where(live & np.isfinite(D), dD + e * np.abs(D), 0.0)
+        wv = np.nan_to_num(np.abs(_f64(want)), nan=0.0, posinf=0.0, neginf=0.0)
+        return (abs(scale) * term.max(axis=1, initial=0.0)
+                + e * (8 * (1 + wv) + np.log(max(mB, 1)))
+                + EPS64 * (TILE + 2 * (-(-mB // TILE)) + 128))
+
+
+def tol_cdist_lse(got, want, args, kw):
+    XA, XB = args
+    dt = np.asarray(got).dtype
+    D, dD = _lse_dist_error(XA, XB, kw, dt)
+    return _lse_bound(D, dD, dt, kw.get("scale", -1.0), kw.get("b"), want)
+
+
+def tol_cdist_lse_bwd(got, want, args, kw):
+    """test_pairwise.lse_bwd_tols: the weights E_ij = exp(scale D_ij - lse_i)
+    carry a relative error e of at most |scale| dD + eps |scale D| + the lse
+    bound + eps (2 + |scale D| + |lse|); the point gradients are
+    cdist_backward of W = g scale b E (its rule plus e, of the magnitudes
+    summed), gb_j = sum_i g_i E_ij within (e + mA eps64 + eps) of sum |g| E."""
+    g, XA, XB = args
+    dt = np.asarray(got[0]).dtype
+    metric, scale, b = kw["metric"], kw.get("scale", -1.0), kw.get("b")
+    e_ = eps(dt)
+    D, dD = _lse_dist_error(XA, XB, kw, dt)
+    kwt = {k: v for k, v in kw.items() if k != "metric"}
+    lse = _f64(ref.cdist_logsumexp(XA, XB, metric, dtype=LD, **kwt))
+    ltol = _lse_bound(D, dD, dt, scale, b, lse)
+    bl = np.ones(D.shape[1]) if b is None else _f64(b)
+    with np.errstate(all="ignore"):
+        E = np.exp(scale * D - lse[:, None])
+        E[np.isneginf(lse)] = 0
+        rel = (abs(scale) * (dD + e_ * np.abs(D)) + ltol[:, None]
+               + e_ * (2 + np.abs(scale * D) + np.abs(lse)[:, None]))
+        e = float(np.max(np.where(E > 0, rel, 0.0), initial=0.0))
+        W = np.abs(_f64(g))[:, None] * abs(scale) * bl * E
+    VI = kw.get("VI")
+    if metric == "mahalanobis" and VI is None:
+        VI = ref.default_vi(np.vstack([_f64(XA), _f64(XB)]))
+    A, B, s = _scaled((XA, XB), kw)
+    ma, mb = _abs_terms(np.nan_to_num(W, nan=0.0), A, B, metric, VI)
+    f = (_bwd_factor(dt, metric, VI) + e) * s
+    with np.errstate(all="ignore"):
+        gbm = (np.abs(_f64(g))[:, None] * E).sum(axis=0)
+    return (f * _top(ma) + (B.shape[0] + 2) * tiny(dt),
+            f * _top(mb) + (A.shape[0] + 2) * tiny(dt),
+            (e + A.shape[0] * EPS64 + e_) * gbm + (A.shape[0] + 2) * tiny(dt))
+
+
+def cases_cdist_topk(seed):
+    """cdist's zoo, k = 1 nearest and k = mB farthest (k = 0 without rows)."""
+    for label, (XA, XB), kw in cases_cdist(seed):
+        mB = XB.shape[0]
+        yield f"{label} k={min(1, mB)}", (XA, XB, min(1, mB)), kw
+        yield f"{label} k={mB} largest", (XA, XB, mB), dict(kw, largest=True)
+
+
+def cases_cdist_topk_bwd(seed):
+    """cdist's zoo with weights, 3 indices per query (repeats allowed),
+    leaving out what _bwd_skip does but w (infinite points, Mahalanobis
+    subnormal rows: the gradients there undocumented or known off), subnormal
+    rows, huge rows but under 'sqeuclidean', nan rows under 'euclidean' and
+    'mahalanobis' (test_known_discrepancies), and large offsets with w
+    (below)."""
+    for label, (XA, XB), kw in cases_cdist(seed):
+        if _bwd_skip(label, {k: v for k, v in kw.items() if k != "w"}):
+            continue
+        if (" subnormal " in label or (" huge " in label and kw["metric"] != "sqeuclidean")
+                or (" nan " in label and kw["metric"] in ("euclidean", "mahalanobis"))):
+            # test_known_discrepancies: topk_backward_subnormal, _huge, _nan
+            continue
+        if " offset " in label and "w" in kw:
+            # the twin scales the rows by sqrt(w) before their differences
+            # (reference._scaled_rows): eps_LD 1e6 of cancellation, beyond the
+            # bound (test_pairwise checks weighted gradients on centred data)
+            continue
+        rng = np.random.default_rng(len(label))
+        k = 3 if XB.shape[0] else 0
+        idx = rng.integers(0, max(XB.shape[0], 1), (XA.shape[0], k))
+        G = rng.standard_normal((XA.shape[0], k))
+        yield label, (G, XA, XB, idx), kw
+
+
+LSE_SCALES = (-1.0, 0.5, -30.0)
+
+
+def _dead_term(XA, XB, kw, scale):
+    """A row of XB whose term may take a zero weight: its distances finite
+    and its exponent nowhere above the other terms' largest (a dead term
+    that is nan, infinite or far above the live ones gives nan:
+    test_known_discrepancies, lse_zero_weight); None if none is."""
+    if XA.shape[0] == 0 or XB.shape[0] < 2:
+        return None
+    kwd = {k: v for k, v in kw.items() if k in ("w", "VI")}
+    with np.errstate(all="ignore"):
+        T = _f64(scale * ref.cdist(XA, XB, kw["metric"], dtype=LD, **kwd))
+    for j in range(XB.shape[0]):
+        rest = np.delete(T, j, axis=1)
+        if np.isfinite(T[:, j]).all() and np.all(T[:, j] <= np.max(rest, axis=1)):
+            return j
+    return None
+
+
+def cases_cdist_lse(seed):
+    """cdist's zoo with the default metric's scale -1, a soft-max (0.5) and a
+    sharp one (-30), b absent, positive, and with a zero (_dead_term)."""
+    scales = itertools.cycle(LSE_SCALES)
+    for label, (XA, XB), kw in cases_cdist(seed):
+        rng = np.random.default_rng(len(label) + seed)
+        scale = next(scales)
+        mB = XB.shape[0]
+        yield f"{label} scale={scale}", (XA, XB), dict(kw, scale=scale)
+        b = rng.uniform(0.5, 2.0, mB)
+        yield f"{label} scale={scale} b>0", (XA, XB), dict(kw, scale=scale, b=b)
+        j = _dead_term(XA, XB, kw, scale)
+        if j is not None:
+            b = b.copy()
+            b[j] = 0.0
+            yield f"{label} scale={scale} b zeros", (XA, XB), dict(kw, scale=scale, b=b)
+
+
+def cases_cdist_lse_bwd(seed):
+    """The forward's cases but those _bwd_skip leaves out (infinite points,
+    Mahalanobis subnormal rows, nan without pairs), w kept; and left out:
+    huge rows (below), XB is XA (its zero-length pairs carry the largest
+    weights E_ii, whose
+    rounding the sums of cdist_backward put on the other pairs:
+    _known_grad_range_cancellation), and subnormal or offset rows with w
+    (test_known_discrepancies: lse_backward_weighted_offset)."""
+    for label, (XA, XB), kw in cases_cdist_lse(seed):
+        if _bwd_skip(label, {k: v for k, v in kw.items() if k != "w"},
+                     XA.shape[0] * XB.shape[0]):
+            continue
+        if " same " in label or ("w" in kw and (" subnormal " in label
+                                                or " offset " in label)):
+            continue
+        if " huge " in label:
+            # exponents of ~1e300: any rounding of lse (1e281 even in
+            # longdouble) makes exp(scale D - lse) overflow or vanish, in the
+            # twin as in fastlin: neither result means anything
+            continue
+        g = np.random.default_rng(len(label)).standard_normal(XA.shape[0])
+        yield label, (g, XA, XB), kw
+
+
 REGISTRY = [
     Entry("normalize", fastlin.normalize, ref.normalize, cases_forward_nd((1e-12, 0.0, 0.5)),
           tol_normalize, out=True),
@@ -846,6 +1082,15 @@ REGISTRY = [
           tol_cdist_bwd, twin_kw={"dtype": LD}, widen=False),
     Entry("pdist_backward", fastlin.pdist_backward, ref.pdist_backward, cases_pdist_bwd,
           tol_pdist_bwd, twin_kw={"dtype": LD}, widen=False),
+    Entry("cdist_topk", fastlin.cdist_topk, _twin_cdist_topk, cases_cdist_topk, tol_cdist_topk,
+          widen=False),
+    Entry("cdist_topk_backward", fastlin.cdist_topk_backward, ref.cdist_topk_backward,
+          cases_cdist_topk_bwd, tol_cdist_topk_bwd, twin_kw={"dtype": LD}, widen=False),
+    Entry("cdist_logsumexp", fastlin.cdist_logsumexp, ref.cdist_logsumexp, cases_cdist_lse,
+          tol_cdist_lse, twin_kw={"dtype": LD}, widen=False),
+    Entry("cdist_logsumexp_backward", fastlin.cdist_logsumexp_backward,
+          ref.cdist_logsumexp_backward, cases_cdist_lse_bwd, tol_cdist_lse_bwd,
+          twin_kw={"dtype": LD}, widen=False),
     Entry("max_margin_loss", fastlin.max_margin_loss, ref.max_margin_loss, cases_margin,
           tol_margin, twin_kw={"dtype": LD}, widen=False),
     Entry("max_margin_loss_backward", fastlin.max_margin_loss_backward,
@@ -887,11 +1132,23 @@ def expected_dtype(entry, args, kw):
     # grad sets the dtype of the same-shape backwards only
     skip_grad = entry.name.endswith("backward") and entry.name[0] in "cpm"
     arrays = [a for a in (args[1:] if skip_grad else args) if isinstance(a, np.ndarray)]
+    if entry.name == "cdist_topk_backward":
+        arrays = arrays[:2]                 # idx, of integers, does not take part
     if entry.name in ("logsumexp", "logsumexp_backward") and kw.get("b") is not None:
         arrays.append(kw["b"])
     if entry.name.startswith("mahalanobis"):
         arrays += [v for k, v in kw.items() if k in ("cov", "VI", "cholesky")]
     return result_dtype(*arrays)
+
+
+def _output_dtype(entry, i, dt):
+    """The dtype of output i: logsumexp's sign is not judged on its dtype,
+    cdist_topk's indices are int64."""
+    if i and entry.name == "logsumexp":
+        return None
+    if i and entry.name == "cdist_topk":
+        return np.dtype(np.int64)
+    return dt
 
 
 def run_case(entry, label, args, kw):
@@ -912,8 +1169,7 @@ def run_case(entry, label, args, kw):
     if isinstance(got, tuple):
         assert isinstance(want, tuple) and len(got) == len(want), what
         for i, (g, w, t) in enumerate(zip(got, want, tol)):
-            close(g, w, t, f"{what} output {i}", None if i and entry.name == "logsumexp"
-                  else dt)
+            close(g, w, t, f"{what} output {i}", _output_dtype(entry, i, dt))
     else:
         close(got, want, tol, what, dt)
 
@@ -1027,7 +1283,51 @@ def _known_grad_range_cancellation():
     np.testing.assert_array_equal(gB, [[-2.0]])
 
 
-KNOWN = [_known_grad_range_cancellation, _known_float32_gradient_overflow, _known_mahalanobis_backward_far_point, _known_sqeuclidean_backward_far_point, _known_cosine_weighted_subnormal, _known_mahalanobis_backward_subnormal, _known_float32_default_vi_tiny_rows,
+def _known_topk_backward_subnormal():
+    """cdist_topk_backward ('euclidean') of subnormal rows: the distance of
+    the pair (1e-320, 0) is recomputed as sqrt(sum (a - b)^2) in float64,
+    where the square underflows to 0: the zero subgradient, not 1."""
+    got = fastlin.cdist_topk_backward(np.ones((1, 1)), np.array([[1e-320]]),
+                                      np.array([[0.0]]), np.array([[0]]))
+    np.testing.assert_array_equal(got[0], [[1.0]])
+
+
+def _known_topk_backward_huge():
+    """cdist_topk_backward ('euclidean') of rows 2e300 apart: the recomputed
+    distance overflows to inf and (a - b) / inf gives 0, not 1 (dist= given
+    avoids it); 'cosine' and 'mahalanobis' likewise give 0 for rows ~1e300
+    (norms and whitened differences squared in float64)."""
+    got = fastlin.cdist_topk_backward(np.ones((1, 1)), np.array([[1e300]]),
+                                      np.array([[-1e300]]), np.array([[0]]))
+    np.testing.assert_array_equal(got[0], [[1.0]])
+
+
+def _known_topk_backward_nan():
+    """cdist_topk_backward ('euclidean', 'mahalanobis') of a pair with a nan
+    coordinate: the zero-distance test (d > 0) is false for nan, so the
+    gradient is 0 where the twin (and cdist_backward) give nan."""
+    got = fastlin.cdist_topk_backward(np.ones((1, 1)), np.array([[np.nan, 1.0]]),
+                                      np.array([[0.0, 0.0]]), np.array([[0]]))
+    assert np.isnan(got[0]).all(), got[0]
+
+
+def _known_lse_backward_weighted_offset():
+    """cdist_logsumexp_backward with w of points near 1e6: the rows are scaled
+    by sqrt(w) in float64 before their differences are taken (cdist and
+    cdist_backward of the scaled rows), which rounds 1e6 sqrt(w): 1e-10
+    relative off the twin, where the bound is ~1e-13 (cdist_topk_backward,
+    which weights the differences, is right)."""
+    rng = np.random.default_rng(1)
+    A, B = rng.standard_normal((3, 2)) + 1e6, rng.standard_normal((4, 2)) + 1e6
+    w = np.array([0.7, 2.3])
+    got = fastlin.cdist_logsumexp_backward(np.ones(3), A, B, "sqeuclidean", w=w)[0]
+    want = ref.cdist_logsumexp_backward(np.ones(3), A, B, "sqeuclidean", w=w, dtype=LD)[0]
+    assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
+
+
+KNOWN = [_known_topk_backward_subnormal, _known_topk_backward_huge, _known_topk_backward_nan,
+         _known_lse_backward_weighted_offset,
+         _known_grad_range_cancellation, _known_float32_gradient_overflow, _known_mahalanobis_backward_far_point, _known_sqeuclidean_backward_far_point, _known_cosine_weighted_subnormal, _known_mahalanobis_backward_subnormal, _known_float32_default_vi_tiny_rows,
          _known_no_pairs_nan_gradient]
 
 
@@ -1194,6 +1494,8 @@ def fuzz_case(draw, name):
         if m < 2:                   # no pairs with nan: test_known_discrepancies
             X = np.nan_to_num(X, nan=0.0)
         return (_fuzz_dist_grad(fuzz_array(draw, (m * (m - 1) // 2,), F64)), X), kw
+    if name in PAIRWISE:
+        return _fuzz_pairwise(draw, name, k, metric)
     if name == "squareform":
         m = draw(st.integers(0, 5))
         return (fuzz_array(draw, (m * (m - 1) // 2,)),), {}
@@ -1226,6 +1528,77 @@ def fuzz_case(draw, name):
     if name == "mahalanobis":
         return (X, mean), kw
     return (np.ones(shape[:-1]), X, mean), kw
+
+
+PAIRWISE = ("cdist_topk", "cdist_topk_backward", "cdist_logsumexp", "cdist_logsumexp_backward")
+
+
+def _fuzz_clip(X):
+    """The distance-backward fuzz's points: none ~1e15 apart from the others
+    nor ~1e-12 and less (test_known_discrepancies), as for cdist_backward;
+    cdist_topk_backward recomputes |a - b| and the cosine norms from squares
+    in float64 (topk_backward_huge, _subnormal): none beyond 1e100 or within
+    (0, 1e-100) either, which the clipping covers."""
+    if X.dtype.kind != "f":
+        return X
+    X = np.where(np.abs(X) > 1e12, np.sign(X) * 1e12, X).astype(X.dtype)
+    return np.where(np.abs(X) < 1e-12, 0, X).astype(X.dtype)
+
+
+def _fuzz_pairwise(draw, name, k, metric):
+    """cdist's fuzz points (now and then of other columns, an unknown metric)
+    with w or VI, and each entry's own arguments: k in [-1, mB + 1] and
+    largest; scale (inf refused) and b: None, positive, or arbitrary (refused
+    unless finite and non-negative; zeros there replaced by 1: a zero weight
+    on a nan, infinite or far term is test_pairwise's known bug); the
+    backwards' points clipped (_fuzz_clip), with a nan, a zero or a grad
+    in [1e-3, 1e3] per entry (_fuzz_dist_grad) and indices in range or not."""
+    X = fuzz_array(draw, (draw(st.integers(0, 5)), k))
+    Y = fuzz_array(draw, (draw(st.integers(0, 4)), draw(st.sampled_from([k, k, k + 1]))))
+    kw = {"metric": metric}
+    if metric == "mahalanobis":
+        kw["VI"] = spd(k, np.random.default_rng(k)) if k else np.zeros((0, 0))
+    elif k and draw(st.booleans()):
+        kw["w"] = draw(st.sampled_from([np.ones(k), np.linspace(0.0, 2.0, k)]))
+    mA, mB = X.shape[0], Y.shape[0]
+    backward = name.endswith("backward")
+    if backward and metric in ("euclidean", "mahalanobis") and name.startswith("cdist_topk"):
+        # nan gives 0 there (test_known_discrepancies: topk_backward_nan)
+        X, Y = np.nan_to_num(X, nan=0.0), np.nan_to_num(Y, nan=0.0)
+    if backward:
+        X, Y = _fuzz_clip(X), _fuzz_clip(Y)
+        if name == "cdist_logsumexp_backward" and X.dtype.kind == "f":
+            # the gradient at an infinite point is not documented (as for
+            # cdist_backward, whose zoo leaves them out)
+            X = np.where(np.isinf(X), 0, X).astype(X.dtype)
+            Y = np.where(np.isinf(Y), 0, Y).astype(Y.dtype)
+    if name.startswith("cdist_topk"):
+        kk = draw(st.integers(-1, mB + 1))
+        if name == "cdist_topk":
+            return (X, Y, kk), dict(kw, largest=draw(st.booleans()))
+        kk = min(max(kk, 0), mB)
+        hi = mB + draw(st.sampled_from([0, 0, 0, 1]))          # out of range now and then
+        idx = draw(hnp.arrays(np.int64, (mA, kk), elements=st.integers(0, max(hi - 1, 0))))
+        if mB == 0:
+            idx = idx[:, :0]
+        G = _fuzz_dist_grad(fuzz_array(draw, (mA, idx.shape[1]), F64))
+        if G.size == 0 and X.dtype.kind == "f":   # no pairs with nan
+            X, Y = np.nan_to_num(X, nan=0.0), np.nan_to_num(Y, nan=0.0)
+        return (G, X, Y, idx), kw
+    kw["scale"] = draw(st.sampled_from([-1.0, 0.5, -30.0, np.inf]))
+    b = draw(st.sampled_from([None, "positive", "any"]))
+    if b == "positive":
+        b = draw(hnp.arrays(F64, (mB,), elements=st.floats(1e-3, 1e3)))
+    elif b == "any":
+        b = fuzz_array(draw, (mB + draw(st.sampled_from([0, 0, 1])),), F64)
+        if b.shape == (mB,) and np.all(np.isfinite(b)) and np.all(b >= 0):
+            b = np.where(b == 0, 1.0, b)
+    kw["b"] = b
+    if name == "cdist_logsumexp":
+        return (X, Y), kw
+    g = draw(hnp.arrays(F64, (mA,), elements=st.one_of(st.floats(-10, -1e-3),
+                                                        st.floats(1e-3, 10))))
+    return (g, X, Y), kw
 
 
 def _fuzz_dist_grad(G):
@@ -1292,7 +1665,12 @@ def _family_calls():
         "distance": [lambda: fastlin.cdist(x, g), lambda: fastlin.pdist(x, "cosine"),
                      lambda: fastlin.squareform(np.array([1.0, 2.0, 3.0])),
                      lambda: fastlin.cdist_backward(x[:, :2], x, g),
-                     lambda: fastlin.pdist_backward(np.ones(1), x, "sqeuclidean")],
+                     lambda: fastlin.pdist_backward(np.ones(1), x, "sqeuclidean"),
+                     lambda: fastlin.cdist_topk(x, g, 2),
+                     lambda: fastlin.cdist_logsumexp(x, g, b=np.array([1.0, 0.5])),
+                     lambda: fastlin.cdist_topk_backward(g[:, :2], x, g,
+                                                         np.array([[0, 1], [1, 1]])),
+                     lambda: fastlin.cdist_logsumexp_backward(np.ones(2), x, g)],
         "margin": [lambda: fastlin.max_margin_loss(x[:, 0], g),
                    lambda: fastlin.max_margin_loss_backward(1.0, x[:, 0], g, reduction="mean")],
         "mahalanobis": [lambda: fastlin.mahalanobis(x, m, cholesky=L),
