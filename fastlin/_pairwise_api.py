@@ -14,7 +14,7 @@ import numpy as np
 
 from . import _simd
 from ._common import store_out
-from ._distance_api import (TAU, _cdist_small_mode, _check_extra_args, _default_vi,
+from ._distance_api import (TAU, _cdist_small_mode, _centre, _check_extra_args, _default_vi,
                             _direct_sqrt, _exact_marked, _gemm_operands, _kernel_params,
                             _Operands, _pair, _panels, _precision_factor, _scratch,
                             _uses_blas, _weights, cdist, cdist_backward)
@@ -370,10 +370,9 @@ def _topk_backward(grad, XA, XB, idx, metric, w, VI, dist):
     L = None
     if metric == "mahalanobis":
         L = np.asarray(_precision_factor(VI, n, P.XA, P.XB, np.float64), np.float64)
+    sw = np.ones(n) if wv is None else np.sqrt(wv)
     if metric == "cosine":
-        sw = np.ones(n) if wv is None else np.sqrt(wv)
-        nA = np.sqrt(np.einsum("ij,ij->i", A * sw, A * sw))
-        nB = np.sqrt(np.einsum("ij,ij->i", B * sw, B * sw))
+        nA, nB = _row_norms(A * sw), _row_norms(B * sw)
     rows = max(1, _BAND_ENTRIES // max(k * n, 1))
     for i0 in range(0, mA, rows):
         i1 = min(mA, i0 + rows)
@@ -397,21 +396,46 @@ def _topk_backward(grad, XA, XB, idx, metric, w, VI, dist):
             if metric == "sqeuclidean":
                 ta = 2 * diff * (wv if wv is not None else 1.0) * gi
             elif metric == "euclidean":
-                wd = diff * wv if wv is not None else diff
-                d = (np.sqrt(np.einsum("rkn,rkn->rk", diff, wd)) if D is None
-                     else D[i0:i1])[:, :, None]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ta = np.where(d > 0, wd / d, 0.0) * gi
+                # w (a - b) / D = sqrt(w) u / |u| with u = sqrt(w) (a - b):
+                # the unit vector, formed scaled (no square under- or overflows,
+                # no subnormal difference rounded by the weight)
+                ta = sw * _unit(diff, None if D is None else D[i0:i1], sw) * gi
             else:                                         # mahalanobis: VI = L L^T
                 z = diff @ L
-                d = (np.sqrt(np.einsum("rkn,rkn->rk", z, z)) if D is None
-                     else D[i0:i1])[:, :, None]
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ta = np.where(d > 0, (z / d) @ L.T, 0.0) * gi
+                ta = _unit(z, None if D is None else D[i0:i1]) @ L.T * gi
             tb = -ta
         gA[i0:i1] = ta.sum(axis=1)
         np.add.at(gB, j.ravel(), tb.reshape(-1, n))
     return gA.astype(dtype), gB.astype(dtype)
+
+
+def _row_norms(X):
+    """Euclidean norms of the last axis, scaled by the largest entry first
+    (as hypot): no square under- or overflows."""
+    s = np.max(np.abs(X), axis=-1, initial=0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = X / np.where(s > 0, s, 1.0)[..., None]
+    return s * np.sqrt(np.einsum("...i,...i->...", u, u))
+
+
+def _unit(V, d=None, sw=None):
+    """U / |U| along the last axis for U = V sw (sw None: 1): 0 where V is 0
+    (the zero subgradient), nan where V holds a nan.  V is scaled by its
+    largest entry before sw multiplies it (a subnormal V keeps its digits)
+    and before the squares are summed (none under- or overflows).  With d
+    (the norms |U|, the forward's distances), U / d instead, with the same
+    rule at d == 0."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if d is not None:
+            d = d[..., None]
+            return np.where(d == 0, 0.0, (V if sw is None else V * sw) / d)
+        s = np.max(np.abs(V), axis=-1, initial=0.0)[..., None]
+        s = np.where(np.isnan(V).any(axis=-1, keepdims=True), np.nan, s)
+        U = V / np.where(s > 0, s, 1.0)
+        if sw is not None:
+            U = U * sw
+        n = np.sqrt(np.einsum("...i,...i->...", U, U))[..., None]
+        return np.where((s == 0) | (n == 0), 0.0, U / n)
 
 
 def cdist_logsumexp_backward(grad, XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None,
@@ -468,7 +492,13 @@ def _lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse):
     A = np.ascontiguousarray(P.XA, dtype=dtype)
     B = np.ascontiguousarray(P.XB, dtype=dtype)
     if P.sw is not None:
-        # a weighted metric is the metric of the rows scaled by sqrt(w)
+        # a weighted metric is the metric of the rows scaled by sqrt(w); for
+        # the (translation invariant) Euclidean ones both sets are first moved
+        # to a common point near them, so that a large common offset is not
+        # scaled and rounded into the differences
+        if metric != "cosine":
+            c = _centre(A if mA else B, dtype)
+            A, B = A - c, B - c
         A, B = A * P.sw, B * P.sw
     Vm = None
     if metric == "mahalanobis":
@@ -487,7 +517,12 @@ def _lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse):
         E[np.isneginf(lb)] = 0            # a row without terms has no gradient
         gi = g[i0:i1]
         gb += gi.astype(np.float64) @ E
-        W = E * bb if bb is not None else E
+        # a zero weight's term is absent (its E may be inf: 0 * inf is nan)
+        if bb is not None:
+            with np.errstate(invalid="ignore"):
+                W = np.where(bb > 0, E * bb, 0).astype(dtype)
+        else:
+            W = E
         W *= (gi * dtype.type(scale))[:, None]
         if n:
             ga, gbp = cdist_backward(W, A[i0:i1], B, metric, VI=Vm, dist=D)

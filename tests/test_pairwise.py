@@ -577,8 +577,8 @@ def test_logsumexp_against_longdouble_twin(shape, metric, dtype):
     scales of either sign, zero and huge (-1e4: every term but the nearest
     underflows), b absent, with zeros, and weights of very different sizes
     (e^-30 to e^30); with and without w (mahalanobis: given and estimated
-    VI).  Zero weights under scale -1e4 are left to
-    test_known_zero_weight_terms (nan there, a known bug).  Measured: at
+    VI).  Zero weights under scale -1e4 are test_zero_weight_terms_are_dropped's
+    (the twin's exp(-1e4) underflows even in longdouble).  Measured: at
     most 0.14 of the bound (float32 sqeuclidean, scale 0.3); the bound is a
     worst case, its |scale| cdist term dominant."""
     mA, mB, n = shape
@@ -609,7 +609,7 @@ def test_logsumexp_special_values():
     distance with a nonzero weight gives nan; an infinite term (scale > 0,
     infinite distance) +inf, an infinite distance under scale < 0 adds
     nothing; an underflowing row keeps its nearest term.  (A zero weight on
-    a nan, infinite or overflowing term: test_known_zero_weight_terms.)"""
+    a nan, infinite or overflowing term: test_zero_weight_terms_are_dropped.)"""
     A = np.array([[0.0, 0.0], [1.0, 2.0], [np.nan, 0.0]])
     Bn = np.array([[1.0, 0.0], [np.nan, 1.0], [3.0, -1.0]])
     B = np.array([[1.0, 0.0], [np.inf, 0.0], [3.0, -1.0]])
@@ -667,7 +667,7 @@ def test_logsumexp_nan_distances(metric, dtype):
 
 def _zero_weight_nan_term():
     """A nan distance of weight 0 (XB's row 1) should be left out: -1
-    (log exp(-1)); fastlin gives nan."""
+    (log exp(-1)), not nan."""
     A, B = np.array([[0.0]]), np.array([[np.nan], [1.0]])
     got = fastlin.cdist_logsumexp(A, B, b=np.array([0.0, 1.0]))
     np.testing.assert_array_equal(got, [-1.0])
@@ -675,7 +675,7 @@ def _zero_weight_nan_term():
 
 def _zero_weight_infinite_term():
     """An infinite term (scale 1, infinite distance) of weight 0 should be
-    left out: 1 (log exp(1 * 1)); fastlin gives nan."""
+    left out: 1 (log exp(1 * 1)), not nan."""
     A, B = np.array([[0.0]]), np.array([[np.inf], [1.0]])
     got = fastlin.cdist_logsumexp(A, B, scale=1.0, b=np.array([0.0, 1.0]))
     np.testing.assert_array_equal(got, [1.0])
@@ -684,17 +684,16 @@ def _zero_weight_infinite_term():
 def _zero_weight_overflowing_term():
     """A term of weight 0 whose exponent exceeds the largest live one by more
     than exp's range (709 in float64: scale -1000, distances 0 and 1) should
-    be left out: -1000; fastlin gives nan (its shifted exponential is inf,
-    times the zero weight).  As a self-match masked out by b = 0 under a
-    sharp scale would do."""
+    be left out: -1000, not nan (its shifted exponential is inf, times the
+    zero weight).  As a self-match masked out by b = 0 under a sharp scale
+    would do."""
     A, B = np.array([[0.0]]), np.array([[0.0], [1.0]])
     got = fastlin.cdist_logsumexp(A, B, scale=-1000.0, b=np.array([0.0, 1.0]))
     np.testing.assert_array_equal(got, [-1000.0])
 
 
 def _zero_weight_overflowing_term_float32():
-    """The same in float32 (exp's range ends at 88): scale -100 gives nan,
-    not -100."""
+    """The same in float32 (exp's range ends at 88): scale -100 gives -100."""
     A, B = np.array([[0.0]], F32), np.array([[0.0], [1.0]], F32)
     got = fastlin.cdist_logsumexp(A, B, scale=-100.0, b=np.array([0.0, 1.0]))
     np.testing.assert_array_equal(got, np.array([-100.0], F32))
@@ -702,9 +701,8 @@ def _zero_weight_overflowing_term_float32():
 
 def _zero_weight_overflowing_term_backward():
     """cdist_logsumexp_backward of the same: gXA = sum_j g scale b_j E_j
-    dD_j = -1000 * 1 * 1 * (-2) = 2000 (only the live term has weight);
-    fastlin gives nan (E = inf for the dead term, times b_j = 0), also when
-    given the right lse."""
+    dD_j = -1000 * 1 * 1 * (-2) = 2000 (only the live term has weight), not
+    nan (E = inf for the dead term, times b_j = 0), also when given lse."""
     A, B = np.array([[0.0]]), np.array([[0.0], [1.0]])
     b = np.array([0.0, 1.0])
     with np.errstate(all="ignore"):
@@ -717,8 +715,8 @@ def _zero_weight_overflowing_term_backward():
 
 def _zero_weight_terms_in_a_sweep():
     """In a 30 x 300 x 3 sweep under scale -1e4 with every fifth weight 0:
-    the rows whose nearest point has weight 0 are nan (rows 0, 1, 14, 15, 17
-    here), where the twin is finite."""
+    the rows whose nearest point has weight 0 (rows 0, 1, 14, 15, 17 here)
+    are finite, as the twin's."""
     rng = np.random.default_rng(303)
     XA, XB = rng.standard_normal((30, 3)), rng.standard_normal((300, 3))
     XB[5] = XA[0]
@@ -728,21 +726,18 @@ def _zero_weight_terms_in_a_sweep():
     assert np.isfinite(got).all(), np.flatnonzero(~np.isfinite(got))
 
 
-KNOWN = [_zero_weight_nan_term, _zero_weight_infinite_term, _zero_weight_overflowing_term,
-         _zero_weight_overflowing_term_float32, _zero_weight_overflowing_term_backward,
-         _zero_weight_terms_in_a_sweep]
+ZERO_WEIGHT_CASES = [_zero_weight_nan_term, _zero_weight_infinite_term,
+                     _zero_weight_overflowing_term, _zero_weight_overflowing_term_float32,
+                     _zero_weight_overflowing_term_backward, _zero_weight_terms_in_a_sweep]
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(f, id=f.__name__[1:], marks=pytest.mark.xfail(
-        strict=True, reason="a zero weight does not drop its term: " + f.__doc__.split(";")[0]))
-    for f in KNOWN])
-def test_known_zero_weight_terms(case):
-    """Known bug (documented: "Terms whose weight is 0 are left out, whatever
-    their distance"): lse_fold (src/fl_pairwise_tpl.h) masks the dead terms
-    when it looks for the shift and for nan, but its summing loop adds
-    0 * exp(scale d_j - m), which is nan where the exponent is nan, +inf,
-    or above m by more than exp's range; the backward's W = E * b likewise."""
+@pytest.mark.parametrize("case", ZERO_WEIGHT_CASES, ids=lambda f: f.__name__[1:])
+def test_zero_weight_terms_are_dropped(case):
+    """Documented: "Terms whose weight is 0 are left out, whatever their
+    distance" -- also where the exponent is nan, +inf, or above the shift by
+    more than exp's range (0 * inf would be nan): lse_fold
+    (src/fl_pairwise_tpl.h) masks them in its sum as in its maximum, and the
+    backward's weights b E are 0 there."""
     with np.errstate(all="ignore"):
         case()
 

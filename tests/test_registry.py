@@ -71,12 +71,9 @@ pinned there by a minimal reproducer (strict xfail) -- a distance backward
 next to a point ~1e15 away (the centring rounds the near pair away), the
 Mahalanobis backward and weighted cosine on subnormal rows, scipy's VI
 estimated for tiny float32 rows (its factor overflows float32: nan), nan
-gradients of an empty sum of pairs, cdist_topk_backward's recomputed
-distances and norms under- and overflowing (subnormal rows, rows ~1e300)
-and dropping nan, and cdist_logsumexp_backward with w of points near a
-large common offset.  Zero weights of cdist_logsumexp on nan, infinite or
-far terms (nan: test_pairwise.test_known_zero_weight_terms) are kept out of
-the zoo and the fuzz.
+gradients of an empty sum of pairs.  cdist_topk_backward's subnormal, ~1e300
+and nan pairs and cdist_logsumexp_backward with w near a large common offset
+are checked by test_pairwise_backward_edge_cases (they once failed).
 """
 import gc
 import itertools
@@ -972,16 +969,13 @@ def cases_cdist_topk(seed):
 def cases_cdist_topk_bwd(seed):
     """cdist's zoo with weights, 3 indices per query (repeats allowed),
     leaving out what _bwd_skip does but w (infinite points, Mahalanobis
-    subnormal rows: the gradients there undocumented or known off), subnormal
-    rows, huge rows but under 'sqeuclidean', nan rows under 'euclidean' and
-    'mahalanobis' (test_known_discrepancies), and large offsets with w
-    (below)."""
+    subnormal rows: the gradients there undocumented or known off), cosine of
+    subnormal rows (a gradient of ~1e319, beyond float64: inf - inf), and
+    large offsets with w (below)."""
     for label, (XA, XB), kw in cases_cdist(seed):
         if _bwd_skip(label, {k: v for k, v in kw.items() if k != "w"}):
             continue
-        if (" subnormal " in label or (" huge " in label and kw["metric"] != "sqeuclidean")
-                or (" nan " in label and kw["metric"] in ("euclidean", "mahalanobis"))):
-            # test_known_discrepancies: topk_backward_subnormal, _huge, _nan
+        if " subnormal " in label and kw["metric"] == "cosine":
             continue
         if " offset " in label and "w" in kw:
             # the twin scales the rows by sqrt(w) before their differences
@@ -1000,9 +994,9 @@ LSE_SCALES = (-1.0, 0.5, -30.0)
 
 def _dead_term(XA, XB, kw, scale):
     """A row of XB whose term may take a zero weight: its distances finite
-    and its exponent nowhere above the other terms' largest (a dead term
-    that is nan, infinite or far above the live ones gives nan:
-    test_known_discrepancies, lse_zero_weight); None if none is."""
+    and its exponent nowhere above the other terms' largest, where the twin
+    still means something (a dead nan, infinite or far term:
+    test_pairwise.test_zero_weight_terms_are_dropped); None if none is."""
     if XA.shape[0] == 0 or XB.shape[0] < 2:
         return None
     kwd = {k: v for k, v in kw.items() if k in ("w", "VI")}
@@ -1040,7 +1034,9 @@ def cases_cdist_lse_bwd(seed):
     weights E_ii, whose
     rounding the sums of cdist_backward put on the other pairs:
     _known_grad_range_cancellation), and subnormal or offset rows with w
-    (test_known_discrepancies: lse_backward_weighted_offset)."""
+    (scaled by sqrt(w) before their differences are taken, in the twin too:
+    test_pairwise_backward_edge_cases checks an offset against a bound of its
+    own)."""
     for label, (XA, XB), kw in cases_cdist_lse(seed):
         if _bwd_skip(label, {k: v for k, v in kw.items() if k != "w"},
                      XA.shape[0] * XB.shape[0]):
@@ -1283,40 +1279,34 @@ def _known_grad_range_cancellation():
     np.testing.assert_array_equal(gB, [[-2.0]])
 
 
-def _known_topk_backward_subnormal():
-    """cdist_topk_backward ('euclidean') of subnormal rows: the distance of
-    the pair (1e-320, 0) is recomputed as sqrt(sum (a - b)^2) in float64,
-    where the square underflows to 0: the zero subgradient, not 1."""
+def _pairwise_topk_backward_subnormal():
+    """cdist_topk_backward ('euclidean') of subnormal rows: the pair (1e-320,
+    0) has the unit gradient 1 (its square would underflow to 0)."""
     got = fastlin.cdist_topk_backward(np.ones((1, 1)), np.array([[1e-320]]),
                                       np.array([[0.0]]), np.array([[0]]))
     np.testing.assert_array_equal(got[0], [[1.0]])
 
 
-def _known_topk_backward_huge():
-    """cdist_topk_backward ('euclidean') of rows 2e300 apart: the recomputed
-    distance overflows to inf and (a - b) / inf gives 0, not 1 (dist= given
-    avoids it); 'cosine' and 'mahalanobis' likewise give 0 for rows ~1e300
-    (norms and whitened differences squared in float64)."""
+def _pairwise_topk_backward_huge():
+    """cdist_topk_backward ('euclidean') of rows 2e300 apart: the gradient 1
+    (the squared distance would overflow to inf)."""
     got = fastlin.cdist_topk_backward(np.ones((1, 1)), np.array([[1e300]]),
                                       np.array([[-1e300]]), np.array([[0]]))
     np.testing.assert_array_equal(got[0], [[1.0]])
 
 
-def _known_topk_backward_nan():
-    """cdist_topk_backward ('euclidean', 'mahalanobis') of a pair with a nan
-    coordinate: the zero-distance test (d > 0) is false for nan, so the
-    gradient is 0 where the twin (and cdist_backward) give nan."""
+def _pairwise_topk_backward_nan():
+    """cdist_topk_backward ('euclidean') of a pair with a nan coordinate:
+    nan, as the twin and cdist_backward (not the zero subgradient)."""
     got = fastlin.cdist_topk_backward(np.ones((1, 1)), np.array([[np.nan, 1.0]]),
                                       np.array([[0.0, 0.0]]), np.array([[0]]))
     assert np.isnan(got[0]).all(), got[0]
 
 
-def _known_lse_backward_weighted_offset():
-    """cdist_logsumexp_backward with w of points near 1e6: the rows are scaled
-    by sqrt(w) in float64 before their differences are taken (cdist and
-    cdist_backward of the scaled rows), which rounds 1e6 sqrt(w): 1e-10
-    relative off the twin, where the bound is ~1e-13 (cdist_topk_backward,
-    which weights the differences, is right)."""
+def _pairwise_lse_backward_weighted_offset():
+    """cdist_logsumexp_backward with w of points near 1e6: the rows are moved
+    near 0 before they are scaled by sqrt(w), so 1e6 sqrt(w) is not rounded
+    into their differences: within 1e-12 of the twin."""
     rng = np.random.default_rng(1)
     A, B = rng.standard_normal((3, 2)) + 1e6, rng.standard_normal((4, 2)) + 1e6
     w = np.array([0.7, 2.3])
@@ -1325,9 +1315,18 @@ def _known_lse_backward_weighted_offset():
     assert np.abs(got - want).max() <= 1e-12 * np.abs(want).max()
 
 
-KNOWN = [_known_topk_backward_subnormal, _known_topk_backward_huge, _known_topk_backward_nan,
-         _known_lse_backward_weighted_offset,
-         _known_grad_range_cancellation, _known_float32_gradient_overflow, _known_mahalanobis_backward_far_point, _known_sqeuclidean_backward_far_point, _known_cosine_weighted_subnormal, _known_mahalanobis_backward_subnormal, _known_float32_default_vi_tiny_rows,
+@needs_longdouble
+@pytest.mark.parametrize("case", [_pairwise_topk_backward_subnormal,
+                                  _pairwise_topk_backward_huge, _pairwise_topk_backward_nan,
+                                  _pairwise_lse_backward_weighted_offset],
+                         ids=lambda f: f.__name__[10:])
+def test_pairwise_backward_edge_cases(case):
+    """Pairs whose squares leave float64's range, nan pairs, and weighted
+    points near a large offset, each once a bug of the pairwise backwards."""
+    case()
+
+
+KNOWN = [_known_grad_range_cancellation, _known_float32_gradient_overflow, _known_mahalanobis_backward_far_point, _known_sqeuclidean_backward_far_point, _known_cosine_weighted_subnormal, _known_mahalanobis_backward_subnormal, _known_float32_default_vi_tiny_rows,
          _known_no_pairs_nan_gradient]
 
 
@@ -1536,9 +1535,7 @@ PAIRWISE = ("cdist_topk", "cdist_topk_backward", "cdist_logsumexp", "cdist_logsu
 def _fuzz_clip(X):
     """The distance-backward fuzz's points: none ~1e15 apart from the others
     nor ~1e-12 and less (test_known_discrepancies), as for cdist_backward;
-    cdist_topk_backward recomputes |a - b| and the cosine norms from squares
-    in float64 (topk_backward_huge, _subnormal): none beyond 1e100 or within
-    (0, 1e-100) either, which the clipping covers."""
+    the same clipping for cdist_topk_backward."""
     if X.dtype.kind != "f":
         return X
     X = np.where(np.abs(X) > 1e12, np.sign(X) * 1e12, X).astype(X.dtype)
@@ -1550,7 +1547,7 @@ def _fuzz_pairwise(draw, name, k, metric):
     with w or VI, and each entry's own arguments: k in [-1, mB + 1] and
     largest; scale (inf refused) and b: None, positive, or arbitrary (refused
     unless finite and non-negative; zeros there replaced by 1: a zero weight
-    on a nan, infinite or far term is test_pairwise's known bug); the
+    on a nan, infinite or far term is test_pairwise's to check); the
     backwards' points clipped (_fuzz_clip), with a nan, a zero or a grad
     in [1e-3, 1e3] per entry (_fuzz_dist_grad) and indices in range or not."""
     X = fuzz_array(draw, (draw(st.integers(0, 5)), k))
@@ -1562,9 +1559,6 @@ def _fuzz_pairwise(draw, name, k, metric):
         kw["w"] = draw(st.sampled_from([np.ones(k), np.linspace(0.0, 2.0, k)]))
     mA, mB = X.shape[0], Y.shape[0]
     backward = name.endswith("backward")
-    if backward and metric in ("euclidean", "mahalanobis") and name.startswith("cdist_topk"):
-        # nan gives 0 there (test_known_discrepancies: topk_backward_nan)
-        X, Y = np.nan_to_num(X, nan=0.0), np.nan_to_num(Y, nan=0.0)
     if backward:
         X, Y = _fuzz_clip(X), _fuzz_clip(Y)
         if name == "cdist_logsumexp_backward" and X.dtype.kind == "f":

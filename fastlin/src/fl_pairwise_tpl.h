@@ -56,7 +56,10 @@ FL_INLINE void FL(lse_fold)(const T *FL_RESTRICT d, ptrdiff_t n, const T *FL_RES
         VI live = part ? FL(vmask)(n - i) : ~FL(vmask)(0);
         VT e = FL(vexp)(v - shift);
         if (b) {
+            /* a zero weight drops its term before the product: its exponent
+               may be nan or beyond exp's range (0 * inf is nan) */
             VT bv = part ? FL(vldpad)(b + i, n - i, 0) : FL(vld)(b + i);
+            live &= FL(vne)(bv, zero);
             FL(acc_addmul)(&acc, FL(vsel)(live, bv, zero), FL(vsel)(live, e, zero));
         } else {
             FL(acc_add)(&acc, FL(vsel)(live, e, zero));
