@@ -507,23 +507,18 @@ def _lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse):
     for i0 in range(0, mA, rows):
         i1 = min(mA, i0 + rows)
         D = cdist(A[i0:i1], B, metric, VI=Vm)
-        T = scale * D
         if lv is None:
+            T = scale * D
             lb = logsumexp(T, axis=1) if bb is None else logsumexp(T, axis=1, b=bb)
         else:
             lb = lv[i0:i1]
-        with np.errstate(invalid="ignore", over="ignore"):
-            E = np.exp(T - lb[:, None])
-        E[np.isneginf(lb)] = 0            # a row without terms has no gradient
-        gi = g[i0:i1]
-        gb += gi.astype(np.float64) @ E
-        # a zero weight's term is absent (its E may be inf: 0 * inf is nan)
-        if bb is not None:
-            with np.errstate(invalid="ignore"):
-                W = np.where(bb > 0, E * bb, 0).astype(dtype)
-        else:
-            W = E
-        W *= (gi * dtype.type(scale))[:, None]
+        # the weights W = g scale b E, E = exp(scale D - lse), and the
+        # gradient of b, sum_i g_i E_ij, in one threaded pass over the band
+        W = np.empty_like(D)
+        cs = np.empty((_k.lse_weights_blocks(i1 - i0), mB))
+        _k.lse_weights(D, np.ascontiguousarray(lb, dtype), np.ascontiguousarray(g[i0:i1]),
+                       bb, scale, W, cs, _for_macs(D.size * 16))
+        gb += cs.sum(axis=0)
         if n:
             ga, gbp = cdist_backward(W, A[i0:i1], B, metric, VI=Vm, dist=D)
             gA[i0:i1] = ga

@@ -108,3 +108,40 @@ FL_INLINE ptrdiff_t FL(topk_next)(const T *FL_RESTRICT d, ptrdiff_t j, ptrdiff_t
     }
     return n;
 }
+
+/*
+ * One row of cdist_logsumexp_backward's band: e_j = exp(scale d_j - shift)
+ * (shift = the row's log-sum-exp, in T, as the exponent is formed in T),
+ * w_j = gsc b_j e_j (gsc = grad_i scale; 0 where b_j == 0: an absent term,
+ * whose e_j may be inf) and cs_j += g e_j in double (the weights' gradient,
+ * kept for every j).  A row without terms (shift -inf) has no gradient:
+ * w = 0, and cs unchanged.
+ */
+FL_INLINE void FL(lse_weights_row)(const T *FL_RESTRICT d, ptrdiff_t n,
+                                   const T *FL_RESTRICT b, T scale, T shift, T gsc,
+                                   double g, T *FL_RESTRICT w, double *FL_RESTRICT cs)
+{
+    if (shift == -INFINITY) {
+        for (ptrdiff_t j = 0; j < n; j++) w[j] = 0;
+        return;
+    }
+    const VT sc = FL(vsplat)(scale), sh = FL(vsplat)(shift), gv = FL(vsplat)(gsc),
+             zero = FL(vsplat)(0);
+    T el[VL];
+    for (ptrdiff_t i = 0; i < n; i += VL) {
+        ptrdiff_t m = n - i < VL ? n - i : VL;
+        VT dv = m < VL ? FL(vldpad)(d + i, m, 0) : FL(vld)(d + i);
+        VT e = FL(vexp)(sc * dv - sh);
+        VT wv;
+        if (b) {
+            VT bv = m < VL ? FL(vldpad)(b + i, m, 0) : FL(vld)(b + i);
+            wv = FL(vsel)(FL(vne)(bv, zero), gv * bv * e, zero);
+        } else {
+            wv = gv * e;
+        }
+        if (m < VL) FL(vstpart)(w + i, wv, m);
+        else FL(vst)(w + i, wv);
+        FL(vst)(el, e);
+        for (ptrdiff_t q = 0; q < m; q++) cs[i + q] += g * (double)el[q];
+    }
+}
