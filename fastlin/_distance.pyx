@@ -106,10 +106,12 @@ cdef extern from "fl_pairwise.h" nogil:
                     double *m, double *s)
     void lse_fold_f(const float *d, Py_ssize_t n, const float *b, float scale,
                     double *m, double *s)
-    void lse_weights_row_d(const double *d, Py_ssize_t n, const double *b, double scale,
-                           double shift, double gsc, double g, double *w, double *cs)
-    void lse_weights_row_f(const float *d, Py_ssize_t n, const float *b, float scale,
-                           float shift, float gsc, double g, float *w, double *cs)
+    double lse_weights_row_d(const double *d, Py_ssize_t n, const double *b, double scale,
+                             double shift, double gsc, double g, double *w, double *cs,
+                             double *ws)
+    double lse_weights_row_f(const float *d, Py_ssize_t n, const float *b, float scale,
+                             float shift, float gsc, double g, float *w, double *cs,
+                             double *ws)
     Py_ssize_t topk_next_d(const double *d, Py_ssize_t j, Py_ssize_t n, double top, int neg)
     Py_ssize_t topk_next_f(const float *d, Py_ssize_t j, Py_ssize_t n, float top, int neg)
 
@@ -1255,29 +1257,33 @@ def lse_weights_blocks(Py_ssize_t rows):
 
 def lse_weights(const floating[:, ::1] D, const floating[::1] lse, const floating[::1] g,
                 const floating[::1] b, double scale, floating[:, ::1] W,
-                double[:, ::1] cs, int n_threads):
+                double[:, ::1] cs, double[:, ::1] ws, double[::1] rs, int n_threads):
     """A band of cdist_logsumexp_backward (src/fl_pairwise_tpl.h
     lse_weights_row): W_ij = g_i scale b_j exp(scale D_ij - lse_i) (b None:
-    1; 0 where b_j == 0), and the weights' gradient sum_i g_i exp(...) per
-    column, in double, one partial per LSE_WEIGHT_ROWS rows in cs
-    (lse_weights_blocks(rows), mB), zeroed here; the caller adds them in
-    order.  Blocks of rows on the threads: nothing depends on their count."""
+    1; 0 where b_j == 0); the weights' gradient sum_i g_i exp(...) per
+    column and W's column sums, in double, one partial per LSE_WEIGHT_ROWS
+    rows in cs and ws (lse_weights_blocks(rows), mB), zeroed here (the
+    caller adds them in order); W's row sums in rs (rows,), double.  Blocks
+    of rows on the threads: nothing depends on their count."""
     cdef Py_ssize_t R = D.shape[0], n = D.shape[1]
     cdef Py_ssize_t nb = (R + LSE_WEIGHT_ROWS - 1) // LSE_WEIGHT_ROWS
     cdef Py_ssize_t blk, i, i1
     cdef const floating *pb = &b[0] if b is not None else NULL
     if (W.shape[0] != R or W.shape[1] != n or lse.shape[0] != R or g.shape[0] != R
-            or cs.shape[0] < nb or cs.shape[1] != n or (b is not None and b.shape[0] != n)):
+            or cs.shape[0] < nb or cs.shape[1] != n or ws.shape[0] < nb or ws.shape[1] != n
+            or rs.shape[0] != R or (b is not None and b.shape[0] != n)):
         raise ValueError("lse_weights: inconsistent shapes")
     if R == 0 or n == 0:
         return
     for blk in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
         memset(&cs[blk, 0], 0, n * sizeof(double))
+        memset(&ws[blk, 0], 0, n * sizeof(double))
         i1 = min(R, (blk + 1) * LSE_WEIGHT_ROWS)
         for i in range(blk * LSE_WEIGHT_ROWS, i1):
             if floating is double:
-                lse_weights_row_d(&D[i, 0], n, pb, scale, lse[i], g[i] * scale, g[i],
-                                  &W[i, 0], &cs[blk, 0])
+                rs[i] = lse_weights_row_d(&D[i, 0], n, pb, scale, lse[i], g[i] * scale, g[i],
+                                          &W[i, 0], &cs[blk, 0], &ws[blk, 0])
             else:
-                lse_weights_row_f(&D[i, 0], n, pb, <float>scale, lse[i],
-                                  <float>(g[i] * <float>scale), g[i], &W[i, 0], &cs[blk, 0])
+                rs[i] = lse_weights_row_f(&D[i, 0], n, pb, <float>scale, lse[i],
+                                          <float>(g[i] * <float>scale), g[i], &W[i, 0],
+                                          &cs[blk, 0], &ws[blk, 0])

@@ -820,10 +820,13 @@ def _weighted_products(W, A, B, WB, WtA):
                          Bq=_row_panels(B.shape[0], B.shape[1], dtype))
 
 
-def _weighted_backward(W, A, B, dtype, factor=1):
+def _weighted_backward(W, A, B, dtype, factor=1, rows=None, cols=None):
     """gA_i = f sum_j W_ij (a_i - b_j) = f (rows_i a_i - (W B)_i) and likewise
-    gB, with W given whole (sqeuclidean: W = G, f = 2: no scaled copy of G)."""
-    rows = W.sum(axis=1, dtype=np.float64)
+    gB, with W given whole (sqeuclidean: W = G, f = 2: no scaled copy of G).
+    rows, cols: W's row and column sums in float64 when the caller has them
+    (cdist_logsumexp_backward forms them with W)."""
+    if rows is None:
+        rows = W.sum(axis=1, dtype=np.float64)
     # on rows centred on a common point, so a large offset does not cancel
     # digits (skipped when the offset is small)
     centre = _centre(A, dtype) if A.size else np.zeros(A.shape[1], dtype)
@@ -840,7 +843,9 @@ def _weighted_backward(W, A, B, dtype, factor=1):
         WB[...] = 0
         WtA[...] = 0
     gA = rows.astype(dtype)[:, None] * A - WB
-    gB = W.sum(axis=0, dtype=np.float64).astype(dtype)[:, None] * B - WtA
+    if cols is None:
+        cols = W.sum(axis=0, dtype=np.float64)
+    gB = cols.astype(dtype)[:, None] * B - WtA
     if factor != 1:
         gA *= dtype.type(factor)
         gB *= dtype.type(factor)

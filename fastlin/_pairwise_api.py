@@ -17,7 +17,8 @@ from ._common import store_out
 from ._distance_api import (TAU, _cdist_small_mode, _centre, _check_extra_args, _default_vi,
                             _direct_sqrt, _exact_marked, _gemm_operands, _kernel_params,
                             _Operands, _pair, _panels, _precision_factor, _scratch,
-                            _uses_blas, _weights, cdist, cdist_backward)
+                            _uses_blas, _weighted_backward, _weights, cdist,
+                            cdist_backward)
 from ._softmax_api import logsumexp
 from ._threads import _for_macs, blas_single_thread
 from ._validation import as_array, real_array, result_dtype
@@ -515,14 +516,21 @@ def _lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse):
         # the weights W = g scale b E, E = exp(scale D - lse), and the
         # gradient of b, sum_i g_i E_ij, in one threaded pass over the band
         W = np.empty_like(D)
-        cs = np.empty((_k.lse_weights_blocks(i1 - i0), mB))
+        nblk = _k.lse_weights_blocks(i1 - i0)
+        cs, ws, rs = np.empty((nblk, mB)), np.empty((nblk, mB)), np.empty(i1 - i0)
         _k.lse_weights(D, np.ascontiguousarray(lb, dtype), np.ascontiguousarray(g[i0:i1]),
-                       bb, scale, W, cs, _for_macs(D.size * 16))
+                       bb, scale, W, cs, ws, rs, _for_macs(D.size * 16))
         gb += cs.sum(axis=0)
-        if n:
+        if not n:
+            continue
+        if metric == "sqeuclidean":
+            # cdist_backward's own path (W = G), given W's sums
+            ga, gbp = _weighted_backward(W, A[i0:i1], B, dtype, 2, rows=rs,
+                                         cols=ws.sum(axis=0))
+        else:
             ga, gbp = cdist_backward(W, A[i0:i1], B, metric, VI=Vm, dist=D)
-            gA[i0:i1] = ga
-            gB += gbp
+        gA[i0:i1] = ga
+        gB += gbp
     if P.sw is not None:
         gA *= P.sw
         gB *= P.sw

@@ -3,6 +3,7 @@ are optional: importing fastlin never imports a framework, and importing an
 adapter whose framework is missing says which extra to install."""
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -10,8 +11,9 @@ FRAMEWORKS = [("torch", "torch"), ("jax", "jax"), ("tensorflow", "tensorflow")]
 
 
 def _run(code):
+    # from outside the checkout: the installed fastlin, not the source tree
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, cwd=tempfile.gettempdir())
 
 
 def test_importing_fastlin_imports_no_framework():

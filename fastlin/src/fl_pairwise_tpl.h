@@ -113,21 +113,25 @@ FL_INLINE ptrdiff_t FL(topk_next)(const T *FL_RESTRICT d, ptrdiff_t j, ptrdiff_t
  * One row of cdist_logsumexp_backward's band: e_j = exp(scale d_j - shift)
  * (shift = the row's log-sum-exp, in T, as the exponent is formed in T),
  * w_j = gsc b_j e_j (gsc = grad_i scale; 0 where b_j == 0: an absent term,
- * whose e_j may be inf) and cs_j += g e_j in double (the weights' gradient,
- * kept for every j).  A row without terms (shift -inf) has no gradient:
- * w = 0, and cs unchanged.
+ * whose e_j may be inf), cs_j += g e_j in double (the weights' gradient,
+ * kept for every j) and ws_j += w_j in double (the column sums of W the
+ * squared-distance gradient needs); returns the row's sum of w in double.
+ * A row without terms (shift -inf) has no gradient: w = 0, cs and ws
+ * unchanged.
  */
-FL_INLINE void FL(lse_weights_row)(const T *FL_RESTRICT d, ptrdiff_t n,
-                                   const T *FL_RESTRICT b, T scale, T shift, T gsc,
-                                   double g, T *FL_RESTRICT w, double *FL_RESTRICT cs)
+FL_INLINE double FL(lse_weights_row)(const T *FL_RESTRICT d, ptrdiff_t n,
+                                     const T *FL_RESTRICT b, T scale, T shift, T gsc,
+                                     double g, T *FL_RESTRICT w, double *FL_RESTRICT cs,
+                                     double *FL_RESTRICT ws)
 {
     if (shift == -INFINITY) {
         for (ptrdiff_t j = 0; j < n; j++) w[j] = 0;
-        return;
+        return 0.0;
     }
     const VT sc = FL(vsplat)(scale), sh = FL(vsplat)(shift), gv = FL(vsplat)(gsc),
              zero = FL(vsplat)(0);
-    T el[VL];
+    ACC acc = FL(acc_zero)();
+    T el[VL], wl[VL];
     for (ptrdiff_t i = 0; i < n; i += VL) {
         ptrdiff_t m = n - i < VL ? n - i : VL;
         VT dv = m < VL ? FL(vldpad)(d + i, m, 0) : FL(vld)(d + i);
@@ -139,9 +143,19 @@ FL_INLINE void FL(lse_weights_row)(const T *FL_RESTRICT d, ptrdiff_t n,
         } else {
             wv = gv * e;
         }
-        if (m < VL) FL(vstpart)(w + i, wv, m);
-        else FL(vst)(w + i, wv);
+        if (m < VL) {
+            wv = FL(vsel)(FL(vmask)(m), wv, zero);
+            FL(vstpart)(w + i, wv, m);
+        } else {
+            FL(vst)(w + i, wv);
+        }
+        FL(acc_add)(&acc, wv);
         FL(vst)(el, e);
-        for (ptrdiff_t q = 0; q < m; q++) cs[i + q] += g * (double)el[q];
+        FL(vst)(wl, wv);
+        for (ptrdiff_t q = 0; q < m; q++) {
+            cs[i + q] += g * (double)el[q];
+            ws[i + q] += (double)wl[q];
+        }
     }
+    return FL(acc_sum)(acc);
 }
