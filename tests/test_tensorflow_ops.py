@@ -100,3 +100,18 @@ def test_dtypes():
     d, i = ftf.cdist_topk(x, x, 2)
     assert d.dtype == tf.float32 and i.dtype == tf.int64
     np.testing.assert_array_equal(i.numpy()[:, 0], np.arange(4))
+
+
+@pytest.mark.parametrize("name, ours, theirs, make",
+                         [c for c in CASES if c[0] not in ("cdist_topk", "max_margin_loss")],
+                         ids=[c[0] for c in CASES if c[0] not in ("cdist_topk",
+                                                                  "max_margin_loss")])
+def test_compute_gradient(name, ours, theirs, make):
+    """tf.test.compute_gradient: the Jacobian of the custom gradient against
+    TensorFlow's central differences (float64; the kinked ops, top-k and the
+    hinge, are left to the comparison above).  Step 1e-6, judged to 1e-6 of
+    the largest entry as test_gradients.py's differences: truncation ~1e-12,
+    rounding ~eps / h ~ 1e-10 relative."""
+    theoretical, numerical = tf.test.compute_gradient(ours, make(), delta=1e-6)
+    for t, n in zip(theoretical, numerical):
+        np.testing.assert_allclose(t, n, rtol=0, atol=1e-6 * np.abs(t).max())
