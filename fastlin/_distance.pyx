@@ -1178,7 +1178,6 @@ def cdist_reduce(const floating[:, ::1] A, const floating[:, ::1] B,
     cdef floating *hv
     cdef int64_t *hi
     cdef double M, S, mg
-    cdef floating v
     if not direct:
         with nogil:
             _tiles_prologue(packed, pa, mA, pb, mB, k, pAp, pBp, &scratch[0, 0],

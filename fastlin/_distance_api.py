@@ -648,11 +648,13 @@ def squareform(X, force="no", checks=True):
     return np.ascontiguousarray(X[np.triu_indices(m, 1)])
 
 
-def _grad_matrix(grad, shape, dtype):
-    g = as_array(grad, "grad")
+def _grad_matrix(grad, shape, dtype, name="grad", what="the distances"):
+    """An array argument of a backward pass (a gradient, or a forward result
+    passed back) checked for its shape and a real dtype, in `dtype`."""
+    g = as_array(grad, name)
     if g.shape != shape:
-        raise ValueError(f"grad must have the shape of the distances {shape}, got {g.shape}")
-    result_dtype((g, "grad"))
+        raise ValueError(f"{name} must have the shape of {what} {shape}, got {g.shape}")
+    result_dtype((g, name))
     return g.astype(dtype, copy=False)
 
 

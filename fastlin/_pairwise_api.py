@@ -15,13 +15,14 @@ import numpy as np
 from . import _simd
 from ._common import store_out
 from ._distance_api import (TAU, _cdist_small_mode, _centre, _check_extra_args, _default_vi,
-                            _direct_sqrt, _exact_marked, _gemm_operands, _kernel_params,
-                            _Operands, _pair, _panels, _precision_factor, _scratch,
+                            _direct_sqrt, _exact_marked, _gemm_operands, _grad_matrix,
+                            _kernel_params, _Operands, _pair, _panels, _precision_factor,
+                            _scratch,
                             _uses_blas, _weighted_backward, _weights, cdist,
                             cdist_backward)
 from ._softmax_api import logsumexp
 from ._threads import _for_macs, blas_single_thread
-from ._validation import as_array, real_array, result_dtype
+from ._validation import as_array, real_array
 
 _k = _simd.kernels("_distance")
 
@@ -289,14 +290,6 @@ def cdist_logsumexp(XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None, w=None,
     return out
 
 
-def _grad_rows(x, shape, dtype, name):
-    a = as_array(x, name)
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
-    result_dtype((a, name))             # refuses complex and non-numeric, naming it
-    return np.asarray(a, dtype=dtype)
-
-
 def _check_idx(idx, mA, mB):
     idx = as_array(idx, "idx")
     if idx.ndim != 2 or idx.shape[0] != mA:
@@ -358,8 +351,9 @@ def _topk_backward(grad, XA, XB, idx, metric, w, VI, dist):
     mA, mB, n, dtype = P.mA, P.mB, P.n, P.dtype
     idx = _check_idx(idx, mA, mB)
     k = idx.shape[1]
-    g = _grad_rows(grad, (mA, k), np.float64, "grad")
-    D = None if dist is None else _grad_rows(dist, (mA, k), np.float64, "dist")
+    g = _grad_matrix(grad, (mA, k), np.float64, "grad", "the selected distances")
+    D = (None if dist is None
+         else _grad_matrix(dist, (mA, k), np.float64, "dist", "the selected distances"))
     A = np.asarray(P.XA, dtype=np.float64)
     B = np.asarray(P.XB, dtype=np.float64)
     gA = np.zeros((mA, n))
@@ -483,8 +477,8 @@ def _lse_backward(grad, XA, XB, metric, scale, b, w, VI, lse):
     P = _Pairs(XA, XB, metric, w, VI)
     mA, mB, n, dtype, metric = P.mA, P.mB, P.n, P.dtype, P.metric
     bb = _check_b(b, mB, dtype)
-    g = _grad_rows(grad, (mA,), dtype, "grad")
-    lv = None if lse is None else _grad_rows(lse, (mA,), dtype, "lse")
+    g = _grad_matrix(grad, (mA,), dtype, "grad", "the log-sum-exps")
+    lv = None if lse is None else _grad_matrix(lse, (mA,), dtype, "lse", "the log-sum-exps")
     gA = np.zeros((mA, n), dtype)
     gB = np.zeros((mB, n))
     gb = np.zeros(mB)
