@@ -1,4 +1,6 @@
 """Public cdist, pdist, squareform and the distance backward passes."""
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _memory, _simd
@@ -225,8 +227,27 @@ def _aligned(n, dtype, align=64):
     return buf[off:off + n * itemsize].view(dtype)
 
 
-def _gemm_operands(OA, OB, dtype, nt):
-    """GEMM operands and their squared norms (OB None: the same points).
+class _Plan(NamedTuple):
+    """How a piece of a larger cdist computes its entries so that they equal,
+    bit for bit, those of one call on all the points (fastlin.dask): where
+    the entries come from a GEMM that does not depend on a tile's position
+    (fastlin's own), only the call's choices below differ between a piece
+    and the whole.
+
+    small:  the short path's take_sqrt where the whole call takes it
+            (_cdist_small_mode), else None: the general path, even for a
+            piece small enough for the short one.
+    centre: the common point of the GEMM operands, from all the points of
+            XA (_gemm_centre); None: the rows as they are.
+    """
+    small: object
+    centre: object
+
+
+def _gemm_centre(OA, dtype, nt):
+    """(centre, na): the point the GEMM operands are centred on, or None
+    where the rows serve as they are; na, OA's squared norms where they were
+    computed for that choice (else None).
 
     Centring on a common point removes the cancellation a large offset causes;
     when the offset is already small next to the spread (|c|^2 <= mean |x|^2
@@ -237,18 +258,34 @@ def _gemm_operands(OA, OB, dtype, nt):
     if OA.sw is None and OA.L is None:
         na = np.empty(len(OA.exact))
         _k.sqnorms(OA.exact, na, nt)
-        with np.errstate(over="ignore"):      # |c| beyond 1e154: inf, and centred
-            cc = float(np.dot(c.astype(np.float64), c.astype(np.float64)))
         finite = na[np.isfinite(na)]
         # the mean as a sum of shares: squared norms near 1e308 would
         # overflow a plain sum (and warn)
-        if finite.size and cc <= 0.25 * float((finite / finite.size).sum()):
-            A = OA.exact
-            if OB is None:
-                return A, A, na, na
-            nb = np.empty(len(OB.exact))
-            _k.sqnorms(OB.exact, nb, nt)
-            return A, OB.exact, na, nb
+        if finite.size and _offset_is_small(c, float((finite / finite.size).sum())):
+            return None, na
+    return c, None
+
+
+def _offset_is_small(c, mean_sqnorm):
+    with np.errstate(over="ignore"):      # |c| beyond 1e154: inf, and centred
+        cc = float(np.dot(c.astype(np.float64), c.astype(np.float64)))
+    return cc <= 0.25 * mean_sqnorm
+
+
+def _gemm_operands(OA, OB, dtype, nt, plan=None):
+    """GEMM operands and their squared norms (OB None: the same points),
+    centred as _gemm_centre (or `plan`) says."""
+    c, na = _gemm_centre(OA, dtype, nt) if plan is None else (plan.centre, None)
+    if c is None:
+        A = OA.exact
+        if na is None:
+            na = np.empty(len(A))
+            _k.sqnorms(A, na, nt)
+        if OB is None:
+            return A, A, na, na
+        nb = np.empty(len(OB.exact))
+        _k.sqnorms(OB.exact, nb, nt)
+        return A, OB.exact, na, nb
     A = OA.gemm(c)
     na = np.empty(len(A))
     _k.sqnorms(A, na, nt)
@@ -260,7 +297,47 @@ def _gemm_operands(OA, OB, dtype, nt):
     return A, B, na, nb
 
 
-def _centre(X, dtype, sample=256):
+def _plan_stats(X, metric, dtype, sw):
+    """For a plan made piece by piece: (count, mean) of the finite squared
+    norms of the GEMM rows of X (one piece of XA), as _gemm_centre weighs
+    them; (0, 0) where the rows are always centred (weights, whitening)."""
+    O = _Operands(X, dtype, metric, sw, None)
+    if O.sw is not None or metric == "mahalanobis" or not len(O.exact):
+        return np.zeros(2)
+    na = np.empty(len(O.exact))
+    _k.sqnorms(O.exact, na, 1)
+    finite = na[np.isfinite(na)]
+    return np.array([finite.size, float((finite / max(finite.size, 1)).sum())])
+
+
+def _plan_centre(sample, metric, dtype, sw):
+    """_centre of all of XA from its rows ``XA[::max(1, mA // 256)]`` alone."""
+    return _centre(_Operands(sample, dtype, metric, sw, None).exact, dtype)
+
+
+def _plan_sample_step(mA):
+    return max(1, mA // _CENTRE_SAMPLE)
+
+
+def _make_plan(small, centre, stats, metric, w):
+    """The _Plan of a whole call from its pieces' _plan_stats (rows of
+    (count, mean)): the centring choice is _gemm_centre's, the mean of the
+    squared norms combined from the pieces' means (to rounding)."""
+    if small is not None:
+        return _Plan(small, None)
+    stats = np.asarray(stats, dtype=np.float64).reshape(-1, 2)
+    total = stats[:, 0].sum()
+    can_skip = metric == "cosine" or (metric != "mahalanobis" and w is None)
+    if can_skip and total and _offset_is_small(centre, float(
+            (stats[:, 1] * (stats[:, 0] / total)).sum())):
+        return _Plan(None, None)
+    return _Plan(None, centre)
+
+
+_CENTRE_SAMPLE = 256
+
+
+def _centre(X, dtype, sample=_CENTRE_SAMPLE):
     """A common point near the rows: the mean of fewer than 2 * `sample` of
     them, evenly strided.  Any point serves (distances are translation invariant);
     it only has to be close to the data next to the data's offset, which a
@@ -373,7 +450,17 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     so near-duplicates are exact too; an infinite coordinate gives inf, or
     nan where a zero of L multiplies it (scipy's quadratic form gives nan).
     """
-    if w is None and VI is None:
+    return _cdist(XA, XB, metric, out, w, VI)
+
+
+def _cdist(XA, XB, metric, out, w, VI, plan=None):
+    if plan is not None and plan.small is not None:
+        # the whole call took the short path: so does this piece
+        res, (XA, XB) = _small_result(out, XA.shape[:1] + XB.shape[:1], (XA, XB))
+        _k.cdist_direct_small(np.ascontiguousarray(XA), np.ascontiguousarray(XB.T), res,
+                              plan.small, 1.0)
+        return res
+    if w is None and VI is None and plan is None:
         r = _cdist_small(XA, XB, metric, out)
         if r is not None:
             return r
@@ -392,7 +479,7 @@ def cdist(XA, XB, metric="euclidean", *, out=None, w=None, VI=None):
     with blas_single_thread():
         # BLAS held to one thread for the small preparatory products too:
         # OpenBLAS threads woken here would spin on the cores the tiles use
-        return _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n)
+        return _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n, plan)
 
 
 def _uses_blas(metric, n):
@@ -485,7 +572,7 @@ _SMALL_CDIST = 1 << 19
 _SMALL_MAX_K = 256
 
 
-def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
+def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n, plan=None):
     L = _precision_factor(VI, n, XA, XB, dtype) if metric == "mahalanobis" else None
     same = XB is XA
     OA = _Operands(XA, dtype, metric, sw, L)
@@ -507,7 +594,7 @@ def _cdist_run(XA, XB, metric, dtype, sw, VI, out, res, mA, mB, n):
                        _direct_sqrt(take_sqrt, dtype, n, wv, OA.exact, OB.exact), scale, nt,
                        stream, wv, np.ascontiguousarray(OB.exact.T))
     else:
-        A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
+        A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt, plan)
         na, nb = _exact_marked(na, dtype, A), _exact_marked(nb, dtype, B)
         Ap, Bp = _panels(mA, mB, n, dtype)
         scratch = _scratch(nt, dtype, mA, mB)

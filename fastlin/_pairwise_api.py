@@ -77,9 +77,14 @@ def _check_b(b, mB, dtype):
 class _Pairs:
     """cdist's validation of (XA, XB, metric, w, VI), kept for the sweep."""
 
-    def __init__(self, XA0, XB0, metric, w, VI):
-        self.small = (_cdist_small_mode(XA0, XB0, metric)
-                      if w is None and VI is None else None)
+    def __init__(self, XA0, XB0, metric, w, VI, plan=None):
+        # plan: a piece of a larger call (_distance_api._Plan)
+        self.plan = plan
+        if plan is not None:
+            self.small = plan.small
+        else:
+            self.small = (_cdist_small_mode(XA0, XB0, metric)
+                          if w is None and VI is None else None)
         XA, XB, self.metric, self.dtype = _pair(XA0, XB0, metric)
         self.XA, self.XB = XA, XB
         self.mA, self.mB, self.n = XA.shape[0], XB.shape[0], XA.shape[1]
@@ -128,7 +133,7 @@ class _Pairs:
                             rowbuf, 0.0, ts, scale, nt, ng, wv=wv,
                             BT=np.ascontiguousarray(B0.T), **state(ng))
             return
-        A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt)
+        A, B, na, nb = _gemm_operands(OA, None if same else OB, dtype, nt, self.plan)
         na, nb = _exact_marked(na, dtype, A), _exact_marked(nb, dtype, B)
         if OA.zero is not None:
             # cosine: a zero row's distances are nan (cdist sets them after
@@ -205,7 +210,11 @@ def cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None)
     group.  Nothing of size mA x mB.  Threads share rows and column groups;
     the result does not depend on their number.
     """
-    P = _Pairs(XA, XB, metric, w, VI)
+    return _topk(XA, XB, k, metric, largest, w, VI)
+
+
+def _topk(XA, XB, k, metric, largest, w, VI, plan=None):
+    P = _Pairs(XA, XB, metric, w, VI, plan)
     k = _check_k(k, P.mB)
     largest = bool(largest)
     dist = np.empty((P.mA, k), P.dtype)
@@ -267,8 +276,12 @@ def cdist_logsumexp(XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None, w=None,
     size mA x mB.  The groups are combined in a fixed order: the result does
     not depend on the thread count.
     """
+    return _logsumexp_pairs(XA, XB, metric, scale, b, w, VI)
+
+
+def _logsumexp_pairs(XA, XB, metric, scale, b, w, VI, plan=None):
     scale = _check_scale(scale)
-    P = _Pairs(XA, XB, metric, w, VI)
+    P = _Pairs(XA, XB, metric, w, VI, plan)
     bb = _check_b(b, P.mB, P.dtype)
     out = np.empty(P.mA, P.dtype)
     if not P.mA:
