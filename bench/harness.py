@@ -15,8 +15,8 @@ import sys
 import time
 
 __all__ = ["Timing", "time_call", "ratio", "fmt_ms", "fmt_ratio", "loadavg",
-           "machine_facts", "openblas_env_warning", "header_lines",
-           "format_table", "save_json"]
+           "machine_facts", "openblas_env_warning", "header_lines", "short_header_lines",
+           "install_hint", "peer_status_line", "format_table", "save_json"]
 
 # Variables that change which OpenBLAS kernel is picked or how it blocks.
 # Set for another purpose (an emulator, a misdetected CPU), they make the
@@ -25,31 +25,67 @@ OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 class Timing:
-    """Median and minimum of `reps` timed calls, in seconds."""
+    """Median, minimum, maximum and quartiles of `reps` timed calls, in seconds.
 
-    __slots__ = ("median", "min", "reps", "error")
+    The quartiles give the row's spread (:attr:`spread`), which
+    ``bench.compare`` uses as the noise of the row when it compares two runs.
+    """
 
-    def __init__(self, median=math.nan, min=math.nan, reps=0, error=None):
+    __slots__ = ("median", "min", "reps", "error", "max", "q1", "q3")
+
+    def __init__(self, median=math.nan, min=math.nan, reps=0, error=None,
+                 max=math.nan, q1=math.nan, q3=math.nan):
         self.median = median
         self.min = min
         self.reps = reps
         self.error = error
+        self.max = max
+        self.q1 = q1
+        self.q3 = q3
+
+    @classmethod
+    def from_times(cls, times):
+        times = sorted(times)
+        if len(times) >= 2:
+            q1, _, q3 = statistics.quantiles(times, n=4, method="inclusive")
+        else:
+            q1 = q3 = math.nan   # one call says nothing about the spread
+        return cls(statistics.median(times), times[0], len(times), None, times[-1], q1, q3)
 
     @property
     def ok(self):
         return self.error is None and self.reps > 0
 
+    @property
+    def spread(self):
+        """Interquartile range over the median (0.05: the middle half of the
+        calls lies within 5% of the median's size), nan when unknown."""
+        if not self.ok or not (self.median > 0) or math.isnan(self.q1):
+            return math.nan
+        return (self.q3 - self.q1) / self.median
+
     def as_dict(self):
-        d = {"median_s": self.median, "min_s": self.min, "reps": self.reps}
+        d = {"median_s": self.median, "min_s": self.min, "max_s": self.max,
+             "q1_s": self.q1, "q3_s": self.q3, "spread": self.spread, "reps": self.reps}
         if self.error is not None:
             d["error"] = self.error
         return d
+
+    @classmethod
+    def from_dict(cls, d):
+        """The inverse of :meth:`as_dict` (JSON nulls read back as nan)."""
+        if d is None:
+            return None
+        f = lambda k: math.nan if d.get(k) is None else float(d[k])   # noqa: E731
+        return cls(f("median_s"), f("min_s"), int(d.get("reps") or 0), d.get("error"),
+                   f("max_s"), f("q1_s"), f("q3_s"))
 
 
 SETTLE_S = 0.25   # seconds of idle before each measurement (see time_call)
 
 
-def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
+def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000, settle_s=None,
+              collect=True):
     """Time ``fn()``: one warm-up call, then the median of N timed calls.
 
     N is chosen from the first timed call (the warm-up absorbs one-time costs
@@ -63,6 +99,11 @@ def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
     collection triggered by one implementation is not billed to another.
     Whatever `fn` allocates (its output) is counted: nothing is preallocated
     for it unless the row says so (``out=``).
+
+    `settle_s` (default :data:`SETTLE_S`, read at call time) is the quiet
+    period before the warm-up; the collection above counts towards it.
+    ``collect=False`` skips the collection (~0.1 s a call once torch is
+    imported), for the tests' smoke run, whose times mean nothing.
     """
     def once():
         if setup is not None:
@@ -74,14 +115,18 @@ def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
         return dt
 
     gc_was_enabled = gc.isenabled()
-    gc.collect()
+    t_quiet = time.perf_counter()
+    if collect:
+        gc.collect()   # ~0.1 s once torch is imported: part of the quiet period below
     gc.disable()
     # Let the previous measurement's worker threads go to sleep first: once
     # woken, OpenBLAS threads busy-wait ~0.1 s and OpenMP teams spin briefly,
     # and on a 2-core machine whatever runs next loses a core to them (one
     # cdist after a threaded matmul: 230 ms instead of 42).  Every peer gets
-    # the same quiet start.
-    time.sleep(SETTLE_S)
+    # the same quiet start.  The collection runs on this thread only, so the
+    # spinning threads still run out their wait during it.
+    settle = SETTLE_S if settle_s is None else settle_s
+    time.sleep(max(0.0, settle - (time.perf_counter() - t_quiet)))
     try:
         once()                                    # warm-up
         times = [once()]
@@ -92,7 +137,7 @@ def time_call(fn, setup=None, target_s=0.3, min_reps=5, max_reps=2000):
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timing(statistics.median(times), min(times), len(times))
+    return Timing.from_times(times)
 
 
 def ratio(num, den):
@@ -207,6 +252,42 @@ def openblas_env_warning():
             "python -m bench.run")
 
 
+# The pip command that installs each optional peer (the package name is not
+# always the import name).
+INSTALL = {"sklearn": "scikit-learn", "torch": "torch", "faiss": "faiss-cpu",
+           "keops": "pykeops", "threadpoolctl": "threadpoolctl", "matplotlib": "matplotlib"}
+
+
+def install_hint(name):
+    """``python -m pip install X`` for an optional peer, or None when unknown."""
+    pkg = INSTALL.get(name)
+    return None if pkg is None else f"python -m pip install {pkg}"
+
+
+def _missing(status):
+    return status.startswith(("not installed", "unavailable"))
+
+
+def peer_status_line(status):
+    """One line: the peers measured with their versions, then each missing
+    peer with the command that installs it."""
+    have = [f"{p} {v}" for p, v in status.items() if not _missing(v)]
+    lines = ["peers   : " + (", ".join(have) or "none")]
+    for p, v in status.items():
+        if _missing(v):
+            hint = install_hint(p)
+            lines.append(f"missing : {p} ({v}){': ' + hint if hint else ''}; its columns show -")
+    return lines
+
+
+def _simd_level():
+    try:
+        from fastlin import _simd
+        return _simd.LEVEL
+    except Exception:   # an older build without the dispatcher module
+        return "unknown"
+
+
 def machine_facts(peers, threads, mode, threads_note=None):
     """Everything the header prints, as a JSON-able dict.
 
@@ -235,6 +316,7 @@ def machine_facts(peers, threads, mode, threads_note=None):
             "threadpoolctl": _version("threadpoolctl"),
         },
         "fastlin_config": cfg.getvalue().rstrip().splitlines(),
+        "fastlin_simd": _simd_level(),
         "blas": _blas_info(),
         "load_average": loadavg(),
         "threads": list(threads),
@@ -306,6 +388,27 @@ def header_lines(facts):
     if warn:
         lines.append(warn)
     return lines
+
+
+def short_header_lines(facts, title="fastlin benchmark  (python -m bench.run)"):
+    """The header of the default output: versions, CPU, SIMD level, threads,
+    mode and load; :func:`header_lines` (``--verbose``) has everything."""
+    m, v = facts["machine"], facts["versions"]
+    simd = ("AVX-512" if "avx512f" in m["simd_flags"] else
+            "AVX2" if "avx2" in m["simd_flags"] else "no AVX2")
+    others = ", ".join(f"{k} {v[k]}" for k in ("numpy", "scipy", "torch", "sklearn")
+                       if k in v and not str(v[k]).startswith(("not", "unav")))
+    load = facts["load_average"]
+    busy = (" (busy: another process is using the CPUs, times are noisy)"
+            if load is not None and load > 0.5 else "")
+    return [
+        title,
+        f"fastlin {v['fastlin']} (kernels: {facts.get('fastlin_simd', 'unknown')}), "
+        f"{others}, python {v['python']}",
+        f"CPU     : {m['cpu_model']}, {m['usable_cpus']} usable CPUs, {simd}",
+        f"threads : {', '.join(map(str, facts['threads']))}; mode: {facts['mode']}",
+        f"load    : {load} (1-min average at start){busy}",
+    ]
 
 
 # --------------------------------------------------------------------------

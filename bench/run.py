@@ -1,19 +1,24 @@
 """Run the benchmark suite: ``python -m bench.run [--quick] [...]``.
 
 For each workload, dtype and thread count, times fastlin and every installed
-peer in this one process, prints the medians and the ratios peer/fastlin
-(>1: fastlin is faster), the ``out=`` rows against the copy bound, the
-pairwise distances against their peers and their bounds (the GEMM of the
-cross term, the write of the output), a pass/fail summary of the targets,
-and saves everything as JSON.  ``--ops distance`` runs the distances only.
+peer in this one process and prints one compact table per op family:
+fastlin's median time and the speed-up against each peer (peer time /
+fastlin time, >1: fastlin is faster), under a short header.  ``--verbose``
+adds the full header (BLAS libraries, build flags, environment) and the
+detailed tables (every peer's time, fastlin's minimum, the bounds: the copy
+for ``out=``, the GEMM of the cross term and the output write for the
+distances, the input read for Mahalanobis and max-margin).  ``--check``
+judges the targets, prints each with its definition and exits 1 when one
+fails.  ``--plot FILE`` draws the speed-ups (:mod:`bench.plot`).  The results
+are saved as JSON; ``python -m bench.compare A.json B.json`` compares two runs.
 
 torch reads ``THP_MEM_ALLOC_ENABLE`` when it is imported (its CPU allocator
 then asks for transparent huge pages for large buffers: its best
 configuration), so this script re-executes itself with the variable set
-before anything imports torch.  Run it with the OpenBLAS tuning variables
-unset::
-
-    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m bench.run
+before anything imports torch.  The same re-execution unsets
+``OPENBLAS_CORETYPE`` / ``OPENBLAS_L2_SIZE`` (they override OpenBLAS's kernel
+choice and blocking, which slows the BLAS-backed peers) and says so in one
+line; ``--keep-openblas-env`` keeps them.
 
 ``--simd avx2`` (or ``baseline``) runs fastlin at that SIMD level and its
 peers as on a CPU of that level (torch, MKL, NumPy and OpenBLAS are told
@@ -78,30 +83,70 @@ def _level_env(level):
     return env
 
 
+OPENBLAS_VARS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")   # harness.OPENBLAS_VARS
+# Set by _reexec for the re-executed process: the OpenBLAS variables it
+# unset, so that the run reports them once.
+UNSET_MARK = "FASTLIN_BENCH_UNSET_OPENBLAS"
+
+
 def _reexec():
-    """Replace this process by itself with THP_MEM_ALLOC_ENABLE=1 (if unset)
-    and, under --simd LEVEL, the environment of _level_env (these are read
-    when the libraries load, so they must be set before any is imported).
+    """Replace this process by itself with THP_MEM_ALLOC_ENABLE=1 (if unset),
+    the OpenBLAS tuning variables unset (unless --keep-openblas-env, or
+    --simd avx2/baseline, which sets OpenBLAS's kernel itself) and, under
+    --simd LEVEL, the environment of _level_env (these are read when the
+    libraries load, so they must be set before any is imported).
 
     An explicit THP_MEM_ALLOC_ENABLE (0 to see torch without huge pages) is
     respected; the header reports the environment either way.
     """
+    argv_in = sys.argv[1:]
+    if any(a in ("-h", "--help") for a in argv_in):
+        return
     want = {}
     if "THP_MEM_ALLOC_ENABLE" not in os.environ:
         want["THP_MEM_ALLOC_ENABLE"] = "1"
-    level = _simd_arg(sys.argv[1:])
+    level = _simd_arg(argv_in)
+    forced_level = level in SIMD_LEVELS and level != "avx512"
     if level in SIMD_LEVELS:
         want.update(_level_env(level))
-    if all(os.environ.get(k) == v for k, v in want.items()):
+    drop = []
+    if "--keep-openblas-env" not in argv_in:
+        drop = [v for v in OPENBLAS_VARS if v in os.environ
+                and not (forced_level and v == "OPENBLAS_CORETYPE")]
+    if not drop and all(os.environ.get(k) == v for k, v in want.items()):
         return
     env = dict(os.environ, **want)
-    if level in SIMD_LEVELS and level != "avx512":
+    if forced_level:
         env.pop("OPENBLAS_L2_SIZE", None)
+    for v in drop:
+        env.pop(v, None)
+    if drop:
+        env[UNSET_MARK] = " ".join(f"{v}={os.environ[v]}" for v in drop)
     argv = list(getattr(sys, "orig_argv", None) or
-                [sys.executable, "-m", "bench.run", *sys.argv[1:]])
+                [sys.executable, "-m", "bench.run", *argv_in])
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, argv, env)
+
+
+def openblas_line(keep):
+    """The one line about the OpenBLAS tuning variables, or None when none
+    was set: what was done about them."""
+    unset = os.environ.pop(UNSET_MARK, None)
+    if unset:
+        one = len(unset.split()) == 1
+        return (f"note    : {unset} {'was' if one else 'were'} set: re-executed with "
+                f"{'it' if one else 'them'} unset so that the BLAS-backed peers run "
+                "OpenBLAS's own kernel choice for this CPU (--keep-openblas-env keeps "
+                f"{'it' if one else 'them'})")
+    kept = [f"{v}={os.environ[v]}" for v in OPENBLAS_VARS if v in os.environ]
+    if not kept or os.environ.get("FASTLIN_SIMD") in ("avx2", "baseline"):
+        return None
+    why = ("kept as --keep-openblas-env asks" if keep else
+           "set (this process was not started through python -m bench.run, so it "
+           "could not re-execute without it)")
+    return (f"note    : {', '.join(kept)} {why}: BLAS-backed peers may not run their "
+            "best kernel")
 
 
 if __name__ == "__main__":
@@ -122,6 +167,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
 import fastlin  # noqa: E402
 
 from . import harness as H  # noqa: E402
+from . import report as R  # noqa: E402
 from . import workloads as W  # noqa: E402
 
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
@@ -129,6 +175,23 @@ DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results
 # Timing budget per measurement: (target seconds for the timed calls, min reps, max reps)
 NORMAL_TIMING = (0.3, 5, 2000)
 QUICK_TIMING = (0.0, 3, 3)   # warm-up + 3 calls: the median shrugs off one outlier
+# --quick times a peer call of more than ~0.2 s once after its warm-up (scipy's
+# pdist of 8192 points takes 0.8 s a call, its mahalanobis cdist 1 s): the
+# slow peers cost most of the run, and their speed-up is large enough that a
+# single call's noise does not change what the table says.
+QUICK_PEER_TIMING = (0.3, 1, 3)
+# --quick's idle period before each measurement, instead of harness.SETTLE_S
+# (0.25 s): still longer than the ~0.1 s that woken OpenBLAS threads
+# busy-wait, and it saves ~20 s over the ~190 measurements of the run.
+QUICK_SETTLE_S = 0.15
+
+# The hidden --tiny option (the tests' smoke run): the quick mode's structure
+# on inputs small enough that the whole run takes seconds, without the idle
+# period before each measurement.  Its times mean nothing.
+TINY_WORKLOADS = [W.Workload((64, 64), -1)]
+TINY_DIST_WORKLOADS = [W.DistWorkload("cdist", 64, 8), W.DistWorkload("pdist", 64, 8)]
+TINY_STAT_WORKLOADS = [W.StatWorkload("maha", 256, 4), W.StatWorkload("cdist", 32, 4),
+                       W.StatWorkload("margin", 64, 8)]
 
 
 def _usable_cpus():
@@ -166,6 +229,25 @@ def _positive_int(s):
     return n
 
 
+def plot_path_error(path):
+    """Why `path` cannot take the chart, or None: a .png or .svg file in an
+    existing directory, with matplotlib installed (checked before the run,
+    not after minutes of timing)."""
+    import importlib.util
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".png", ".svg"):
+        return f"--plot {path!r}: the file name must end in .png or .svg"
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        return f"--plot {path!r}: directory {d} does not exist"
+    if os.path.isdir(path):
+        return f"--plot {path!r} is a directory"
+    if importlib.util.find_spec("matplotlib") is None:
+        return ("--plot needs matplotlib, which is not installed: "
+                "python -m pip install \"fastlin[bench]\" (or matplotlib)")
+    return None
+
+
 # Group names accepted by --ops.
 OP_GROUPS = {"reduction": list(W.OPS), "distance": list(W.DIST_OPS),
              "issue4": list(W.STAT_OPS)}
@@ -182,11 +264,12 @@ def parse_args(argv=None):
                     "torch, all timed in this process. Ratios are peer/fastlin: >1 means "
                     "fastlin is faster.")
     p.add_argument("--quick", action="store_true",
-                   help="about two minutes and a half: only the 4096x4096 axis=-1 workload, "
+                   help="about two minutes on 2 cores: only the 4096x4096 axis=-1 workload, "
                         "cdist4096x64, pdist8192x64 (no pdist_backward unless named), "
-                        "maha1000000x16, cdist2000x32/mahalanobis and margin65536x64, warm-up "
-                        "+ 3 calls per measurement, single-threaded peers timed once and "
-                        "reused across thread counts")
+                        "maha1000000x16, cdist2000x32/mahalanobis and margin65536x64; "
+                        "warm-up + 3 calls for fastlin, 1-3 calls (~0.3 s) for a peer, "
+                        f"{QUICK_SETTLE_S:g} s idle before each measurement; single-threaded "
+                        "peers timed once and reused across thread counts")
     p.add_argument("--threads", type=_csv("thread counts", convert=_positive_int),
                    default=sorted({1, ncpu}),
                    help=f"comma-separated thread counts (default: 1,{ncpu} = 1 and all)")
@@ -224,8 +307,37 @@ def parse_args(argv=None):
                         "shared with other work")
     p.add_argument("--json", default=DEFAULT_JSON, metavar="PATH",
                    help="where to save the results (default bench/results.json); "
-                        "'-' to skip")
+                        "'-' to skip. python -m bench.compare A.json B.json compares two")
+    p.add_argument("--verbose", action="store_true",
+                   help="the full header (BLAS libraries, build flags, environment), what "
+                        "each peer calls, and the detailed tables: every peer's time, "
+                        "fastlin's minimum, and the bounds (out= vs the copy, the GEMM and "
+                        "the output write of the distances, the input read)")
+    p.add_argument("--check", action="store_true",
+                   help="also judge the targets: PASS / FAIL / SKIP per target with its "
+                        "definition; exit status 1 when one fails (the bounds are timed "
+                        "for this, as with --verbose)")
+    p.add_argument("--plot", default=None, metavar="FILE",
+                   help="draw the speed-ups per workload against each peer (log axis, one "
+                        "panel per op family) into FILE, .png or .svg; needs matplotlib "
+                        "(pip install \"fastlin[bench]\"). python -m bench.plot draws it "
+                        "from a saved JSON")
+    p.add_argument("--keep-openblas-env", action="store_true",
+                   help="keep OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE if set (by default the "
+                        "run re-executes itself without them and says so)")
+    # the tests' smoke run: tiny inputs, no idle period (see TINY_WORKLOADS)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.target_time is not None and not (args.target_time > 0
+                                             and math.isfinite(args.target_time)):
+        p.error(f"--target-time must be a positive number of seconds, got {args.target_time}")
+    if args.plot is not None:
+        err = plot_path_error(args.plot)
+        if err:
+            p.error(err)
+    if args.json != "-" and os.path.isdir(args.json):
+        p.error(f"--json {args.json!r} is a directory; give a file name (or '-' to skip)")
+    args.bounds = args.check or args.verbose
     if args.ops is None:
         ops = [o for o in all_ops if not (args.quick and o in W.QUICK_SKIP_OPS)]
     else:
@@ -237,7 +349,11 @@ def parse_args(argv=None):
     args.red_ops = [o for o in args.ops if o in W.OPS]
     args.dist_ops = [o for o in args.ops if o in W.DIST_OPS]
     args.stat_ops = [o for o in args.ops if o in W.STAT_OPS]
-    if args.workloads is None:
+    if args.tiny:
+        if args.workloads is not None:
+            p.error("--tiny replaces the workloads; do not combine it with --workloads")
+        red_wl, dist_wl, stat_wl = TINY_WORKLOADS, TINY_DIST_WORKLOADS, TINY_STAT_WORKLOADS
+    elif args.workloads is None:
         red_wl = W.QUICK_WORKLOADS if args.quick else W.WORKLOADS
         dist_wl = W.QUICK_DIST_WORKLOADS if args.quick else W.DIST_WORKLOADS
         stat_wl = W.QUICK_STAT_WORKLOADS if args.quick else W.STAT_WORKLOADS
@@ -337,25 +453,47 @@ def time_peers(row, op, case, peers, mods, measure, single, reuse):
         single[key] = tm
 
 
-def _measurer(timing):
-    target, min_reps, max_reps = timing
+def _measurer(timing, who="fastlin"):
+    """A function timing a Bench with the budget `timing[who]` (who: fastlin,
+    also the bounds, or peer)."""
+    target, min_reps, max_reps = timing[who]
+    settle, collect = timing.get("settle"), not timing.get("tiny", False)
 
     def measure(bench):
-        return H.time_call(bench.fn, bench.setup, target, min_reps, max_reps)
+        return H.time_call(bench.fn, bench.setup, target, min_reps, max_reps, settle,
+                           collect)
     return measure
 
 
+def make_timing(args):
+    """The timing budgets of this run: ``{"fastlin": (target s, min reps, max
+    reps), "peer": ..., "settle": idle seconds or None (the harness's)}``."""
+    if args.target_time is not None:
+        t = (args.target_time, QUICK_TIMING[1] if args.quick else NORMAL_TIMING[1],
+             NORMAL_TIMING[2])
+        timing = {"fastlin": t, "peer": t}
+    elif args.quick or args.tiny:
+        timing = {"fastlin": QUICK_TIMING, "peer": QUICK_PEER_TIMING}
+    else:
+        timing = {"fastlin": NORMAL_TIMING, "peer": NORMAL_TIMING}
+    timing["settle"] = 0.0 if args.tiny else QUICK_SETTLE_S if args.quick else None
+    timing["tiny"] = args.tiny
+    return timing
+
+
 def count_steps(args):
-    """Progress steps of both sections: one per measured row."""
+    """Progress steps of all sections: one per measured row (the copy-bound
+    rows only when the bounds are timed)."""
+    copy_rows = len([o for o in args.red_ops if o in W.COPY_BOUND]) if args.bounds else 0
     red = (len(args.workloads) * len(args.dtypes) * len(args.threads)
-           * (len(args.red_ops) + len([o for o in args.red_ops if o in W.COPY_BOUND])))
+           * (len(args.red_ops) + copy_rows))
     dist = sum(len([o for o in args.dist_ops if o in w.ops]) for w in args.dist_workloads)
     stat = sum(len([o for o in args.stat_ops if o in w.ops]) for w in args.stat_workloads)
     return red + (dist + stat) * len(args.dtypes) * len(args.threads)
 
 
 def run_suite(args, mods, timing, progress):
-    measure = _measurer(timing)
+    measure, measure_peer = _measurer(timing), _measurer(timing, "peer")
     peers = [p for p in args.peers if p in mods]
     rows, bound_rows = [], []
     for wl in args.workloads:
@@ -367,14 +505,14 @@ def run_suite(args, mods, timing, progress):
                     for name in args.red_ops:
                         op = W.OPS[name]
                         progress.step(f"{wl.name} {dtype} threads={t} {name}")
-                        row = {"workload": wl.name, "shape": list(wl.shape), "axis": wl.axis,
-                               "dtype": dtype, "threads": t, "op": name,
+                        row = {"workload": wl.name, "key": wl.key, "shape": list(wl.shape),
+                               "axis": wl.axis, "dtype": dtype, "threads": t, "op": name,
                                "fastlin": measure(W.Bench(op.fastlin(case))),
                                "peers": {}, "reused": []}
-                        time_peers(row, op, case, peers, mods, measure, single,
+                        time_peers(row, op, case, peers, mods, measure_peer, single,
                                    W.SINGLE_THREADED_PEERS if args.quick else ())
                         rows.append(row)
-                        if name in W.COPY_BOUND:
+                        if name in W.COPY_BOUND and args.bounds:
                             progress.step(f"{wl.name} {dtype} threads={t} {name}(out=) vs copy")
                             limit, make_fl = W.COPY_BOUND[name]
                             out = case.scratch
@@ -392,8 +530,9 @@ def run_distances(args, mods, timing, progress):
     """Time cdist/pdist (and their backward passes) against their peers, and
     each forward row against the bounds: the GEMM of the cross term (every
     row) and the write of the output (workloads with ``write_bound``)."""
-    measure = _measurer(timing)
-    # numpy has no distance function: its matmul is the bound, timed anyway.
+    measure, measure_peer = _measurer(timing), _measurer(timing, "peer")
+    # numpy has no distance function: its matmul is the bound (with --check
+    # or --verbose).
     peers = [p for p in args.peers if p in mods]
     rows = []
     matmul = {}   # (kind, shape, dtype, threads) -> Timing, shared by the metric rows
@@ -412,9 +551,9 @@ def run_distances(args, mods, timing, progress):
                                "dtype": dtype, "threads": t, "op": name,
                                "fastlin": measure(W.Bench(op.fastlin(case))),
                                "peers": {}, "reused": [], "matmul": None, "write": None}
-                        time_peers(row, op, case, peers, mods, measure, single,
+                        time_peers(row, op, case, peers, mods, measure_peer, single,
                                    W.DIST_SINGLE_THREADED_PEERS if args.quick else ())
-                        if not op.backward:
+                        if not op.backward and args.bounds:
                             mk = (wl.kind, wl.shape, dtype, t)
                             if mk not in matmul:
                                 matmul[mk] = measure(W.matmul_bench(case))
@@ -429,8 +568,9 @@ def run_distances(args, mods, timing, progress):
 def run_stats(args, mods, timing, progress):
     """Time the Mahalanobis distance (forward, backward, cdist) and the
     max-margin loss (forward, backward) against their peer columns, and each
-    forward row with a bound against reading its input once."""
-    measure = _measurer(timing)
+    forward row with a bound against reading its input once (with --check or
+    --verbose)."""
+    measure, measure_peer = _measurer(timing), _measurer(timing, "peer")
     rows = []
     for wl in args.stat_workloads:
         ops = [o for o in args.stat_ops if o in wl.ops]
@@ -461,9 +601,9 @@ def run_stats(args, mods, timing, progress):
                                 row["peers"][col] = H.Timing(
                                     error=f"{type(exc).__name__}: {exc}")
                                 continue
-                            row["peers"][col] = single[key] = measure(bench)
+                            row["peers"][col] = single[key] = measure_peer(bench)
                             del bench   # frees a torch graph before the next measurement
-                        if op.bound is not None:
+                        if op.bound is not None and args.bounds:
                             key = (name, "read")
                             if args.quick and key in single:
                                 row["read"] = single[key]
@@ -535,6 +675,18 @@ def _where(r):
     return f"{r['workload']} {r['dtype']} t={r['threads']}"
 
 
+# How the definitions of the targets name each side of a ratio.
+PEER_WORDS = {"scipy": "scipy's", "numpy": "the NumPy formula's", "sklearn": "scikit-learn's",
+              "torch": "torch's", "einsum": "the einsum formula's",
+              "best": "the fastest NumPy/torch formula's (einsum, rowdot, chol, torch)"}
+
+
+def _definition(op, peer, need, scope):
+    """A target's definition: which ratio, on which rows, must reach what."""
+    return (f"{PEER_WORDS.get(peer, peer)} median time / fastlin.{op}'s, on {scope}, "
+            f"must be {need}")
+
+
 def evaluate_targets(rows, bound_rows, args, status, available):
     """The issue's targets, each judged on its worst matching row.
 
@@ -546,25 +698,30 @@ def evaluate_targets(rows, bound_rows, args, status, available):
     fwd = ["softmax", "log_softmax", "logsumexp"]
     bwd = [o for o in W.OPS if o.endswith("_backward")]
     one = lambda r: r["threads"] == 1                                  # noqa: E731
-    # (label, op, peer, row filter, threshold, strict)
+    s_one = "every 1-thread row (each workload and dtype run)"
+    # (label, op, peer, row filter, threshold, strict, scope)
     specs = []
     for op in fwd:
-        specs += [(f"{op} @1 thread vs scipy", op, "scipy", one, 3.0, False),
-                  (f"{op} @1 thread vs numpy", op, "numpy", one, 1.5, False),
-                  (f"{op} @1 thread vs torch", op, "torch", one, 1.0, True)]
-    specs += [("normalize @1 thread vs numpy", "normalize", "numpy", one, 2.0, False),
-              ("normalize @1 thread vs torch", "normalize", "torch", one, 1.0, True)]
+        specs += [(f"{op} @1 thread vs scipy", op, "scipy", one, 3.0, False, s_one),
+                  (f"{op} @1 thread vs numpy", op, "numpy", one, 1.5, False, s_one),
+                  (f"{op} @1 thread vs torch", op, "torch", one, 1.0, True, s_one)]
+    specs += [("normalize @1 thread vs numpy", "normalize", "numpy", one, 2.0, False, s_one),
+              ("normalize @1 thread vs torch", "normalize", "torch", one, 1.0, True, s_one)]
     label_all = f"@{all_t} threads" if all_t > 1 else "@all threads"
     for op in fwd:
         specs.append((f"{op} {label_all} on 4096x4096 vs scipy", op, "scipy",
                       lambda r: (all_t > 1 and r["threads"] == all_t
-                                 and tuple(r["shape"]) == (4096, 4096)), 4.0, False))
+                                 and tuple(r["shape"]) == (4096, 4096)), 4.0, False,
+                      f"the {all_t}-thread rows of the 4096x4096 axis=-1 workload "
+                      "(both dtypes; scipy runs on one thread)"))
     for op in bwd:
         specs.append((f"{op} vs torch autograd (every row)", op, "torch",
-                      lambda r: True, 1.0, False))
+                      lambda r: True, 1.0, False,
+                      "every row (each workload, dtype and thread count run; torch times "
+                      "its autograd backward only)"))
 
     results = []
-    for label, op, peer, keep, thr, strict in specs:
+    for label, op, peer, keep, thr, strict, scope in specs:
         if op not in args.ops:
             continue
         need = f"{'>' if strict else '>='} {thr:g}x"
@@ -579,12 +736,14 @@ def evaluate_targets(rows, bound_rows, args, status, available):
             else:
                 why = "no rows measured (workload or thread count not run)"
             results.append({"target": label, "need": need, "status": "SKIP",
-                            "worst": None, "where": why, "rows": 0})
+                            "worst": None, "where": why, "rows": 0,
+                            "definition": _definition(op, peer, need, scope)})
             continue
         worst, wr = min(got, key=lambda p: p[0])
         ok = worst > thr if strict else worst >= thr
         results.append({"target": label, "need": need, "status": "PASS" if ok else "FAIL",
-                        "worst": worst, "where": _where(wr), "rows": len(got)})
+                        "worst": worst, "where": _where(wr), "rows": len(got),
+                        "definition": _definition(op, peer, need, scope)})
 
     for op, (limit, _) in W.COPY_BOUND.items():
         if op not in args.ops:
@@ -599,7 +758,11 @@ def evaluate_targets(rows, bound_rows, args, status, available):
             results.append({"target": f"{op}(out=) @{t} thread{'s' * (t > 1)} vs np.copyto",
                             "need": f"<= {limit:g}x copy", "worst": worst,
                             "status": "PASS" if worst <= limit else "FAIL",
-                            "where": _where(wb), "rows": len(got)})
+                            "where": _where(wb), "rows": len(got),
+                            "definition": f"fastlin.{op}(x, out=out)'s median time / "
+                                          f"np.copyto(out, x)'s (the least any op with an "
+                                          f"output of x's shape moves), on every "
+                                          f"{t}-thread row, must be <= {limit:g}x"})
     return results
 
 
@@ -618,29 +781,35 @@ def evaluate_distance_targets(rows, args, status, available):
     top = lambda r: r["threads"] == all_t                                  # noqa: E731
     wide = lambda r: top(r) and r["shape"][1] >= 64                         # noqa: E731
     narrow = lambda r: top(r) and r["shape"][1] < 64                        # noqa: E731
-    # (label, op, peer or bound, row filter, threshold); a bound is judged on
-    # fastlin / bound (at most the threshold), a peer on peer / fastlin.
+    # (label, op, peer or bound, row filter, threshold, scope); a bound is judged
+    # on fastlin / bound (at most the threshold), a peer on peer / fastlin.
+    s_top = f"every {all_t}-thread row (each workload, metric and dtype run)"
+    s_wide = f"the {all_t}-thread rows of workloads with d >= 64 columns"
     specs = []
     for op in fwd:
         kinds = [w for w in W.DIST_WORKLOADS if w.kind == op]
-        specs.append((f"{op} d >= 64 {at} vs scipy", op, "scipy", wide, 10.0))
+        specs.append((f"{op} d >= 64 {at} vs scipy", op, "scipy", wide, 10.0, s_wide))
         if any(w.n < 64 for w in kinds):
-            specs.append((f"{op} d < 64 {at} vs scipy", op, "scipy", narrow, 3.0))
-        specs += [(f"{op} {at} vs sklearn (every workload)", op, "sklearn", top, 1.0),
-                  (f"{op} {at} vs torch (every workload)", op, "torch", top, 1.0)]
+            specs.append((f"{op} d < 64 {at} vs scipy", op, "scipy", narrow, 3.0,
+                          f"the {all_t}-thread rows of workloads with d < 64 columns"))
+        specs += [(f"{op} {at} vs sklearn (every workload)", op, "sklearn", top, 1.0, s_top),
+                  (f"{op} {at} vs torch (every workload)", op, "torch", top, 1.0, s_top)]
     for op in fwd:
         specs.append((f"{op} d >= 64 {at} vs numpy matmul (cross term)", op, "matmul",
-                      wide, 1.5))
+                      wide, 1.5, s_wide))
     for op in bwd:
         specs.append((f"{op} {at} vs torch autograd (every workload)", op, "torch", top,
-                      1.0))
+                      1.0, s_top))
 
     results = []
-    for label, op, other, keep, thr in specs:
+    for label, op, other, keep, thr, scope in specs:
         if op not in args.ops:
             continue
         bound = other == "matmul"
         need = f"<= {thr:g}x matmul" if bound else f">= {thr:g}x"
+        definition = (f"fastlin.{op}'s median time / NumPy's XA @ XB.T (the GEMM of its "
+                      f"cross term, same threads), on {scope}, must be <= {thr:g}x"
+                      if bound else _definition(op, other, need, scope))
         mine = [r for r in rows if r["op"] == op and keep(r)]
         if bound:
             got = [(H.ratio(r["fastlin"], r["matmul"]), r) for r in mine]
@@ -657,7 +826,7 @@ def evaluate_distance_targets(rows, args, status, available):
                             "where": f"fastlin raised {failed[0]['fastlin'].error} at "
                                      f"{failed[0]['workload']} {failed[0]['dtype']} "
                                      f"t={failed[0]['threads']}",
-                            "rows": len(mine)})
+                            "rows": len(mine), "definition": definition})
             continue
         if not got:
             if any(W.not_implemented(r["fastlin"]) for r in mine):
@@ -673,7 +842,8 @@ def evaluate_distance_targets(rows, args, status, available):
             else:
                 why = "no rows measured (workload or thread count not run)"
             results.append({"target": label, "need": need, "status": "SKIP",
-                            "worst": None, "where": why, "rows": 0})
+                            "worst": None, "where": why, "rows": 0,
+                            "definition": definition})
             continue
         if bound:
             worst, wr = max(got, key=lambda p: p[0])
@@ -683,7 +853,8 @@ def evaluate_distance_targets(rows, args, status, available):
             ok = worst >= thr
         where = f"{wr['workload']} {wr['metric']} {wr['dtype']} t={wr['threads']}"
         results.append({"target": label, "need": need, "status": "PASS" if ok else "FAIL",
-                         "worst": worst, "where": where, "rows": len(got)})
+                         "worst": worst, "where": where, "rows": len(got),
+                         "definition": definition})
     return results
 
 
@@ -746,10 +917,12 @@ def evaluate_stat_targets(rows, args, status, available):
         specs += [(f"{op} vs numpy formula (every row)", op, "numpy", "numpy", 3.0, False),
                   (f"{op} vs torch (every row)", op, "torch", "torch", 1.0, True)]
     results = []
+    scope = "every row (each workload, dtype and thread count run)"
     for label, op, col, peer, thr, strict in specs:
         if op not in args.ops:
             continue
         need = f"{'>' if strict else '>='} {thr:g}x"
+        definition = _definition(op, col, need, scope)
         mine = [r for r in rows if r["op"] == op and every(r)]
         if col == "best":
             got = [(H.ratio(best_formula(r)[1], r["fastlin"]), r) for r in mine]
@@ -760,7 +933,8 @@ def evaluate_stat_targets(rows, args, status, available):
         if failed:
             results.append({"target": label, "need": need, "status": "FAIL", "worst": None,
                             "where": f"fastlin raised {failed[0]['fastlin'].error} at "
-                                     f"{_where(failed[0])}", "rows": len(mine)})
+                                     f"{_where(failed[0])}", "rows": len(mine),
+                            "definition": definition})
             continue
         if not got:
             if not mine:
@@ -772,13 +946,15 @@ def evaluate_stat_targets(rows, args, status, available):
             else:
                 why = "no peer timed on these rows"
             results.append({"target": label, "need": need, "status": "SKIP",
-                            "worst": None, "where": why, "rows": 0})
+                            "worst": None, "where": why, "rows": 0,
+                            "definition": definition})
             continue
         worst, wr = min(got, key=lambda p: p[0])
         ok = worst > thr if strict else worst >= thr
         where = _where(wr) + (f" (best: {best_formula(wr)[0]})" if col == "best" else "")
         results.append({"target": label, "need": need, "status": "PASS" if ok else "FAIL",
-                        "worst": worst, "where": where, "rows": len(got)})
+                        "worst": worst, "where": where, "rows": len(got),
+                        "definition": definition})
     return results
 
 
@@ -853,51 +1029,67 @@ def start_busy_core():
     return proc
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    if args.target_time is not None:
-        timing = (args.target_time, QUICK_TIMING[1] if args.quick else NORMAL_TIMING[1],
-                  NORMAL_TIMING[2])
-    else:
-        timing = QUICK_TIMING if args.quick else NORMAL_TIMING
+def records(rows, dist_rows, stat_rows):
+    """The measured rows of the three families as :mod:`bench.report` records."""
+    recs = [R.make_record("reductions", r["op"], r["workload"], r["key"], r["dtype"],
+                          r["threads"], r["fastlin"], r["peers"], r["reused"])
+            for r in rows]
+    recs += [R.make_record("distances", r["op"], r["workload"], r["key"], r["dtype"],
+                           r["threads"], r["fastlin"], r["peers"], r["reused"],
+                           metric=r["metric"])
+             for r in dist_rows]
+    recs += [R.make_record("mahalanobis_margin", r["op"], r["workload"], r["key"],
+                           r["dtype"], r["threads"], r["fastlin"], r["peers"], r["reused"])
+             for r in stat_rows]
+    return recs
 
-    if args.no_cache:
-        import fastlin
-        fastlin.set_memory_cache(0)
-    busy = start_busy_core() if args.busy else None
-    if busy is not None:
-        print(f"busy    : another process spins on CPU {busy.cpu} for the whole run (--busy)")
-    warn = H.openblas_env_warning()
-    if warn:
-        print(warn, file=sys.stderr)
 
-    mods, status = W.load_peers(args.peers)
-    peers = [p for p in args.peers if p in mods]
-    target, lo, hi = timing
-    reps = (f"{lo} calls" if lo == hi else
-            f"N calls, N in [{lo}, {hi}] chosen for ~{target:g}s of timing")
-    red, dist = bool(args.workloads), bool(args.dist_workloads)
-    stat = bool(args.stat_workloads)
-    reused = "/".join((["scipy/numpy/sklearn (reductions)"] if red else [])
-                      + (["scipy (distances)"] if dist else [])
-                      + (["scipy/einsum/numpy/read (mahalanobis, max-margin)"]
-                         if stat else []))
-    mode = (("quick" if args.quick else "full") + f": warm-up call, then {reps}; "
-            "median (and min) reported"
-            + (f"; {reused} timed at the first thread count only and reused"
-               if args.quick and len(args.threads) > 1 else ""))
-    threads_note = "; ".join(
-        ["fastlin.threads(t), torch.set_num_threads(t), BLAS capped at t (threadpoolctl)"]
-        + (["reductions: scipy, numpy and sklearn run on one thread whatever t"]
-           if red else [])
-        + ([("distances: sklearn and the numpy matmul bound run BLAS on t threads, "
-             "scipy's cdist/pdist and the write bound on one thread")] if dist else [])
-        + ([("mahalanobis/max-margin: rowdot and chol run BLAS on t threads, scipy, "
-             "einsum, the numpy loss formula and the read bound on one thread")]
-           if stat else []))
-    facts = H.machine_facts(status, args.threads, mode, threads_note)
-    print("\n".join(H.header_lines(facts)))
-    print("peers   : " + "; ".join(f"{p} {status[p]}" for p in args.peers))
+def _git_state():
+    """The checkout's commit and whether tracked files differ from it, or None
+    outside a git checkout (an sdist)."""
+    import subprocess
+    try:
+        run = lambda *a: subprocess.run(["git", "-C", _ROOT, *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=10, check=True).stdout.strip()
+        return {"commit": run("rev-parse", "HEAD"),
+                "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_meta(args, timing, argv):
+    """What bench.compare needs besides the rows to say whether two runs are
+    comparable: the command, when, the checkout, the timing budgets."""
+    import datetime
+    return {
+        "format": 2,
+        "command": "python -m bench.run " + " ".join(argv),
+        "started_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"),
+        "git": _git_state(),
+        "quick": args.quick, "tiny": args.tiny, "check": args.check,
+        "timing": {"fastlin": list(timing["fastlin"]), "peer": list(timing["peer"]),
+                   "settle_s": H.SETTLE_S if timing["settle"] is None else timing["settle"]},
+        "threads": args.threads, "dtypes": args.dtypes, "peers": args.peers,
+        "no_cache": args.no_cache, "busy": args.busy,
+    }
+
+
+def _mode_text(args, timing):
+    fl, peer = timing["fastlin"], timing["peer"]
+
+    def reps(t):
+        target, lo, hi = t
+        return (f"{lo} calls" if lo == hi else
+                f"{lo}-{hi} calls for ~{target:g}s" if lo < 5 else
+                f"N calls, N in [{lo}, {hi}] chosen for ~{target:g}s of timing")
+    name = "tiny (smoke test)" if args.tiny else "quick" if args.quick else "full"
+    calls = (f"warm-up, then {reps(fl)}" if fl == peer else
+             f"warm-up, then fastlin {reps(fl)}, peers {reps(peer)}")
+    return f"{name}: {calls}; medians"
+
+
+def print_verbose_peers(red, dist, stat):
     if red:
         print("          scipy = scipy.special; numpy = the NumPy formula (backward: given "
               "the saved forward output); sklearn = extmath.softmax / preprocessing.normalize "
@@ -918,16 +1110,10 @@ def main(argv=None):
               "in the graph); max-margin: numpy = np.maximum(0, 1 - pos[:, None] + "
               "neg).sum() (backward: the mask formula), torch = F.margin_ranking_loss, "
               "backward = autograd w.r.t. pos, neg")
-    print(flush=True)
 
-    t0 = time.perf_counter()
-    progress = Progress(count_steps(args))
-    rows, bound_rows = run_suite(args, mods, timing, progress)
-    dist_rows = run_distances(args, mods, timing, progress)
-    stat_rows = run_stats(args, mods, timing, progress)
-    progress.close()
-    elapsed = time.perf_counter() - t0
 
+def print_verbose_tables(args, peers, rows, bound_rows, dist_rows, stat_rows):
+    """The detailed tables: every time, fastlin's minimum, the bounds."""
     if rows:
         print("Median times; ratio = peer / fastlin (>1: fastlin faster); '-' = peer has no "
               "such function for this case" + ("; * = single-threaded peer timed at "
@@ -974,25 +1160,88 @@ def main(argv=None):
         if maha_rows:
             print()
         print(stat_table(margin_rows))
-    targets = evaluate_targets(rows, bound_rows, args, status, set(peers))
-    if dist_rows:
-        targets += evaluate_distance_targets(dist_rows, args, status, set(peers))
-    if stat_rows:
-        targets += evaluate_stat_targets(stat_rows, args, status, set(peers))
-    print()
-    print("Targets (worst matching row):")
-    print(targets_table(targets))
-    n_fail = sum(t["status"] == "FAIL" for t in targets)
-    n_pass = sum(t["status"] == "PASS" for t in targets)
-    load_end = H.loadavg()
-    print(f"\n{n_pass} passed, {n_fail} failed, "
-          f"{sum(t['status'] == 'SKIP' for t in targets)} skipped; suite took {elapsed:.1f}s; "
-          f"1-min load average {load_end} at the end")
 
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    timing = make_timing(args)
+
+    if args.no_cache:
+        fastlin.set_memory_cache(0)
+    busy = start_busy_core() if args.busy else None
+
+    mods, status = W.load_peers(args.peers)
+    peers = [p for p in args.peers if p in mods]
+    red, dist = bool(args.workloads), bool(args.dist_workloads)
+    stat = bool(args.stat_workloads)
+    reused = "/".join((["scipy/numpy/sklearn (reductions)"] if red else [])
+                      + (["scipy (distances)"] if dist else [])
+                      + (["scipy/einsum/numpy/read (mahalanobis, max-margin)"]
+                         if stat else []))
+    mode = (_mode_text(args, timing)
+            + (f"; {reused} timed at the first thread count only and reused"
+               if (args.quick or args.tiny) and len(args.threads) > 1 and args.verbose
+               else ""))
+    threads_note = "; ".join(
+        ["fastlin.threads(t), torch.set_num_threads(t), BLAS capped at t (threadpoolctl)"]
+        + (["reductions: scipy, numpy and sklearn run on one thread whatever t"]
+           if red else [])
+        + ([("distances: sklearn and the numpy matmul bound run BLAS on t threads, "
+             "scipy's cdist/pdist and the write bound on one thread")] if dist else [])
+        + ([("mahalanobis/max-margin: rowdot and chol run BLAS on t threads, scipy, "
+             "einsum, the numpy loss formula and the read bound on one thread")]
+           if stat else []))
+    facts = H.machine_facts(status, args.threads, mode, threads_note)
+    blas_line = openblas_line(args.keep_openblas_env)
+    if args.verbose:
+        lines = [s for s in H.header_lines(facts) if not s.startswith("WARNING")]
+    else:
+        lines = H.short_header_lines(facts)
+    print("\n".join(lines))
+    if busy is not None:
+        print(f"busy    : another process spins on CPU {busy.cpu} for the whole run (--busy)")
+    if blas_line:
+        print(blas_line)
+    print("\n".join(H.peer_status_line({p: status[p] for p in args.peers})))
+    if args.verbose:
+        print_verbose_peers(red, dist, stat)
+    print(flush=True)
+
+    t0 = time.perf_counter()
+    progress = Progress(count_steps(args))
+    rows, bound_rows = run_suite(args, mods, timing, progress)
+    dist_rows = run_distances(args, mods, timing, progress)
+    stat_rows = run_stats(args, mods, timing, progress)
+    progress.close()
+    elapsed = time.perf_counter() - t0
+    recs = records(rows, dist_rows, stat_rows)
+
+    print(R.family_tables(recs))
+    if args.verbose:
+        print()
+        print_verbose_tables(args, peers, rows, bound_rows, dist_rows, stat_rows)
+
+    targets, n_fail = None, 0
+    if args.check:
+        targets = evaluate_targets(rows, bound_rows, args, status, set(peers))
+        if dist_rows:
+            targets += evaluate_distance_targets(dist_rows, args, status, set(peers))
+        if stat_rows:
+            targets += evaluate_stat_targets(stat_rows, args, status, set(peers))
+        text, n_fail = R.targets_report(targets, quick=args.quick or args.tiny)
+        print()
+        print(text)
+    load_end = H.loadavg()
+    print(f"\nsuite took {elapsed:.1f}s; 1-min load average {load_end} at the end")
+
+    meta = run_meta(args, timing, argv)
     if args.json != "-":
         payload = {
+            "meta": meta,
             "header": facts,
             "peers": status,
+            "rows": [R.record_json(r) for r in recs],
             "results": [{**{k: v for k, v in r.items() if k not in ("fastlin", "peers")},
                          "fastlin": r["fastlin"].as_dict(),
                          "peers": {p: t.as_dict() for p, t in r["peers"].items()},
@@ -1005,13 +1254,19 @@ def main(argv=None):
                            for b in bound_rows],
             "distances": [dist_json(r) for r in dist_rows],
             "mahalanobis_margin": [stat_json(r) for r in stat_rows],
-            "targets": targets,
             "elapsed_s": elapsed,
             "load_average_end": load_end,
         }
+        if targets is not None:
+            payload["targets"] = targets
         H.save_json(args.json, payload)
-        print(f"results saved to {args.json}")
-    return 0
+        print(f"results saved to {args.json} (compare two runs: python -m bench.compare "
+              "A.json B.json)")
+    if args.plot is not None:
+        from . import plot
+        plot.plot(recs, args.plot, facts, title_extra=plot.run_title(meta))
+        print(f"chart saved to {args.plot}")
+    return 1 if n_fail else 0
 
 
 if __name__ == "__main__":
