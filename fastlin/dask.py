@@ -17,8 +17,10 @@ How each op is split
 --------------------
 * **Row ops** (``normalize``, ``softmax``, ``log_softmax``, their backward
   passes): where the op's axis (or axes) is whole in every chunk, fastlin's
-  own function runs on each chunk (``map_blocks``): the result is bitwise
-  that of fastlin on the whole array.  Where the axis is split across
+  own function runs on each chunk (``map_blocks``): over the last axis the
+  result is bitwise that of fastlin on the whole array; over another axis
+  within an ulp or so (the kernels vectorise across a chunk's columns, so a
+  narrower chunk rounds some columns otherwise).  Where the axis is split across
   chunks, the per-row quantities -- the norm (as a scaled sum of squares),
   the log-sum-exp, the sums of the backward passes -- are reduced per chunk
   and combined across chunks in a tree (Dask's reductions), then applied
@@ -563,9 +565,23 @@ def _cdist_block(XA, XB, metric, w, VI, plan):
 
 
 def cdist(XA, XB, metric="euclidean", *, w=None, VI=None):
-    """:func:`fastlin.cdist` between two chunked point sets: one fastlin call
-    per pair of row chunks; the result is chunked as (XA's rows, XB's rows).
-    'mahalanobis' needs `VI`."""
+    """:func:`fastlin.cdist` between two chunked point sets.
+
+    Parameters
+    ----------
+    XA, XB : dask.array.Array or array_like, shapes (mA, n) and (mB, n)
+        Chunked along the rows (the features are made one chunk).
+    metric, w
+        As :func:`fastlin.cdist`.
+    VI : array_like, shape (n, n)
+        Required for 'mahalanobis'.
+
+    Returns
+    -------
+    D : dask.array.Array, shape (mA, mB)
+        Chunked as (XA's rows, XB's rows): one fastlin call per block,
+        bitwise fastlin's entries where its GEMM allows (module notes).
+    """
     XA, XB, metric, dtype = _pair_setup(XA, XB, metric, w, VI, "cdist")
     G = _Graph("fastlin-cdist", XA, XB, metric, w, VI)
     plan = _plan(G, XA, XB, metric, w, dtype)
@@ -648,14 +664,34 @@ def _topk_merge(parts, k, largest):
 
 
 def cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None):
-    """:func:`fastlin.cdist_topk` on chunked points: ``(dist, idx)``, each
-    (mA, k), chunked as XA's rows.
+    """:func:`fastlin.cdist_topk` on chunked points.
 
-    The k best of each pair of row chunks, merged across XB's chunks by
-    distance (ties by the lower index, nan last) in a tree: equal to
-    fastlin's on the computed arrays (see the module's notes on exactness).
-    Memory per task: its two chunks, fastlin's tiles and the (rows, k)
-    candidates.  'mahalanobis' needs `VI`.
+    Parameters
+    ----------
+    XA : dask.array.Array or array_like, shape (mA, n)
+        Query points, chunked along the rows (the features are made one
+        chunk).
+    XB : dask.array.Array or array_like, shape (mB, n)
+        Reference points, chunked along the rows.
+    k, metric, largest, w
+        As :func:`fastlin.cdist_topk`.
+    VI : array_like, shape (n, n)
+        Required for 'mahalanobis' (its default estimate needs all the
+        points at once).
+
+    Returns
+    -------
+    dist : dask.array.Array, shape (mA, k)
+    idx : dask.array.Array of int64, shape (mA, k)
+        Chunked as XA's rows.
+
+    Notes
+    -----
+    The k best of each pair of row chunks (fastlin's ``cdist_topk``), merged
+    across XB's chunks by distance, ties by the lower index, nan last, in a
+    tree of fan-in 8: equal to fastlin's result on the computed arrays
+    wherever the distances are (module notes, *Exactness*).  Memory per
+    task: its two chunks, fastlin's tiles and (rows, k) candidates.
     """
     XA, XB, metric, dtype = _pair_setup(XA, XB, metric, w, VI, "cdist_topk")
     k = _pw._check_k(k, XB.shape[0])
@@ -744,10 +780,30 @@ def _b_blocks(b, XB, G):
 
 
 def cdist_logsumexp(XA, XB, metric="sqeuclidean", *, scale=-1.0, b=None, w=None, VI=None):
-    """:func:`fastlin.cdist_logsumexp` on chunked points: (mA,), chunked as
-    XA's rows.  One soft-min per pair of row chunks (`b`, a Dask array or
-    not, chunked as XB's rows), combined by log-sum-exp across XB's chunks
-    in a tree, in float64: within a few ulps of fastlin's result."""
+    """:func:`fastlin.cdist_logsumexp` on chunked points.
+
+    Parameters
+    ----------
+    XA, XB : dask.array.Array or array_like, shapes (mA, n) and (mB, n)
+        Chunked along the rows (the features are made one chunk).
+    metric, scale, w
+        As :func:`fastlin.cdist_logsumexp`.
+    b : dask.array.Array or array_like, shape (mB,), optional
+        Non-negative weights, chunked as XB's rows.
+    VI : array_like, shape (n, n)
+        Required for 'mahalanobis'.
+
+    Returns
+    -------
+    lse : dask.array.Array, shape (mA,)
+        Chunked as XA's rows, in cdist's dtype.
+
+    Notes
+    -----
+    One soft-min per pair of row chunks, combined by log-sum-exp across
+    XB's chunks in a tree, in float64: within a few ulps of fastlin's result
+    (the partial results are rounded to the dtype once each).
+    """
     XA, XB, metric, dtype = _pair_setup(XA, XB, metric, w, VI, "cdist_logsumexp")
     scale = _pw._check_scale(scale)
     G = _Graph("fastlin-softmin", XA, XB, metric, scale, b, w, VI)
