@@ -1219,7 +1219,7 @@ def main(argv=None):
 
     print(R.family_tables(recs))
     if args.verbose:
-        print()
+        print("\nDetails (--verbose): every median, fastlin's minimum, the bounds\n")
         print_verbose_tables(args, peers, rows, bound_rows, dist_rows, stat_rows)
 
     targets, n_fail = None, 0
