@@ -99,6 +99,15 @@ def _single(arrays, call, repeats):
 
 
 def _on_cluster(workers, arrays, dcall, repeats, Client, LocalCluster):
+    saved = dict(os.environ)        # a nanny leaves its workers' variables here
+    try:
+        return _cluster_run(workers, arrays, dcall, repeats, Client, LocalCluster)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _cluster_run(workers, arrays, dcall, repeats, Client, LocalCluster):
     import tempfile
 
     from distributed import wait
@@ -172,15 +181,19 @@ def main(argv=None):
             t1, t = single[c]["median"], cluster[c]["median"]
             mem = cluster[c]["memory"]
             worst = max(mem.values(), key=lambda m: m["rss_peak"])
-            rows.append((name, c, t1, t, t / t1 - 1, worst["held"], worst["rss_peak"],
-                         cluster[c]["agrees"]))
+            rows.append((name, c, t1, t, t / t1 - 1, worst["held"], worst["rss_before"],
+                         worst["rss_peak"], cluster[c]["agrees"]))
         results["workloads"][name]["scaling"] = cluster[1]["median"] / cluster[2]["median"]
     print()
+    # per worker (the one with the highest peak): the bytes of the chunks it
+    # holds, its resident memory before the timed runs (with those chunks)
+    # and its peak after them
     print(f"{'workload':9} {'cores':>5} {'fastlin':>9} {'cluster':>9} {'overhead':>9} "
-          f"{'held/worker':>12} {'peak/worker':>12}  result")
-    for name, c, t1, t, ov, held, peak, same in rows:
-        print(f"{name:9} {c:5d} {t1:8.2f}s {t:8.2f}s {100 * ov:8.1f}% {held / 2**20:9.0f} MiB "
-              f"{peak / 2**20:9.0f} MiB  {'same' if same else 'DIFFERS'}")
+          f"{'chunks held':>12} {'RSS before':>11} {'RSS peak':>10}  result")
+    for name, c, t1, t, ov, held, before, peak, same in rows:
+        print(f"{name:9} {c:5d} {t1:8.2f}s {t:8.2f}s {100 * ov:8.1f}% {held / 2**20:8.0f} MiB "
+              f"{before / 2**20:7.0f} MiB {peak / 2**20:6.0f} MiB  "
+              f"{'same' if same else 'differs'}")
     print()
     failed = 0
     for name in names:

@@ -406,13 +406,21 @@ def _worker_view():
 
 @pytest.fixture(scope="module")
 def client():
+    # a nanny sets its workers' variables (OMP_NUM_THREADS=1, ...) in this
+    # process's environment before it spawns them: put it back after, for
+    # the processes later tests start
+    saved = dict(os.environ)
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None,
                                        local_directory=tempfile.gettempdir())
     c = distributed.Client(cluster)
-    yield c
-    c.close()
-    cluster.close()
+    try:
+        yield c
+    finally:
+        c.close()
+        cluster.close()
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 class TestCluster:
