@@ -14,7 +14,10 @@ each, against single-process fastlin at 1 and 2 threads on the same data:
 
 Each time is the median of ``--repeats`` runs of the op alone (the inputs
 already persisted on the workers; the cluster started and warmed up
-before).  Targets: 2 workers at least 1.6x faster than 1 worker; the
+before, its chunks spread evenly over the workers).  The workers run
+with Dask's profiler off and its monitors every 2 s (QUIET_WORKERS, as a
+compute cluster would be configured; ``--dask-defaults``: Dask's own
+settings).  Targets: 2 workers at least 1.6x faster than 1 worker; the
 cluster's time at most 25% over single-process fastlin at the same core
 count.  Each worker's peak resident memory is reported next to the bytes of
 the chunks it holds.  ``--quick``: 200,000 reference points and 2,000
@@ -24,7 +27,7 @@ Peers are not involved: BLAS is not called (the GEMM is fastlin's own at
 avx512; below it, OpenBLAS's sgemm, whose variables this script leaves as
 they are).  Run it on a quiet machine::
 
-    python -m bench.cluster            # about 10 minutes here
+    python -m bench.cluster            # about 15 minutes here (--quick: 1)
 """
 import argparse
 import json
@@ -44,6 +47,18 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT] 
 
 import fastlin  # noqa: E402
 
+# The workers of a compute cluster: Dask's statistical profiler off (it
+# samples every worker's stack every 10 ms) and its system and memory
+# monitors every 2 s instead of every 0.1-0.5 s.  With every core busy
+# computing, each wake-up of a worker's event loop preempts a kernel: with
+# Dask's defaults here the event loop took 5% of a core and the tasks ran
+# ~20% slower than the same calls in plain processes.  --dask-defaults
+# measures with Dask's defaults.
+QUIET_WORKERS = {"distributed.worker.profile.enabled": False,
+                 "distributed.admin.system-monitor.interval": "2s",
+                 "distributed.worker.memory.monitor-interval": "2s",
+                 "distributed.admin.tick.interval": "200ms"}
+
 TARGET_SCALING = 1.6        # 2 workers against 1
 TARGET_OVERHEAD = 0.25      # cluster against single-process, same core count
 
@@ -53,9 +68,24 @@ QUICK = {"topk": dict(m_ref=200_000, m_query=2_000, n=64, k=10, ref_chunk=25_000
          "softmin": dict(m=50_000, n=3, a_chunk=12_500, b_chunk=25_000)}
 
 
-def _peak_rss():
-    """This process's peak resident memory, bytes (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _rss(reset=False):
+    """(resident, peak resident) memory of this process, bytes.
+
+    Linux: VmRSS and VmHWM of /proc/self/status, the peak first reset to the
+    current value when asked (``clear_refs`` 5).  getrusage's ru_maxrss is
+    no use here: it survives exec, so a spawned worker would report its
+    parent's peak.  Elsewhere: ru_maxrss for both, unreset.
+    """
+    try:
+        if reset:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        with open("/proc/self/status") as f:
+            v = dict(line.split(":", 1) for line in f if ":" in line)
+        return (int(v["VmRSS"].split()[0]) * 1024, int(v["VmHWM"].split()[0]) * 1024)
+    except (OSError, KeyError, ValueError):
+        m = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return m, m
 
 
 def _inputs(name, p, da):
@@ -98,37 +128,41 @@ def _single(arrays, call, repeats):
     return res, ref
 
 
-def _on_cluster(workers, arrays, dcall, repeats, Client, LocalCluster):
+def _on_cluster(workers, arrays, dcall, repeats, Client, LocalCluster, config):
     saved = dict(os.environ)        # a nanny leaves its workers' variables here
     try:
-        return _cluster_run(workers, arrays, dcall, repeats, Client, LocalCluster)
+        return _cluster_run(workers, arrays, dcall, repeats, Client, LocalCluster, config)
     finally:
         os.environ.clear()
         os.environ.update(saved)
 
 
-def _cluster_run(workers, arrays, dcall, repeats, Client, LocalCluster):
+def _cluster_run(workers, arrays, dcall, repeats, Client, LocalCluster, config):
     import tempfile
 
+    import dask
     from distributed import wait
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+    with dask.config.set(config), LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                       dashboard_address=None, local_directory=tempfile.gettempdir()) as cl, \
             Client(cl) as client:
         A, B = client.persist(list(arrays))
         wait([A, B])
+        # the chunks spread evenly (by bytes) over the workers: where the
+        # scheduler first put them is not the cluster's cost
+        client.rebalance([A, B])
         held = {}
         nbytes = client.nbytes(summary=False)
         for key, ws in client.who_has([A, B]).items():
             for w in ws:
                 held[w] = held.get(w, 0) + nbytes.get(key, 0)
-        before = client.run(_peak_rss)
         graph = dcall(A, B)
         client.compute(dcall(A[:256], B)).result()      # warm-up: imports, pages
+        before = client.run(_rss, True)
         med, times, out = _median_time(lambda: client.compute(graph).result(), repeats)
-        peak = client.run(_peak_rss)
+        after = client.run(_rss)
     return dict(median=med, times=times,
-                memory={w: dict(held=held.get(w, 0), rss_before=before[w], rss_peak=peak[w])
-                        for w in peak}), out
+                memory={w: dict(held=held.get(w, 0), rss_before=before[w][0],
+                                rss_peak=after[w][1]) for w in after}), out
 
 
 def main(argv=None):
@@ -137,6 +171,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller workloads, 3 repeats")
     ap.add_argument("--repeats", type=int, default=None,
                     help="runs per configuration (median); default 3")
+    ap.add_argument("--dask-defaults", action="store_true",
+                    help="workers with Dask's default profiler and monitors (see QUIET_WORKERS)")
     ap.add_argument("--workloads", default="topk,softmin",
                     help="comma-separated: topk, softmin (default both)")
     ap.add_argument("--json", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
@@ -160,8 +196,10 @@ def main(argv=None):
     import distributed
     print(f"fastlin {fastlin.__version__}, dask {dask.__version__}, distributed "
           f"{distributed.__version__}, {os.cpu_count()} CPUs, SIMD {fastlin._simd.LEVEL}; "
-          f"median of {repeats}")
+          f"median of {repeats}; workers: "
+          f"{'Dask defaults' if args.dask_defaults else 'profiler off, monitors every 2 s'}")
     results = {"quick": args.quick, "repeats": repeats, "cpus": os.cpu_count(),
+               "worker_config": {} if args.dask_defaults else QUIET_WORKERS,
                "simd": fastlin._simd.LEVEL, "workloads": {}}
     rows = []
     for name in names:
@@ -170,7 +208,8 @@ def main(argv=None):
         single, ref = _single(arrays, call, repeats)
         cluster = {}
         for w in (1, 2):
-            cluster[w], out = _on_cluster(w, arrays, dcall, repeats, Client, LocalCluster)
+            cluster[w], out = _on_cluster(w, arrays, dcall, repeats, Client, LocalCluster,
+                                          {} if args.dask_defaults else QUIET_WORKERS)
             if name == "topk":
                 same = bool(np.array_equal(out, ref))
             else:
@@ -180,14 +219,14 @@ def main(argv=None):
         for c in (1, 2):
             t1, t = single[c]["median"], cluster[c]["median"]
             mem = cluster[c]["memory"]
-            worst = max(mem.values(), key=lambda m: m["rss_peak"])
+            worst = max(mem.values(), key=lambda m: m["rss_peak"] - m["rss_before"])
             rows.append((name, c, t1, t, t / t1 - 1, worst["held"], worst["rss_before"],
                          worst["rss_peak"], cluster[c]["agrees"]))
         results["workloads"][name]["scaling"] = cluster[1]["median"] / cluster[2]["median"]
     print()
-    # per worker (the one with the highest peak): the bytes of the chunks it
-    # holds, its resident memory before the timed runs (with those chunks)
-    # and its peak after them
+    # per worker (the one whose memory grew most): the bytes of the chunks it
+    # holds, its resident memory before the timed runs (those chunks, the
+    # interpreter, numpy, dask, fastlin) and its peak during them
     print(f"{'workload':9} {'cores':>5} {'fastlin':>9} {'cluster':>9} {'overhead':>9} "
           f"{'chunks held':>12} {'RSS before':>11} {'RSS peak':>10}  result")
     for name, c, t1, t, ov, held, before, peak, same in rows:

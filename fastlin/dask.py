@@ -104,14 +104,26 @@ _SPLIT_EVERY = 8
 
 # ---------------------------------------------------------------- threads
 
+@functools.lru_cache(maxsize=None)
+def _distributed_get_worker():
+    """distributed.get_worker, or None without distributed (looked up once:
+    a failed import searches the path again on every call)."""
+    try:
+        from distributed import get_worker
+    except ImportError:
+        return None
+    return get_worker
+
+
 def _concurrent_tasks():
     """How many tasks the scheduler running the calling thread runs at once
     in this process (1 when it is not a Dask worker thread)."""
-    try:
-        from distributed import get_worker
-        return max(1, int(get_worker().state.nthreads))
-    except (ImportError, ValueError, AttributeError):
-        pass
+    get_worker = _distributed_get_worker()
+    if get_worker is not None:
+        try:
+            return max(1, int(get_worker().state.nthreads))
+        except (ValueError, AttributeError):
+            pass
     try:
         from dask import threaded
     except ImportError:  # pragma: no cover
@@ -864,7 +876,7 @@ def cdist_logsumexp_backward(grad, XA, XB, metric="sqeuclidean", *, scale=-1.0, 
 def _maha_args(X, mean, cov, VI, cholesky):
     X = _dask(X, "X")
     if X.ndim < 1:
-        raise ValueError(f"X must have shape (..., d), got a 0-d array")
+        raise ValueError("X must have shape (..., d), got a 0-d array")
     X = X.rechunk({X.ndim - 1: -1}) if X.numblocks[-1] != 1 else X
     return X, {"mean": mean, "cov": cov, "VI": VI, "cholesky": cholesky}
 
