@@ -11,7 +11,8 @@ would take it, lazily.  Small arguments (``w``, ``VI``, ``mean``, ``cov``,
 ``cholesky``) may be NumPy or Dask arrays; a Dask one is computed whole,
 once, by the tasks that need it.  Arguments are validated when the graph is
 built, by the same checks fastlin runs, so a bad argument raises there, not
-in a worker.
+in a worker -- except the values of a small Dask argument (a Dask ``VI``'s
+definiteness, a Dask ``b``'s signs), which only the tasks see.
 
 How each op is split
 --------------------
@@ -52,12 +53,14 @@ the points computes it -- bit for bit where the GEMM's result for a pair of
 rows does not depend on where the pair sits in the matrix: fastlin's own
 GEMM (the avx512 level) and the direct path (at most 16 features, or a call
 small enough for the short path).  There, ``cdist`` and ``cdist_topk``
-equal fastlin's on the computed arrays exactly.  Where a BLAS computes the
+equal fastlin's on the computed arrays exactly -- except under
+'mahalanobis', whose points are whitened by a NumPy matrix product that may
+round a row by the number of rows it is given.  Where a BLAS computes the
 tiles (the avx2 and baseline levels), a distance can differ from fastlin's
 by the rounding of a GEMM summed in another order (within cdist's error
 bound), so two candidates within that of each other may swap.  The
-soft-min and every backward pass combine partial results across chunks:
-within a few ulps of fastlin's.
+soft-min and every backward pass combine partial results across chunks (in
+float64, rounded to the dtype once): within a few ulps of fastlin's.
 
 Threads
 -------
@@ -66,20 +69,27 @@ fastlin would use in that process (:func:`fastlin.get_num_threads`, which
 honours ``OMP_NUM_THREADS``, :func:`fastlin.set_num_threads` and
 :func:`fastlin.threads`) divided among the tasks the scheduler runs there at
 once -- a ``distributed`` worker's ``nthreads``, the size of Dask's local
-thread pool -- and at least 1.  A ``distributed`` worker started by a nanny
+thread pool (its own or one given as ``dask.config.set(pool=...)``), the
+CPUs for a worker process of Dask's processes scheduler (one per CPU by
+default) -- and at least 1.  A ``distributed`` worker started by a nanny
 has ``OMP_NUM_THREADS=1`` (Dask's default), so each of its tasks runs on one
 thread; several worker processes on one machine never oversubscribe it.
+Tasks run by anything else (another executor, a thread of your own) count
+as one task at a time: wrap such a call in :func:`fastlin.threads`.
 
 Requires ``dask[array]`` (``pip install 'fastlin[dask]'``, which also
 installs ``distributed``); importing ``fastlin`` itself never imports it.
 """
 import functools
+import multiprocessing
 import operator
+import sys
 import threading
 
 import numpy as np
 
 try:
+    import dask
     import dask.array as da
     from dask.base import tokenize
     from dask.highlevelgraph import HighLevelGraph
@@ -129,14 +139,25 @@ def _concurrent_tasks():
     except ImportError:  # pragma: no cover
         return 1
     # the pool's threads are named after it (a thread can run its first task
-    # before the pool lists it among its threads)
+    # before the pool lists it among its threads); a pool given in Dask's
+    # configuration (``dask.config.set(pool=...)``) counts too
     prefix = threading.current_thread().name.rpartition("_")[0]
-    pools = [threaded.default_pool] + [p for d in list(threaded.pools.values())
-                                       for p in list(d.values())]
+    pools = [threaded.default_pool, dask.config.get("pool", None)] + [
+        p for d in list(threaded.pools.values()) for p in list(d.values())]
     for pool in pools:
         if pool is not None and prefix and getattr(pool, "_thread_name_prefix", None) == prefix:
             return max(1, int(getattr(pool, "_max_workers", 1)))
+    if ("dask.multiprocessing" in sys.modules and multiprocessing.parent_process() is not None
+            and multiprocessing.current_process().name.startswith(_POOL_PROCESS_NAMES)):
+        # a worker process of Dask's processes scheduler (a process pool's,
+        # unnamed), one of (by default) as many as the machine has CPUs
+        return _fl._threads._cpu_count()
     return 1
+
+
+# The names multiprocessing gives the processes of a pool (named by neither
+# the pool nor Dask); a distributed nanny names its worker processes.
+_POOL_PROCESS_NAMES = ("SpawnProcess", "ForkProcess", "ForkServerProcess")
 
 
 def _task_threads():
@@ -320,7 +341,9 @@ def _apply(fn, dtype, *arrays):
 
 
 def _exp_minus(x, l, dtype):
-    return np.exp(x.astype(np.float64) - l).astype(dtype)
+    # a row holding +inf: every entry nan, as fastlin's (and scipy's) softmax
+    with np.errstate(invalid="ignore"):
+        return np.where(l == np.inf, np.nan, np.exp(x.astype(np.float64) - l)).astype(dtype)
 
 
 def _minus(x, l, dtype):
@@ -345,11 +368,21 @@ def normalize(x, axis=-1, eps=1e-12):
     return _apply(functools.partial(_divide, dtype=dtype), dtype, x, d)
 
 
-def _normalize_bwd_apply(g, x, n, gx, eps, dtype):
+def _unit_dot(g, x, n):
+    """sum over the chunk's part of the axis of g * (x / n) (n: the whole
+    norm): each factor in range where ``g . x`` or ``n^2`` would overflow or
+    underflow."""
+    safe = np.where(n == 0, 1.0, n)
+    return g.astype(np.float64) * (x.astype(np.float64) / safe)
+
+
+def _normalize_bwd_apply(g, x, n, s, eps, dtype):
+    """fastlin's normalize_backward from the whole norm n and s = g . (x/n):
+    (g - (x/n) s) / n, or g / eps where the norm is below eps."""
     g64, x64 = g.astype(np.float64), x.astype(np.float64)
     safe = np.where(n == 0, 1.0, n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm_branch = (g64 - x64 * (gx / (safe * safe))) / safe
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        norm_branch = (g64 - (x64 / safe) * s) / safe
     clamp = g64 / (eps if eps > 0 else 1.0)
     r = np.where(n < eps, clamp, norm_branch)
     r = np.where((n == 0) & (eps == 0), 0.0, r)
@@ -366,10 +399,10 @@ def normalize_backward(grad, x, axis=-1, eps=1e-12):
         return da.map_blocks(_task(_fl.normalize_backward), g, x, axis=axis, eps=eps,
                              dtype=dtype)
     n = _norms(x, axes)
-    gx = (g.astype(np.float64) * x.astype(np.float64)).sum(axis=axes, keepdims=True,
-                                                           split_every=_SPLIT_EVERY)
+    s = da.map_blocks(_unit_dot, g, x, n, dtype=np.float64).sum(
+        axis=axes, keepdims=True, split_every=_SPLIT_EVERY)
     return da.map_blocks(functools.partial(_normalize_bwd_apply, eps=float(eps), dtype=dtype),
-                         g, x, n, gx, dtype=dtype)
+                         g, x, n, s, dtype=dtype)
 
 
 def softmax(x, axis=None):
@@ -534,14 +567,17 @@ def _pair_setup(XA, XB, metric, w, VI, what):
     n = XA.shape[1]
     meta = _fl.cdist(np.empty((0, n), XA.dtype), np.empty((0, n), XB.dtype), metric,
                      w=_small(w, lambda p: np.ones(p.shape, p.dtype)), VI=_small(VI, _eye))
-    return XA, XB, _dist._metric(metric), meta.dtype
+    # the metric as given: fastlin's short path takes the plain names only
+    # (an alias such as 'euclid' runs the general path), and so do the chunks
+    return XA, XB, metric, meta.dtype
 
 
-def _plan(G, XA, XB, metric, w, dtype):
+def _plan(G, XA, XB, given_metric, w, dtype):
     """The key (or value) of the _Plan every pair of chunks follows."""
     mA, n = XA.shape
     mB = XB.shape[0]
-    small = (_dist._small_mode((XA, XB), metric, n, mA * mB * n)
+    metric = _dist._metric(given_metric)
+    small = (_dist._small_mode((XA, XB), given_metric, n, mA * mB * n)
              if w is None else None)
     if small is not None or not _dist._uses_blas(metric, n) or not mA:
         return _dist._Plan(small, None)
@@ -604,7 +640,9 @@ def cdist(XA, XB, metric="euclidean", *, w=None, VI=None):
 
 
 def _sum_parts(parts):
-    return functools.reduce(operator.add, parts)
+    """A sum of partial gradients, in float64 (float32 pieces added in
+    float32 would round at every level of the tree)."""
+    return functools.reduce(operator.add, [np.asarray(p, np.float64) for p in parts])
 
 
 def _item(t, i):
@@ -645,17 +683,20 @@ def cdist_backward(grad, XA, XB, metric="euclidean", *, VI=None, dist=None):
 
 def _gather(G, pair, nA, nB, XA, XB, dtype, third=None):
     """gXA (sum over j of item 0), gXB (sum over i of item 1) and, with
-    `third` (a dtype), the sum over i of item 2 per XB block."""
-    ga = {(i, 0): (_sum_parts, [G.tree(f"a{i}", [G.add(G.key("ga", i, j), (_item, pair[i, j], 0))
-                                                 for j in range(nB)], _sum_parts)])
+    `third` (a dtype), the sum over i of item 2 per XB block; each summed in
+    float64 in a tree, then rounded to its dtype once."""
+    def total(part, keys, out_dtype):
+        return (_cast, G.tree(part, keys, _sum_parts), out_dtype)
+
+    def items(q, pairs, tag):
+        return [G.add(G.key(tag, *ij), (_item, pair[ij], q)) for ij in pairs]
+    ga = {(i, 0): total(f"a{i}", items(0, [(i, j) for j in range(nB)], "ga"), dtype)
           for i in range(nA)}
-    gb = {(j, 0): (_sum_parts, [G.tree(f"b{j}", [G.add(G.key("gb", i, j), (_item, pair[i, j], 1))
-                                                 for i in range(nA)], _sum_parts)])
+    gb = {(j, 0): total(f"b{j}", items(1, [(i, j) for i in range(nA)], "gb"), dtype)
           for j in range(nB)}
     outs = [G.array("gXA", ga, XA.chunks, dtype), G.array("gXB", gb, XB.chunks, dtype)]
     if third is not None:
-        gw = {(j,): (_sum_parts, [G.tree(f"w{j}", [G.add(G.key("gw", i, j), (_item, pair[i, j], 2))
-                                                   for i in range(nA)], _sum_parts)])
+        gw = {(j,): total(f"w{j}", items(2, [(i, j) for i in range(nA)], "gw"), third)
               for j in range(nB)}
         outs.append(G.array("gb", gw, (XB.chunks[0],), third))
     return tuple(outs)
@@ -726,12 +767,20 @@ def cdist_topk(XA, XB, k, metric="euclidean", *, largest=False, w=None, VI=None)
 
 
 def _topk_bwd_block(g, a, b, idx, dist, lo, metric, w, VI):
-    hi = lo + len(b)
-    mine = (idx >= lo) & (idx < hi)
-    gl = np.where(mine, g, 0).astype(g.dtype)
-    il = np.where(mine, idx - lo, 0)
-    dl = None if dist is None else np.where(mine, dist, 1).astype(dist.dtype)
-    return _in_task(_fl.cdist_topk_backward, gl, a, b, il, metric, w=w, VI=VI, dist=dl)
+    """The gradients of the selected pairs whose XB row is in this chunk:
+    each such pair as a row of its own (its XA row repeated, k = 1), so that
+    no entry of another chunk is touched (a placeholder pair would turn an
+    inf row into nan through 0 * inf).  (gA, gB) of the chunks, float64."""
+    mine = (idx >= lo) & (idx < lo + len(b))
+    gA = np.zeros(a.shape)
+    if not mine.any():
+        return gA, np.zeros(b.shape)
+    r, q = np.nonzero(mine)
+    d = None if dist is None else dist[r, q][:, None]
+    ga, gb = _in_task(_fl.cdist_topk_backward, g[r, q][:, None], a[r], b,
+                      (idx[r, q] - lo)[:, None], metric, w=w, VI=VI, dist=d)
+    np.add.at(gA, r, ga)
+    return gA, np.asarray(gb, np.float64)
 
 
 def cdist_topk_backward(grad, XA, XB, idx, metric="euclidean", *, w=None, VI=None,
@@ -926,13 +975,9 @@ def mahalanobis_backward(grad, X, mean, cov=None, *, VI=None, cholesky=None, squ
     gX = G.array("gX", {k[1:]: (_item, k, 0) for k in keys}, X.chunks, dtype)
     gm = G.tree("mean", [G.add(G.key("m", *k[1:]), (_item, k, 1)) for k in keys], _sum_parts)
     gM = G.tree("M", [G.add(G.key("M", *k[1:]), (_item, k, 2)) for k in keys], _sum_parts)
-    gmean = G.array("gmean", {(0,): (_identity, gm)}, ((d,),), dtype)
-    gMat = G.array("gM", {(0, 0): (_identity, gM)}, ((d,), (d,)), dtype)
+    gmean = G.array("gmean", {(0,): (_cast, gm, dtype)}, ((d,),), dtype)
+    gMat = G.array("gM", {(0, 0): (_cast, gM, dtype)}, ((d,), (d,)), dtype)
     return gX, gmean, gMat
-
-
-def _identity(x):
-    return x
 
 
 def _flat_keys(keys):
@@ -1019,5 +1064,5 @@ def max_margin_loss_backward(grad, pos, neg, margin=1.0, reduction="sum"):
     gneg = G.array("gneg", {k[1:]: (_item, k, 0) for k in keys}, neg.chunks, dtype)
     gp_parts = G.array("gp", {k[1:]: (_item, k, 1) for k in keys},
                        neg.chunks[:-1] + ((1,) * neg.numblocks[-1],), dtype)
-    gpos = gp_parts.sum(axis=-1, split_every=_SPLIT_EVERY).astype(dtype)
+    gpos = gp_parts.astype(np.float64).sum(axis=-1, split_every=_SPLIT_EVERY).astype(dtype)
     return gpos.reshape(pos_shape), gneg

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import fastlin
+from fastlin import reference as ref
 
 da = pytest.importorskip("dask.array")
 dask = pytest.importorskip("dask")
@@ -111,10 +112,29 @@ def test_normalize(dtype, chunks, axis):
 
 
 def test_normalize_huge_and_tiny_norms_split():
-    # the per-chunk scaled sums of squares neither overflow nor underflow
-    x = np.array([[1e200, 3e200, -2e200, 1e200], [1e-200, 3e-200, -2e-200, 1e-200]])
-    got = fd.normalize(da.from_array(x, chunks=(2, 1)), axis=1, eps=0.0).compute()
+    # the per-chunk scaled sums neither overflow nor underflow, forward or back
+    x = np.array([[1e200, 3e200, -2e200, 1e200], [1e-200, 3e-200, -2e-200, 1e-200],
+                  [1e-170, 2e-170, 0.0, -5e-171]])
+    g = _rng(17).standard_normal(x.shape)
+    X, G = da.from_array(x, chunks=(3, 1)), da.from_array(g, chunks=(3, 1))
+    got = fd.normalize(X, axis=1, eps=0.0).compute()
     _close(got, fastlin.normalize(x, axis=1, eps=0.0), np.float64)
+    got = fd.normalize_backward(G, X, axis=1, eps=0.0).compute()
+    _close(got, fastlin.normalize_backward(g, x, axis=1, eps=0.0), np.float64)
+
+
+@pytest.mark.parametrize("chunks", [(2, 2), (1, 1), (2, 4)])
+def test_non_finite_rows_split(chunks):
+    a = np.array([[np.inf, 0, 1, 2], [-np.inf, 0, 1, 2], [np.nan, 0, 1, 2],
+                  [-np.inf, -np.inf, -np.inf, -np.inf]])
+    A = da.from_array(a, chunks=chunks)
+    with np.errstate(invalid="ignore"):
+        # nan where fastlin has nan, -inf / 0 where it has them, the finite
+        # rows to rounding
+        for f in ("softmax", "log_softmax"):
+            _close(getattr(fd, f)(A, axis=1).compute(), getattr(fastlin, f)(a, axis=1),
+                   np.float64)
+        _close(fd.logsumexp(A, axis=1).compute(), fastlin.logsumexp(a, axis=1), np.float64)
 
 
 @pytest.mark.parametrize("chunks", ROW_CHUNKS)
@@ -229,13 +249,58 @@ def test_pairwise_weights_and_mahalanobis():
         d2, i2 = fastlin.cdist_topk(XA, XB, 5, metric, **ref_kw)
         l = fd.cdist_logsumexp(A, B, metric, **kw).compute()
         _close(l, fastlin.cdist_logsumexp(XA, XB, metric, **ref_kw), np.float64, rtol=1e-12)
-        if OWN_GEMM:
+        if OWN_GEMM and metric != "mahalanobis":
+            # (mahalanobis whitens the rows by a NumPy product, which may
+            # round a row by the number of rows it is given)
             np.testing.assert_array_equal(got, D)
             np.testing.assert_array_equal(d, d2)
             np.testing.assert_array_equal(i, i2)
         else:
             _close(got, D, np.float64)
             _close(d, d2, np.float64)
+
+
+def test_pairwise_edge_shapes():
+    XA, XB = _pairs(np.float64, 20, seed=14)
+    A = da.from_array(XA, chunks=(40, 20))
+    B = da.from_array(XB, chunks=((3, 2, 200, 25), (20,)))   # chunks with fewer rows than k
+    for k in (0, 5, 230):
+        d, i = dask.compute(*fd.cdist_topk(A, B, k))
+        d2, i2 = fastlin.cdist_topk(XA, XB, k)
+        assert d.shape == d2.shape == (150, k) and i.dtype == np.int64
+        if OWN_GEMM:
+            np.testing.assert_array_equal(d, d2)
+            np.testing.assert_array_equal(i, i2)
+    # an empty chunk, and empty point sets
+    Bz = da.concatenate([da.from_array(XB[:0], chunks=(1, 20)), da.from_array(XB, chunks=(100, 20))])
+    np.testing.assert_array_equal(dask.compute(*fd.cdist_topk(A, Bz, 3))[1],
+                                  fastlin.cdist_topk(XA, XB, 3)[1])
+    assert fd.cdist(A[:0], B).compute().shape == (0, 230)
+    l = fd.cdist_logsumexp(A, B[:0]).compute()
+    np.testing.assert_array_equal(l, fastlin.cdist_logsumexp(XA, XB[:0]))
+
+
+def test_metric_aliases_as_fastlin():
+    # an alias runs fastlin's general path (not the short one): the chunks too
+    XA, XB = _pairs(np.float64, 8, seed=15)
+    for metric in ("euclid", "sqe", "euclidean"):
+        got = fd.cdist(da.from_array(XA, chunks=(50, 8)), XB, metric).compute()
+        np.testing.assert_array_equal(got, fastlin.cdist(XA, XB, metric))
+
+
+def test_topk_backward_non_finite_rows_of_other_chunks():
+    # a row of XB that is never selected, in a chunk of its own or not, gives
+    # no nan (no placeholder pair multiplies it by 0)
+    rng = _rng(16)
+    XA, XB = rng.standard_normal((5, 3)), rng.standard_normal((8, 3))
+    XB[4] = np.inf
+    XB[0, 1] = np.nan
+    d, i = fastlin.cdist_topk(XA, XB, 2)
+    for chunks in (4, 3, 1):
+        got = dask.compute(*fd.cdist_topk_backward(np.ones((5, 2)), XA,
+                                                   da.from_array(XB, chunks=(chunks, 3)), i))
+        for u, v in zip(got, fastlin.cdist_topk_backward(np.ones((5, 2)), XA, XB, i)):
+            _close(u, v, np.float64)
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -260,6 +325,18 @@ def test_pairwise_backward(metric):
         want = fastlin.cdist_logsumexp_backward(gl, XA, XB, metric, b=b)
         for u, v in zip(got, want):
             _close(u, v, np.float64, rtol=1e-9)
+
+
+def test_mahalanobis_backward_float32_sums():
+    # the mean's and the matrix's gradients summed over 100 chunks in float64
+    rng = _rng(18)
+    X = rng.standard_normal((2000, 4)).astype(np.float32)
+    mean, C = np.zeros(4, np.float32), np.eye(4, dtype=np.float32) * 2
+    g = rng.standard_normal(2000).astype(np.float32)
+    got = dask.compute(*fd.mahalanobis_backward(g, da.from_array(X, chunks=(20, 4)), mean, C))
+    want = ref.mahalanobis_backward(g, X, mean, C)
+    for u, v in zip(got[1:], want[1:]):
+        _close(u, np.asarray(v, np.float32), np.float32, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["cov", "VI", "cholesky"])
@@ -387,6 +464,13 @@ def test_task_threads_share_the_pool():
             X.compute()
     assert len(pooled) >= 7 and set(pooled) == {2}      # 4 threads, 2 tasks at once
     assert seen == [(True, 4)] * 8                      # one task at a time
+    # a pool of the user's, given in Dask's configuration
+    from concurrent.futures import ThreadPoolExecutor
+    del seen[:]
+    with ThreadPoolExecutor(4) as pool, fastlin.threads(4):
+        with dask.config.set(scheduler="threads", pool=pool):
+            X.compute()
+    assert {t for main, t in seen if not main} == {1}
     assert fd._task_threads() == fastlin.get_num_threads()
     assert threading.current_thread() is threading.main_thread()
 
@@ -440,9 +524,10 @@ class TestCluster:
         _close(l, fastlin.cdist_logsumexp(XA, XB), np.float32, rtol=1e-5)
         _close(s, fastlin.softmax(XA, axis=0), np.float32)
         # one thread per task: a nanny's OMP_NUM_THREADS=1, and one task slot
-        views = client.run(_worker_view)
-        assert len(views) == 2
-        assert all(v[1] == 1 and v[2] == 1 for v in views.values())
+        views = [client.submit(_worker_view, workers=[w], pure=False).result()
+                 for w in client.scheduler_info()["workers"]]
+        assert len({v[0] for v in views}) == 2
+        assert all(v[1:] == (1, 1) for v in views), views
 
     def test_a_killed_worker_is_retried(self, client):
         rng = _rng(13)
