@@ -19,7 +19,11 @@ The first table is that per-call overhead: tiny calls against scipy's (and
 torch's) same function, at the default thread count.
 
 ``--busy`` keeps one core busy with another process meanwhile (as
-``bench.run --busy``).  Timings are medians of calls repeated for ~40 ms
+``bench.run --busy``).  ``--plot FILE`` (.png or .svg, matplotlib) draws
+the sweep: one panel per op against size, on log axes, torch's time over
+fastlin's at one thread (thin) and at all (thick), and fastlin's one-thread
+time over its all-thread time (dotted): above 1, fastlin (or its threads)
+wins; ``--json FILE`` saves the rows.  Timings are medians of calls repeated for ~40 ms
 each, measured in this process; nothing here is a test.
 """
 import argparse
@@ -213,6 +217,63 @@ OPS = ["cdist", "cdist_backward", "pdist", "pdist_backward", "softmax", "log_sof
        "max_margin_loss_backward"]
 
 
+def plot_sweep(records, path, title):
+    """Draw the sweep's rows (dicts of op, dtype, units, times) into path."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+    ops = list(dict.fromkeys(r["op"] for r in records))
+    ncol = 4
+    nrow = (len(ops) + ncol - 1) // ncol
+    colors = {"float64": "tab:blue", "float32": "tab:orange"}
+    unit_name = {"cdist": "points", "pdist": "points", "mahalanobis": "points",
+                 "max_margin_loss": "rows of 64"}
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "fastlin-sweep"}):
+        fig = Figure(figsize=(4 * ncol, 3.1 * nrow + 0.8))
+        for k, op in enumerate(ops):
+            ax = fig.add_subplot(nrow, ncol, k + 1)
+            for dt, color in colors.items():
+                # distances: the d = 64 rows (d = 32 is in the table)
+                rows = sorted((r for r in records if r["op"] == op and r["dtype"] == dt
+                               and not ("dist" in op and not r["size"].endswith("x64"))),
+                              key=lambda r: r["units"])
+                if not rows:
+                    continue
+                u = [r["units"] for r in rows]
+                # torch / fastlin at one and at all threads (> 1: fastlin faster)
+                for t, lw in (("1", 0.9), ("all", 2.2)):
+                    if all(r.get(f"torch_{t}") for r in rows):
+                        ax.plot(u, [r[f"torch_{t}"] / r[f"fl_{t}"] for r in rows], "-",
+                                color=color, lw=lw)
+                # fastlin's one thread / all threads (> 1: the threads pay)
+                ax.plot(u, [r["fl_1"] / r["fl_all"] for r in rows], ":", color=color, lw=1.6)
+            ax.axhline(1.0, color="black", lw=0.6)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            base = next((v for key, v in unit_name.items() if op.startswith(key)), "rows of 256")
+            ax.set_title(op, fontsize=10)
+            ax.set_xlabel(base + (" (d = 64)" if "dist" in op else ""), fontsize=8)
+            ax.set_ylabel("ratio (> 1: fastlin / threads win)", fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            # minor ticks labelled at 2x and 5x only: the others crowd
+            ax.yaxis.set_minor_formatter(FuncFormatter(
+                lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+            ax.tick_params(which="minor", labelsize=6)
+            ax.grid(True, which="major", lw=0.3, alpha=0.6)
+        handles = [Line2D([], [], color=c, lw=2, label=dt) for dt, c in colors.items()]
+        handles += [Line2D([], [], color="gray", lw=0.9, label="torch / fastlin, 1 thread"),
+                    Line2D([], [], color="gray", lw=2.2, label="torch / fastlin, all threads"),
+                    Line2D([], [], color="gray", ls=":", lw=1.6,
+                           label="fastlin 1 thread / all threads")]
+        fig.legend(handles=handles, loc="upper center", ncol=5, fontsize=9,
+                   bbox_to_anchor=(0.5, 1 - 0.35 / fig.get_figheight()))
+        fig.suptitle(title, fontsize=10, y=1 - 0.05 / fig.get_figheight())
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.8 / fig.get_figheight()))
+        fig.savefig(path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer sizes")
@@ -221,7 +282,16 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float64,float32")
     ap.add_argument("--busy", action="store_true",
                     help="keep one core busy with another process meanwhile")
+    ap.add_argument("--plot", metavar="FILE", help="draw the sweep (.png or .svg; matplotlib)")
+    ap.add_argument("--json", metavar="FILE", help="save the sweep's rows")
     args = ap.parse_args(argv)
+    if args.plot:
+        if not args.plot.lower().endswith((".png", ".svg")):
+            ap.error(f"--plot needs a .png or .svg file name, got {args.plot!r}")
+        try:
+            import matplotlib  # noqa: F401  (checked before the run, drawn after)
+        except ImportError:
+            ap.error("--plot needs matplotlib: python -m pip install 'fastlin[bench]'")
     ops = args.ops.split(",")
     bad = [o for o in ops if o not in OPS]
     if bad:
@@ -239,7 +309,7 @@ def main(argv=None):
     print(format_table(["call", "fastlin", "scipy", "fl/scipy", "torch", "fl/torch"],
                        overhead_rows()))
 
-    rows, flagged = [], []
+    rows, flagged, records = [], [], []
     for op, s, size, units, f, t in cases(ops, args.dtypes.split(","), args.quick):
         r = [op, s, size]
         times = {}
@@ -250,6 +320,9 @@ def main(argv=None):
                 torch.set_num_threads(n)
                 times[("torch", n)] = _median_s(t)
         f1, fa = times[("fl", 1)], times[("fl", ncpu)]
+        records.append({"op": op, "dtype": s, "size": size, "units": units, "fl_1": f1,
+                        "fl_all": fa, "torch_1": times.get(("torch", 1)),
+                        "torch_all": times.get(("torch", ncpu))})
         flags = []
         if fa > 1.05 * f1:
             flags.append("all>1")
@@ -275,6 +348,19 @@ def main(argv=None):
                         "torch/fl t=1", f"torch/fl t={ncpu}", "flags"], rows))
     print(f"\n{len(flagged)} of {len(rows)} rows flagged (all>1: all threads more than 5% "
           "slower than one; <torch: slower than torch at 64 points / 16 rows or more)")
+    if args.json:
+        import json
+        with open(args.json, "w") as fh:
+            json.dump({"cpus": ncpu, "quick": args.quick, "busy": args.busy,
+                       "torch": torch.__version__ if torch else None, "rows": records}, fh,
+                      indent=1)
+        print(f"rows saved to {args.json}")
+    if args.plot:
+        plot_sweep(records, args.plot,
+                   f"fastlin {fastlin.__version__} size sweep ({ncpu} CPUs"
+                   f"{', one busy' if args.busy else ''}; torch "
+                   f"{torch.__version__ if torch else 'not installed'}; median times)")
+        print(f"chart saved to {args.plot}")
 
 
 if __name__ == "__main__":
