@@ -316,15 +316,15 @@ def _plan_centre(sample, metric, dtype, sw):
 
 
 def _plan_sample_step(mA):
+    """The stride of the rows _centre averages, for mA rows."""
     return max(1, mA // _CENTRE_SAMPLE)
 
 
-def _make_plan(small, centre, stats, metric, w):
-    """The _Plan of a whole call from its pieces' _plan_stats (rows of
-    (count, mean)): the centring choice is _gemm_centre's, the mean of the
-    squared norms combined from the pieces' means (to rounding)."""
-    if small is not None:
-        return _Plan(small, None)
+def _make_plan(centre, stats, metric, w):
+    """The _Plan of a whole call that takes the general path, from its
+    pieces' _plan_stats (rows of (count, mean)): the centring choice is
+    _gemm_centre's, the mean of the squared norms combined from the pieces'
+    means (to rounding)."""
     stats = np.asarray(stats, dtype=np.float64).reshape(-1, 2)
     total = stats[:, 0].sum()
     can_skip = metric == "cosine" or (metric != "mahalanobis" and w is None)
@@ -337,17 +337,16 @@ def _make_plan(small, centre, stats, metric, w):
 _CENTRE_SAMPLE = 256
 
 
-def _centre(X, dtype, sample=_CENTRE_SAMPLE):
-    """A common point near the rows: the mean of fewer than 2 * `sample` of
-    them, evenly strided.  Any point serves (distances are translation invariant);
+def _centre(X, dtype):
+    """A common point near the rows: the mean of fewer than 2 * _CENTRE_SAMPLE
+    of them, evenly strided (_plan_sample_step).  Any point serves (distances are translation invariant);
     it only has to be close to the data next to the data's offset, which a
     strided sample's mean is, without a pass over all of X.  Depends on the
     shape only (never on the thread count); non-finite means give 0."""
     X = np.asarray(X)
     if not len(X):
         return np.zeros(X.shape[1], dtype)
-    step = max(1, len(X) // sample)
-    c = X[::step].mean(axis=0, dtype=np.float64)
+    c = X[::_plan_sample_step(len(X))].mean(axis=0, dtype=np.float64)
     c = np.where(np.isfinite(c), c, 0.0)
     return c.astype(dtype)
 

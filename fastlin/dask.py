@@ -600,7 +600,7 @@ def _plan_stats(X, metric, dtype, w, n):
 def _plan_of(sample, stats, metric, dtype, w, n):
     sw = _weights_of(w, n, dtype)
     c = _dist._plan_centre(sample, metric, dtype, sw)
-    return _dist._make_plan(None, c, stats, metric, w)
+    return _dist._make_plan(c, stats, metric, w)
 
 
 def _col(X):
