@@ -17,10 +17,9 @@ The build degrades gracefully and says so:
   ``FASTLIN_SIMD_LEVELS=avx2,baseline`` builds only those.
 * Compilers: gcc >= 11 or clang >= 14 (Apple clang >= 14; clang-cl on
   Windows, selected with ``CC=clang-cl``).  MSVC's ``cl`` and older
-  compilers are refused up front with a message saying so.  gcc's avx2 and
-  baseline levels are about 2x slower than clang's, and the build says so:
-  gcc keeps the kernels' 64-byte vectors in memory where the CPU has no
-  64-byte registers.
+  compilers are refused up front with a message saying so.  Below AVX-512
+  gcc builds the kernels with the level's own vector width (clang with
+  64-byte vectors everywhere): src/fl_common.h, the vector layer.
 * Default flags are portable (``-O3``, never ``-ffast-math``, never
   ``-march=native``).  ``-fno-math-errno`` only lets ``sqrt`` vectorize
   (errno is never read); it changes no floating-point result.  No debug

@@ -7,7 +7,7 @@ that level's compiler flags, into the subpackage ``fastlin._<level>``:
 =========  ================================================================
 avx512     x86-64-v4 (AVX-512 F/CD/BW/DQ/VL): 64-byte vectors in zmm, the
            AVX-512 distance epilogues and streaming stores, fastlin's GEMM
-avx2       x86-64-v3 (AVX2, FMA, BMI1/2, ...): vectors as ymm pairs, BLAS
+avx2       x86-64-v3 (AVX2, FMA, BMI1/2, ...): ymm vectors (clang: ymm pairs), BLAS
 baseline   the architecture's baseline (x86-64: SSE2; aarch64: NEON)
 =========  ================================================================
 
@@ -20,8 +20,9 @@ so a forced level runs exactly the code a CPU of that level runs.  No ifunc
 (which musl, macOS and Windows lack), no CPU test inside the kernels.
 
 Results differ between levels only within the documented accuracy bounds
-(the lane order of every sum is the same; where an FMA contracts a product
-differs); at any one level they are bitwise the same for every thread count.
+(where an FMA contracts a product differs; under gcc the vector width, and
+so the lane order of the sums, is the level's own); at any one level they
+are bitwise the same for every thread count.
 """
 import importlib
 import importlib.util

@@ -207,9 +207,10 @@ def test_each_level_is_bitwise_the_same_at_1_and_2_threads(per_level, level):
         assert np.array_equal(np.array(one[k]), np.array(two[k]), equal_nan=True), k
 
 
-# Levels add in the same lane order; they may differ where the compiler
-# contracts a product and a sum into one FMA (avx2, avx512, and aarch64's
-# baseline) or not (x86-64's baseline), a rounding or two per operation.
+# Levels may differ where the compiler contracts a product and a sum into
+# one FMA (avx2, avx512, and aarch64's baseline) or not (x86-64's baseline),
+# a rounding or two per operation, and in a gcc build in the lane order of
+# the sums (its vectors have the level's width, fastlin/src/fl_common.h).
 # Each level is held to the accuracy each op documents against its reference
 # (README, Numerics; the loosest, cdist's, is 14 eps of the largest entry),
 # which the whole suite checks at every level; two levels can then differ by

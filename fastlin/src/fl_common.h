@@ -3,9 +3,10 @@
  *
  * Why C and not Cython for the innermost loops: Cython emits no `omp simd`
  * and its scalar reductions do not vectorize.  The loops below are written
- * with explicit 64-byte vectors (see the vector layer below), so that the
- * summation order is fixed by the source, not by the compiler or the vector
- * width: the avx512, avx2 and baseline builds all add in the same order.
+ * with explicit vectors (see the vector layer below), so that the summation
+ * order is fixed by the source and the vector width, not by the compiler's
+ * choices: builds of the same width (every level under clang; avx512 under
+ * gcc) all add in the same order.
  *
  * SIMD levels: setup.py compiles each kernel module once per level, with
  * that level's compiler flags (x86-64: -march=x86-64-v4 for avx512,
@@ -13,8 +14,8 @@
  * and fastlin/_simd.py imports one of them (the best the CPU has, or the one
  * FASTLIN_SIMD forces).  Inside a module the level is a compile-time fact:
  * FL_AVX512 selects the AVX-512 intrinsics paths (the distance epilogues,
- * 64-byte streaming stores, the own GEMM), and the generic 64-byte vectors
- * below lower to the level's registers.  No ifunc, no target attributes and
+ * 64-byte streaming stores, the own GEMM), and the generic vectors below
+ * lower to the level's registers.  No ifunc, no target attributes and
  * no CPU test inside the kernels: forcing a level on one machine runs exactly
  * the code a CPU of that level runs.
  *
@@ -53,7 +54,7 @@
 #endif
 
 /* Two-source shuffles with constant indices: FL_SHUFFLE(a, b, i0, i1, ...)
-   (8 or 16 indices) picks lane i of (a, b) concatenated.  Clang and gcc >= 12
+   (2, 4, 8 or 16 indices) picks lane i of (a, b) concatenated.  Clang and gcc >= 12
    have __builtin_shufflevector; for gcc 11 the lanes are picked one by one
    into a vector of a's type (constant indices: the compiler folds them into
    permutes), with no builtin of its own. */
@@ -70,6 +71,10 @@
                                          6, 5, 4, 3, 2, 1, 0)
 #define FL_SHUF_CAT2_(x, y) x##y
 #define FL_SHUF_CAT_(x, y) FL_SHUF_CAT2_(x, y)
+#define FL_SHUF_2_(a, b, i0, i1) ((__typeof__(a)){FL_PICK_(a, b, i0), FL_PICK_(a, b, i1)})
+#define FL_SHUF_4_(a, b, i0, i1, i2, i3)                                                   \
+    ((__typeof__(a)){FL_PICK_(a, b, i0), FL_PICK_(a, b, i1), FL_PICK_(a, b, i2),           \
+                     FL_PICK_(a, b, i3)})
 #define FL_SHUF_8_(a, b, i0, i1, i2, i3, i4, i5, i6, i7)                                   \
     ((__typeof__(a)){FL_PICK_(a, b, i0), FL_PICK_(a, b, i1), FL_PICK_(a, b, i2),           \
                      FL_PICK_(a, b, i3), FL_PICK_(a, b, i4), FL_PICK_(a, b, i5),           \
@@ -211,18 +216,49 @@ FL_INLINE float fl_exp_f(float x)
 
 /* ------------------------------------------------------ vector layer */
 /*
- * The inner loops are written with GCC/Clang vector extensions: one vector
- * is 64 bytes (8 doubles or 16 floats).  Each SIMD level's build lowers it
- * to its own registers (1 zmm, 2 ymm, 4 xmm, or 4 NEON q registers), the
- * arithmetic and the lane order being those written here.  gcc's auto-vectorizer alone left the mixed
- * float/double loops and the max reductions scalar (3-5x slower).
+ * The inner loops are written with GCC/Clang vector extensions, over one
+ * vector of FL_VBYTES bytes (FL_VL_d doubles or FL_VL_f floats).  gcc's
+ * auto-vectorizer alone left the mixed float/double loops and the max
+ * reductions scalar (3-5x slower).
+ *
+ * The width: 64 bytes where AVX-512 is, and under clang at every level
+ * (clang keeps a 64-byte vector in 2 ymm, 4 xmm or 4 NEON q registers, two
+ * to four independent chains per loop-carried sum).  Under gcc below
+ * AVX-512, the level's own register width (32 bytes at avx2, 16 at
+ * baseline and on NEON): gcc has no register mode for a wider vector and
+ * keeps one that lives across loop iterations (an accumulator, a running
+ * maximum) on the stack, moved in 8- and 16-byte pieces every iteration
+ * (a row maximum over 4096 doubles: 5.8 us against 0.45 us at -march=x86-64-v3).
+ * The width sets the lane order of the sums, so results of builds of
+ * different widths differ within the documented accuracy bounds; within a
+ * build every path shares it.  -DFL_VBYTES=16|32|64 overrides the choice
+ * (a width below the level's registers only wastes them).
  */
-typedef double   fl_vd  __attribute__((vector_size(64)));
-typedef int64_t  fl_vdi __attribute__((vector_size(64)));
-typedef uint64_t fl_vdu __attribute__((vector_size(64)));
-typedef float    fl_vf  __attribute__((vector_size(64)));
-typedef int32_t  fl_vfi __attribute__((vector_size(64)));
-typedef uint32_t fl_vfu __attribute__((vector_size(64)));
+#if defined(__AVX512F__)
+#define FL_REG_BYTES 64
+#elif defined(__AVX__)
+#define FL_REG_BYTES 32
+#else
+#define FL_REG_BYTES 16
+#endif
+#ifndef FL_VBYTES
+#if defined(__clang__) || FL_AVX512
+#define FL_VBYTES 64
+#else
+#define FL_VBYTES FL_REG_BYTES
+#endif
+#endif
+#if FL_VBYTES != 16 && FL_VBYTES != 32 && FL_VBYTES != 64
+#error "FL_VBYTES must be 16, 32 or 64"
+#endif
+typedef double   fl_vd  __attribute__((vector_size(FL_VBYTES)));
+typedef int64_t  fl_vdi __attribute__((vector_size(FL_VBYTES)));
+typedef uint64_t fl_vdu __attribute__((vector_size(FL_VBYTES)));
+typedef float    fl_vf  __attribute__((vector_size(FL_VBYTES)));
+typedef int32_t  fl_vfi __attribute__((vector_size(FL_VBYTES)));
+typedef uint32_t fl_vfu __attribute__((vector_size(FL_VBYTES)));
+#define FL_VL_d (FL_VBYTES / 8)
+#define FL_VL_f (FL_VBYTES / 4)
 
 #define FL_SELECT(m, a, b, VT, VI) ((VT)(((VI)(a) & (m)) | ((VI)(b) & ~(m))))
 
@@ -231,21 +267,19 @@ typedef uint32_t fl_vfu __attribute__((vector_size(64)));
  * comparison in the kernels goes through these.  gcc lowers a comparison of
  * vectors wider than the level's registers lane by lane, a scalar compare and
  * a branch per lane (16 per float32 vector; softmax and the hinge were 3-15x
- * slower at avx2 and baseline than clang's build); compared here in
- * register-wide pieces (2 ymm at avx2, 4 xmm at baseline and on NEON) it
- * keeps them vector compares.  clang splits wide comparisons itself.
+ * slower); where a vector is wider than the registers (FL_VBYTES forced
+ * above them) it is compared here in register-wide pieces, which keeps
+ * them vector compares.  clang splits wide comparisons itself.
  */
-#if defined(__clang__) || defined(__AVX512F__)
+#if defined(__clang__) || FL_VBYTES <= FL_REG_BYTES
 #define FL_CMP_PIECES 1
-#elif defined(__AVX2__)
-#define FL_CMP_PIECES 2
 #else
-#define FL_CMP_PIECES 4
+#define FL_CMP_PIECES (FL_VBYTES / FL_REG_BYTES)
 #endif
-typedef double  fl_pd  __attribute__((vector_size(64 / FL_CMP_PIECES)));
-typedef int64_t fl_pdi __attribute__((vector_size(64 / FL_CMP_PIECES)));
-typedef float   fl_pf  __attribute__((vector_size(64 / FL_CMP_PIECES)));
-typedef int32_t fl_pfi __attribute__((vector_size(64 / FL_CMP_PIECES)));
+typedef double  fl_pd  __attribute__((vector_size(FL_VBYTES / FL_CMP_PIECES)));
+typedef int64_t fl_pdi __attribute__((vector_size(FL_VBYTES / FL_CMP_PIECES)));
+typedef float   fl_pf  __attribute__((vector_size(FL_VBYTES / FL_CMP_PIECES)));
+typedef int32_t fl_pfi __attribute__((vector_size(FL_VBYTES / FL_CMP_PIECES)));
 
 #if FL_CMP_PIECES == 1
 #define FL_CMP_DEF_(name, op, VT, MT, PT, PMT)                                    \
@@ -324,8 +358,6 @@ FL_INLINE double fl_pairsum(double *a, int n)
  * FL(name).  VT is the element vector, acc_* accumulate in double (for
  * float32 the 16 lanes are widened into two 8-lane double vectors).
  */
-#define FL_VL_d 8
-#define FL_VL_f 16
 /* the column-tile kernels hold FL_TILE_MAX / VL vectors per tile */
 _Static_assert(FL_TILE_MAX % FL_VL_d == 0 && FL_TILE_MAX % FL_VL_f == 0,
                "FL_TILE_MAX must be a whole number of vectors");
@@ -355,19 +387,19 @@ FL_INLINE void vstpart_f(float *p, fl_vf v, ptrdiff_t cnt) { memcpy(p, &v, cnt *
    integer comparison would be scalar at baseline: SSE2 has no 64-bit one) */
 FL_INLINE fl_vdi vmask_d(ptrdiff_t cnt)
 {
-    static const int64_t ramp[2 * FL_VL_d] = {-1, -1, -1, -1, -1, -1, -1, -1};
+    static const int64_t ramp[16] = {-1, -1, -1, -1, -1, -1, -1, -1};
     fl_vdi m;
     cnt = cnt < 0 ? 0 : cnt > FL_VL_d ? FL_VL_d : cnt;
-    memcpy(&m, ramp + FL_VL_d - cnt, sizeof m);
+    memcpy(&m, ramp + 8 - cnt, sizeof m);
     return m;
 }
 FL_INLINE fl_vfi vmask_f(ptrdiff_t cnt)
 {
-    static const int32_t ramp[2 * FL_VL_f] = {-1, -1, -1, -1, -1, -1, -1, -1,
-                                              -1, -1, -1, -1, -1, -1, -1, -1};
+    static const int32_t ramp[32] = {-1, -1, -1, -1, -1, -1, -1, -1,
+                                     -1, -1, -1, -1, -1, -1, -1, -1};
     fl_vfi m;
     cnt = cnt < 0 ? 0 : cnt > FL_VL_f ? FL_VL_f : cnt;
-    memcpy(&m, ramp + FL_VL_f - cnt, sizeof m);
+    memcpy(&m, ramp + 16 - cnt, sizeof m);
     return m;
 }
 FL_INLINE fl_vd vsel_d(fl_vdi m, fl_vd a, fl_vd b) { return FL_SELECT(m, a, b, fl_vd, fl_vdi); }
@@ -377,19 +409,44 @@ FL_INLINE fl_vd vmax_d(fl_vd a, fl_vd b) { return vsel_d(vgt_d(a, b), a, b); }
 FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(vgt_f(a, b), a, b); }
 /* the lanes' maximum, pairwise as acc_sum (a NaN lane loses every
    comparison), in registers for the same reason */
+/* FL_FOLD_<lanes>(v, f): v = f(v with lane j swapped with lane j + w, v)
+   for w = lanes / 2, ..., 1 (each swap exchanges the halves of every block
+   of 2 w lanes), leaving the fold of all lanes in lane 0. */
+#define FL_FOLD_2(v, f) v = f(FL_SHUFFLE(v, v, 1, 0), v)
+#define FL_FOLD_4(v, f) do {                                                      \
+        v = f(FL_SHUFFLE(v, v, 2, 3, 0, 1), v);                                   \
+        v = f(FL_SHUFFLE(v, v, 1, 0, 3, 2), v);                                   \
+    } while (0)
+#define FL_FOLD_8(v, f) do {                                                      \
+        v = f(FL_SHUFFLE(v, v, 4, 5, 6, 7, 0, 1, 2, 3), v);                       \
+        v = f(FL_SHUFFLE(v, v, 2, 3, 0, 1, 6, 7, 4, 5), v);                       \
+        v = f(FL_SHUFFLE(v, v, 1, 0, 3, 2, 5, 4, 7, 6), v);                       \
+    } while (0)
+#define FL_FOLD_16(v, f) do {                                                      \
+        v = f(FL_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7), v);  \
+        v = f(FL_SHUFFLE(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11), v);  \
+        v = f(FL_SHUFFLE(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13), v);  \
+        v = f(FL_SHUFFLE(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14), v);  \
+    } while (0)
+#if FL_VBYTES == 64
+#define FL_FOLD_d FL_FOLD_8
+#define FL_FOLD_f FL_FOLD_16
+#elif FL_VBYTES == 32
+#define FL_FOLD_d FL_FOLD_4
+#define FL_FOLD_f FL_FOLD_8
+#else
+#define FL_FOLD_d FL_FOLD_2
+#define FL_FOLD_f FL_FOLD_4
+#endif
+FL_INLINE fl_vd fl_vadd_d(fl_vd a, fl_vd b) { return a + b; }
 FL_INLINE double vhmax_d(fl_vd v)
 {
-    v = vmax_d(FL_SHUFFLE(v, v, 4, 5, 6, 7, 0, 1, 2, 3), v);
-    v = vmax_d(FL_SHUFFLE(v, v, 2, 3, 0, 1, 6, 7, 4, 5), v);
-    v = vmax_d(FL_SHUFFLE(v, v, 1, 0, 3, 2, 5, 4, 7, 6), v);
+    FL_FOLD_d(v, vmax_d);
     return v[0];
 }
 FL_INLINE float vhmax_f(fl_vf v)
 {
-    v = vmax_f(FL_SHUFFLE(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7), v);
-    v = vmax_f(FL_SHUFFLE(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11), v);
-    v = vmax_f(FL_SHUFFLE(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13), v);
-    v = vmax_f(FL_SHUFFLE(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14), v);
+    FL_FOLD_f(v, vmax_f);
     return v[0];
 }
 
@@ -442,14 +499,21 @@ typedef struct { fl_vd lo, hi; } acc_t_f;
 
 FL_INLINE acc_t_d acc_zero_d(void) { acc_t_d a = {0}; return a; }
 FL_INLINE acc_t_f acc_zero_f(void) { acc_t_f a = {{0}, {0}}; return a; }
-typedef double fl_vd16 __attribute__((vector_size(128)));
-/* the two 8-double halves of a 16-double vector (gcc 11's shuffle cannot
-   narrow: the halves then go through memory) */
-FL_INLINE void fl_halves(fl_vd16 w, fl_vd *lo, fl_vd *hi)
+/* FL_VL_f doubles: a float vector converted whole */
+typedef double fl_vd2 __attribute__((vector_size(2 * FL_VBYTES)));
+/* the two fl_vd halves of an fl_vd2 (gcc 11's shuffle cannot narrow: the
+   halves then go through memory) */
+FL_INLINE void fl_halves(fl_vd2 w, fl_vd *lo, fl_vd *hi)
 {
-#if FL_HAVE_SHUFFLEVECTOR
+#if FL_HAVE_SHUFFLEVECTOR && FL_VBYTES == 64
     *lo = __builtin_shufflevector(w, w, 0, 1, 2, 3, 4, 5, 6, 7);
     *hi = __builtin_shufflevector(w, w, 8, 9, 10, 11, 12, 13, 14, 15);
+#elif FL_HAVE_SHUFFLEVECTOR && FL_VBYTES == 32
+    *lo = __builtin_shufflevector(w, w, 0, 1, 2, 3);
+    *hi = __builtin_shufflevector(w, w, 4, 5, 6, 7);
+#elif FL_HAVE_SHUFFLEVECTOR
+    *lo = __builtin_shufflevector(w, w, 0, 1);
+    *hi = __builtin_shufflevector(w, w, 2, 3);
 #else
     memcpy(lo, &w, sizeof *lo);
     memcpy(hi, (const char *)&w + sizeof *lo, sizeof *hi);
@@ -457,11 +521,11 @@ FL_INLINE void fl_halves(fl_vd16 w, fl_vd *lo, fl_vd *hi)
 }
 FL_INLINE void fl_widen(fl_vf v, fl_vd *lo, fl_vd *hi)
 {
-    /* the whole vector converted to one 16-double vector, then halved: on
+    /* the whole vector converted to one vector of doubles, then halved: on
        AVX-512 two vcvtps2pd ymm -> zmm and one extract.  Converting 8-float
        halves made gcc 12 split each conversion into 128-bit pieces (6 extra
        shuffles per vector), as did going through memory. */
-    fl_halves(__builtin_convertvector(v, fl_vd16), lo, hi);
+    fl_halves(__builtin_convertvector(v, fl_vd2), lo, hi);
 }
 FL_INLINE void acc_add_d(acc_t_d *a, fl_vd v) { *a += v; }
 FL_INLINE void acc_add_f(acc_t_f *a, fl_vf v)
@@ -512,18 +576,16 @@ FL_INLINE void acc_lanes_d(acc_t_d a, double *out) { memcpy(out, &a, sizeof a); 
 FL_INLINE void acc_lanes_f(acc_t_f a, double *out)
 {
     memcpy(out, &a.lo, sizeof a.lo);
-    memcpy(out + 8, &a.hi, sizeof a.hi);
+    memcpy(out + FL_VL_d, &a.hi, sizeof a.hi);
 }
-/* The lanes' pairwise sum, fl_pairsum's order (lane j + lane j + w, w = 4,
-   2, 1; float32's 16 lanes first fold hi onto lo) in registers.  Through a
+/* The lanes' pairwise sum, fl_pairsum's order (lane j + lane j + w, w =
+   FL_VL_d / 2, ..., 1; float32's lanes first fold hi onto lo) in registers.  Through a
    stack array, as fl_pairsum, gcc 11 at -O3 -march=x86-64-v3 gave some rows
    of cdist_backward a stale array's sum (its post-reload load elimination:
    right with -fno-gcse-after-reload or -O2). */
 FL_INLINE double acc_sum_d(acc_t_d a)
 {
-    a += FL_SHUFFLE(a, a, 4, 5, 6, 7, 0, 1, 2, 3);
-    a += FL_SHUFFLE(a, a, 2, 3, 0, 1, 6, 7, 4, 5);
-    a += FL_SHUFFLE(a, a, 1, 0, 3, 2, 5, 4, 7, 6);
+    FL_FOLD_d(a, fl_vadd_d);
     return a[0];
 }
 FL_INLINE double acc_sum_f(acc_t_f a)

@@ -706,20 +706,18 @@ static void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,            
     fl_store_row_##SFX(c, r, nb, stream);                                                 \
 }
 
-/* sum of t[0..n) in a fixed order: 8 lanes, then the lanes pairwise, then
-   the tail (the same at every SIMD level). */
+/* sum of t[0..n) in a fixed order: FL_VL_d lanes, then adjacent lanes
+   pairwise, then the tail. */
 static inline double fl_lanesum(const double *t, ptrdiff_t n)
 {
     fl_vd acc = {0};
     ptrdiff_t j = 0;
-    for (; j + 8 <= n; j += 8) {
-        fl_vd v;
-        memcpy(&v, t + j, sizeof v);
-        acc += v;
-    }
-    double s[8];
+    for (; j + FL_VL_d <= n; j += FL_VL_d) acc += vld_d(t + j);
+    double s[FL_VL_d];
     memcpy(s, &acc, sizeof s);
-    double tot = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+    for (int w = 1; w < FL_VL_d; w *= 2)
+        for (int i = 0; i < FL_VL_d; i += 2 * w) s[i] += s[i + w];
+    double tot = s[0];
     for (; j < n; j++) tot += t[j];
     return tot;
 }

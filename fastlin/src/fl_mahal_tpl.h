@@ -100,7 +100,7 @@ FL_INLINE void FL(maha_forward_subst)(const T *FL_RESTRICT L, const T *FL_RESTRI
 #endif
 #define FL_MAHA_DMAX 16   /* the register kernel's largest d */
 
-/* z's lanes in double (fl_widen: one 16-double conversion, then halved) */
+/* z's lanes in double (fl_widen: one whole conversion, then halved) */
 FL_INLINE ACC FL(maha_wide)(VT z)
 {
 #if FL_IS_DOUBLE
@@ -132,7 +132,7 @@ FL_INLINE void FL(maha_add_lanes)(double *p, VT z)
     vst_d(p, vld_d(p) + w);
 #else
     vst_d(p, vld_d(p) + w.lo);
-    vst_d(p + 8, vld_d(p + 8) + w.hi);
+    vst_d(p + FL_VL_d, vld_d(p + FL_VL_d) + w.hi);
 #endif
 }
 
@@ -157,7 +157,11 @@ FL_INLINE void FL(maha_out)(ACC ss, int squared, ptrdiff_t cnt, T *FL_RESTRICT o
    per VL rows. */
 FL_INLINE void FL(maha_transpose)(VT *v)
 {
-#if FL_IS_DOUBLE
+#if VL == 2
+    FL_TRANSPOSE2(VT, v);
+#elif VL == 4
+    FL_TRANSPOSE4(VT, v);
+#elif VL == 8
     FL_TRANSPOSE8(VT, v);
 #else
     FL_TRANSPOSE16(VT, v);

@@ -1,6 +1,6 @@
 /*
  * Softmax family inner loops, instantiated once per dtype by fl_softmax.h:
- * T is the element type, VT/VI/VL its 64-byte vector, mask type and lane
+ * T is the element type, VT/VI/VL its vector (fl_common.h), mask type and lane
  * count, ACC its double accumulator, FL(name) the dtype-suffixed name.
  *
  * Every entry point processes one work item of a (outer, n, inner) C-ordered

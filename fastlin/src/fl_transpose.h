@@ -1,6 +1,6 @@
 /*
- * fl_transpose.h -- square register transposes for 64-byte vectors (8
- * doubles or 16 floats), shared by the Mahalanobis kernels (rows of X into
+ * fl_transpose.h -- square register transposes of vectors of 2, 4, 8 or 16
+ * lanes, shared by the Mahalanobis kernels (rows of X into
  * lanes) and the GEMM's transposing pack.
  *
  * v[0..N) (rows) := their transpose (columns): log2(N) stages of N
@@ -21,6 +21,14 @@
             (v)[fl_i_] = FL_SHUFFLE(fl_a_, fl_b_, FL_UNPAREN MX);                     \
             (v)[fl_i_ + (st)] = FL_SHUFFLE(fl_a_, fl_b_, FL_UNPAREN MY);              \
         }
+
+#define FL_TRANSPOSE2(VT, v) do { FL_TR_STAGE(VT, 2, v, 1, (0, 2), (1, 3)) } while (0)
+
+#define FL_TRANSPOSE4(VT, v)                                                          \
+    do {                                                                                  \
+        FL_TR_STAGE(VT, 4, v, 1, (0, 4, 2, 6), (1, 5, 3, 7))                              \
+        FL_TR_STAGE(VT, 4, v, 2, (0, 1, 4, 5), (2, 3, 6, 7))                              \
+    } while (0)
 
 #define FL_TRANSPOSE8(VT, v)                                                          \
     do {                                                                                  \
