@@ -289,12 +289,6 @@ class BuildExt(build_ext):
         if "baseline" not in levels:
             sys.exit("fastlin: the baseline level must be built (FASTLIN_SIMD_LEVELS)")
         print(f"fastlin: SIMD levels built: {', '.join(levels)}")
-        if name == "gcc" and any(lv != "avx512" for lv in levels):
-            # gcc (12 and older) keeps a 64-byte vector that has no register
-            # of its size in memory between operations: README, Building
-            self.warn("fastlin: gcc builds the avx2 and baseline levels (every CPU without "
-                      "AVX-512, and aarch64) about 2x slower than clang does; for the fast "
-                      "kernels there, build with CC=clang (the release wheels are)")
 
         kept = []
         for ext in self.extensions:

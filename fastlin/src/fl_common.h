@@ -48,9 +48,13 @@
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 #define FL_AVX512 1
-#include <immintrin.h>
 #else
 #define FL_AVX512 0
+#endif
+#if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
+#include <immintrin.h>
+#elif defined(__aarch64__)
+#include <arm_neon.h>
 #endif
 
 /* Two-source shuffles with constant indices: FL_SHUFFLE(a, b, i0, i1, ...)
@@ -521,11 +525,35 @@ FL_INLINE void fl_halves(fl_vd2 w, fl_vd *lo, fl_vd *hi)
 }
 FL_INLINE void fl_widen(fl_vf v, fl_vd *lo, fl_vd *hi)
 {
+#if !FL_HAVE_SHUFFLEVECTOR && FL_VBYTES == 32 && defined(__AVX__)
+    /* gcc 11 at register width: its double vector of twice the width has no
+       register and fl_halves goes through memory (float32 row ops 3-7x
+       slower); the level's own conversions instead, the same values */
+    __m256 f;
+    memcpy(&f, &v, sizeof f);
+    __m256d l = _mm256_cvtps_pd(_mm256_castps256_ps128(f));
+    __m256d h = _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1));
+    memcpy(lo, &l, sizeof l);
+    memcpy(hi, &h, sizeof h);
+#elif !FL_HAVE_SHUFFLEVECTOR && FL_VBYTES == 16 && defined(__SSE2__)
+    __m128 f;
+    memcpy(&f, &v, sizeof f);
+    __m128d l = _mm_cvtps_pd(f), h = _mm_cvtps_pd(_mm_movehl_ps(f, f));
+    memcpy(lo, &l, sizeof l);
+    memcpy(hi, &h, sizeof h);
+#elif !FL_HAVE_SHUFFLEVECTOR && FL_VBYTES == 16 && defined(__aarch64__)
+    float32x4_t f;
+    memcpy(&f, &v, sizeof f);
+    float64x2_t l = vcvt_f64_f32(vget_low_f32(f)), h = vcvt_high_f64_f32(f);
+    memcpy(lo, &l, sizeof l);
+    memcpy(hi, &h, sizeof h);
+#else
     /* the whole vector converted to one vector of doubles, then halved: on
        AVX-512 two vcvtps2pd ymm -> zmm and one extract.  Converting 8-float
        halves made gcc 12 split each conversion into 128-bit pieces (6 extra
        shuffles per vector), as did going through memory. */
     fl_halves(__builtin_convertvector(v, fl_vd2), lo, hi);
+#endif
 }
 FL_INLINE void acc_add_d(acc_t_d *a, fl_vd v) { *a += v; }
 FL_INLINE void acc_add_f(acc_t_f *a, fl_vf v)
