@@ -455,23 +455,18 @@ static void FL(fl_maha_rows)(const T *FL_RESTRICT X, ptrdiff_t m, ptrdiff_t d,
         /* The register tile by the registers of the SIMD level: the 16
            accumulators fit AVX-512's 32 zmm; where a vector is 2 ymm (AVX2)
            or 4 xmm (baseline) of 16, that tile spills (2-3x slower than a
-           single group), hence (G, J) = (1, 4) and (1, 2) there.
-           Each row's arithmetic does not depend on the tile. */
+           single group), hence (G, J) = (1, 4) and (1, 2) there; where a
+           vector is one register of 16 (gcc's width below AVX-512), two
+           groups.  Each row's arithmetic does not depend on the tile. */
         T *tb = zs + d * FL_MAHA_G * VL;
 #if FL_AVX512
-        int wide = 1, mid = 1;
+        const int G = FL_MAHA_G, J = FL_MAHA_J;
 #elif defined(__AVX2__)
-        int wide = 0, mid = 1;
+        const int G = FL_VBYTES == FL_REG_BYTES ? 2 : 1, J = 4;
 #else
-        int wide = 0, mid = 0;
+        const int G = FL_VBYTES == FL_REG_BYTES ? 2 : 1, J = 2;
 #endif
-        if (wide)
-            FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, FL_MAHA_G,
-                             FL_MAHA_J);
-        else if (mid)
-            FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, 1, 4);
-        else
-            FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, 1, 2);
+        FL(maha_blocked)(X, m, d, mu, P, P + d * d, solve, squared, out, zs, tb, G, J);
         return;
     }
     const int D = FL(maha_regD)(d);
