@@ -59,9 +59,9 @@ def show_config(file=None):
     """Print how fastlin was built and how it will run.
 
     Shows the version, whether OpenMP is on, the thread count kernels will
-    use, the SIMD level that runs (and, for each level, whether this machine
-    can run it or why not), the compiler and its flags, and the numpy/scipy
-    versions.
+    use, the SIMD level that runs and its vector width (and, for each level,
+    whether this machine can run it or why not), the compiler and its flags,
+    and the numpy/scipy versions.
     """
     import platform
     import sys
@@ -80,6 +80,7 @@ def show_config(file=None):
         return getattr(bc, name, "unknown") if bc is not None else "unknown"
 
     own_gemm = _simd.kernels("_distance").own_gemm_enabled()
+    vbytes = _simd.kernels("_distance").vector_bytes()
     how = f"forced by {_simd.ENV}" if _simd.FORCED else "the best this CPU runs"
     lines = [
         f"fastlin {__version__}",
@@ -88,7 +89,7 @@ def show_config(file=None):
         f"  scipy         : {scipy.__version__}",
         f"  openmp        : {'on' if openmp_enabled() else 'OFF (single-threaded build)'}",
         f"  threads       : {get_num_threads()} (OpenMP wait policy: {_omp_env.WAIT_POLICY})",
-        f"  simd level    : {_simd.LEVEL} ({how})",
+        f"  simd level    : {_simd.LEVEL} ({how}; {vbytes}-byte vectors)",
     ]
     for level in _simd.LEVELS:
         lines.append(f"    {level:<9}   : {_simd.WHY[level] or 'available'}")

@@ -140,6 +140,17 @@ cdef inline void _direct_row(floating *dst, Py_ssize_t tn, const floating *a,
         fl_dist_direct_row_f(dst, tn, a, bt, ldb, k, w, take_sqrt, scale, stream)
 
 
+cdef extern from "fl_common.h":
+    int FL_VBYTES
+
+
+def vector_bytes():
+    """The width in bytes of the kernels' vectors in this level's build
+    (src/fl_common.h, the vector layer): 64 at avx512 and under clang, the
+    level's register width under gcc below AVX-512."""
+    return FL_VBYTES
+
+
 def own_gemm_enabled():
     """True when the tile products use fastlin's AVX-512 GEMM (src/fl_gemm.h),
     False when they use scipy's BLAS."""

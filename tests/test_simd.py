@@ -125,6 +125,30 @@ def test_a_forced_level_runs_only_that_levels_code(level):
     assert got[1:] and all(m.startswith(f"fastlin._{level}.") for m in got[1:]), got
 
 
+@pytest.mark.parametrize("level", _simd.AVAILABLE)
+def test_each_levels_vector_width_follows_the_compiler(level):
+    # 64-byte vectors at avx512 and under clang; under gcc below AVX-512 the
+    # level's registers: ymm at avx2, xmm or NEON q at baseline
+    from fastlin import _build_config as bc
+    if "FL_VBYTES" in bc.CFLAGS:
+        pytest.skip("the build sets FL_VBYTES itself")
+    r = _child("""
+        import io, fastlin, fastlin._simd as s
+        buf = io.StringIO()
+        fastlin.show_config(file=buf)
+        print(s.kernels("_distance").vector_bytes(), "64-byte" in buf.getvalue(),
+              "32-byte" in buf.getvalue(), "16-byte" in buf.getvalue())
+    """, level=level)
+    assert r.returncode == 0, r.stderr
+    width, *shown = r.stdout.split()
+    if level == "avx512" or bc.COMPILER in ("clang", "clang-cl"):
+        want = 64
+    else:
+        want = {"avx2": 32, "baseline": 16}[level]
+    assert int(width) == want
+    assert shown == [str(want == w) for w in (64, 32, 16)]
+
+
 # Every op and backward on the same inputs, in each level's own process, at
 # 1 and 2 threads; the results come back as JSON (lossless: repr of floats).
 _ALL_OPS = """
