@@ -94,7 +94,7 @@ def show_config(file=None):
     for level in _simd.LEVELS:
         lines.append(f"    {level:<9}   : {_simd.WHY[level] or 'available'}")
     lines += [
-        f"  tile GEMM     : {'fastlin AVX-512 kernel (src/fl_gemm.h)' if own_gemm else 'scipy BLAS'}",
+        f"  tile GEMM     : {'fastlin ' + _simd.LEVEL + ' kernel (src/fl_gemm.h)' if own_gemm else 'scipy BLAS'}",
         f"  result cache  : {get_memory_cache()[0]} bytes (set_memory_cache)",
         f"  compiler      : {get('COMPILER')} ({get('COMPILER_COMMAND')})",
         f"  cflags        : {get('CFLAGS')}",

@@ -1,10 +1,10 @@
 # floating-typed wrappers over scipy's BLAS (scipy.linalg.cython_blas): no
 # new link dependency, and the row-major bookkeeping is done once, here.
 #
-# The three GEMM forms first try fastlin's own packed AVX-512 kernel
-# (src/fl_gemm.h: on Sapphire Rapids 1.2-1.7x faster than scipy's OpenBLAS
+# The three GEMM forms first try fastlin's own packed kernel (src/fl_gemm.h,
+# AVX-512 or AVX2: on Sapphire Rapids 1.2-1.7x faster than scipy's OpenBLAS
 # for the single-threaded tile products these wrappers serve); where it is
-# not built (the avx2 and baseline levels, Windows: fl_gemm_ok() is 0), when
+# not built (the baseline level, Windows: fl_gemm_ok() is 0), when
 # the testing hook turns it off, or for a beta other than 0 and 1, they call
 # scipy's BLAS.  Either way the result depends only on the shapes and the
 # machine, never on the thread count.

@@ -152,8 +152,8 @@ def vector_bytes():
 
 
 def own_gemm_enabled():
-    """True when the tile products use fastlin's AVX-512 GEMM (src/fl_gemm.h),
-    False when they use scipy's BLAS."""
+    """True when the tile products use fastlin's own GEMM (src/fl_gemm.h, at
+    the avx512 and avx2 levels), False when they use scipy's BLAS."""
     return bool(fl_gemm_ok())
 
 

@@ -1,8 +1,8 @@
 """The tile GEMM (src/fl_gemm.h, behind the _blas.pxd wrappers), and the
 distance kernels on both of its backends.
 
-On an AVX-512 machine the tile products use fastlin's own packed kernel;
-elsewhere they use scipy's BLAS.  The testing hook ``_use_own_gemm(False)``
+At the avx512 and avx2 levels the tile products use fastlin's own packed
+kernel (except on Windows); elsewhere they use scipy's BLAS.  The testing hook ``_use_own_gemm(False)``
 forces the BLAS path, so both are checked here on any machine that has the
 kernel: the GEMM itself against a longdouble product (edge panels, strides
 wider than the block, beta 0 over NaN and beta 1), and the distance results
@@ -26,7 +26,7 @@ BACKENDS = ["own", "blas"]
 @pytest.fixture(params=BACKENDS)
 def backend(request):
     if request.param == "own" and not _k.own_gemm_enabled():
-        pytest.skip("no AVX-512 here: the tile products always use BLAS")
+        pytest.skip(f"no own GEMM at the {_simd.LEVEL} level: the tile products always use BLAS")
     old = _k._use_own_gemm(request.param == "own")
     yield request.param
     _k._use_own_gemm(old)
@@ -50,8 +50,12 @@ def test_tile_constants_are_the_ones_the_tests_cut_at():
     16 / 32-column edge panels, 3 x 3 tiles of 256, pdist's 224-row packed
     tiles).  The extension reports the values src/fl_gemm.h and
     src/fl_distance.h define (which assert their relations there): a changed
-    constant fails here, not as tests that quietly stop crossing an edge."""
-    assert _k.gemm_blocking() == {"mr": 14, "nr_float64": 16, "nr_float32": 32,
+    constant fails here, not as tests that quietly stop crossing an edge.
+    The panels are one 32-byte register wide where the avx2 level has the
+    own GEMM, two 64-byte registers otherwise."""
+    ymm = _simd.LEVEL == "avx2" and _k.own_gemm_enabled()
+    nr64, nr32 = (4, 8) if ymm else (16, 32)
+    assert _k.gemm_blocking() == {"mr": 14, "nr_float64": nr64, "nr_float32": nr32,
                                   "kc": 256, "tile": 256, "pdist_packed_tile": 224}
     assert _k.tile_width() == 256
     assert (_k.cdist_tile_rows(True), _k.cdist_tile_rows(False)) == (512, 1024)

@@ -1160,7 +1160,7 @@ def test_float32_backward_matches_float64(rng, kind, squared):
 def test_backward_large_d_gemm_path(kind, d, backend):
     """Above d = 32 the backward writes the rows of w (and z) and forms the
     d x d gradient with blocked GEMMs: same gradients as the closed form, and
-    bitwise the same for 1 and 2 threads, with fastlin's AVX-512 GEMM and
+    bitwise the same for 1 and 2 threads, with fastlin's own GEMM and
     with scipy's BLAS (tests/test_gemm.py)."""
     from fastlin import _simd
     _mk = _simd.kernels("_mahalanobis")

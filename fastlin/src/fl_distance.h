@@ -544,6 +544,96 @@ static int fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t
 }
 #endif
 
+#if !FL_AVX512 && defined(__AVX2__) && defined(__FMA__)
+#define FL_USE_256 1
+#define FL_256_CALL(x) (x)
+/*
+ * The epilogue's main pass at the avx2 level, in one sweep as fl_dist512:
+ * left to the portable passes below, gcc and clang vectorize the first but
+ * not the float32 range test and its conditional double roots, and the row
+ * took 1.6x as long as its tile's GEMM (cdist of (4096, 64) float32, one
+ * thread).  Whole vectors here, the row's tail in the portable arithmetic;
+ * every operation is the portable one lane by lane (the square roots
+ * correctly rounded, vsqrtpd / vsqrtps), so each entry's value is the
+ * portable pass's, wherever it sits.
+ */
+static int64_t fl_dist256_d(double *r, const double *c, ptrdiff_t nb, double na,
+                            const double *nbv, double tau, int take_sqrt, double scale)
+{
+    const __m256d vna = _mm256_set1_pd(na), vtau = _mm256_set1_pd(tau);
+    const __m256d vsc = _mm256_set1_pd(scale), zero = _mm256_setzero_pd();
+    int64_t nflag = 0;
+    ptrdiff_t j = 0;
+    for (; j + 4 <= nb; j += 4) {
+        __m256d s = _mm256_add_pd(vna, _mm256_loadu_pd(nbv + j));
+        __m256d d2 = _mm256_add_pd(s, _mm256_loadu_pd(c + j));
+        nflag += __builtin_popcount(
+            0xfu & ~(unsigned)_mm256_movemask_pd(_mm256_cmp_pd(d2, _mm256_mul_pd(vtau, s),
+                                                               _CMP_GE_OQ)));
+        __m256d v = _mm256_max_pd(d2, zero);                     /* NaN -> 0, as ?: */
+        v = _mm256_mul_pd(v, vsc);
+        if (take_sqrt) v = _mm256_sqrt_pd(v);
+        _mm256_storeu_pd(r + j, v);
+    }
+    for (; j < nb; j++) {
+        double s = na + nbv[j];
+        double d2 = s + c[j];
+        nflag += (int64_t)!(d2 >= tau * s);
+        double e = (d2 > 0.0 ? d2 : 0.0) * scale;
+        r[j] = take_sqrt ? sqrt(e) : e;
+    }
+    return nflag;
+}
+
+/* float32: d2 in double (two vectors of 4), the root of its float32
+   rounding except where that is beyond float32's normal range (the test of
+   fl_sqrt16_pd, the same roots as the portable fl_sq_beyond) */
+static int64_t fl_dist256_f(float *r, const float *c, ptrdiff_t nb, double na,
+                            const double *nbv, double tau, int take_sqrt, double scale)
+{
+    const __m256d vna = _mm256_set1_pd(na), vtau = _mm256_set1_pd(tau);
+    const __m256d vsc = _mm256_set1_pd(scale), zero = _mm256_setzero_pd();
+    const __m256 lo = _mm256_set1_ps(FLT_MIN), hi = _mm256_set1_ps(FLT_MAX);
+    int64_t nflag = 0;
+    ptrdiff_t j = 0;
+    for (; j + 8 <= nb; j += 8) {
+        __m256 cv = _mm256_loadu_ps(c + j);
+        __m256d s0 = _mm256_add_pd(vna, _mm256_loadu_pd(nbv + j));
+        __m256d s1 = _mm256_add_pd(vna, _mm256_loadu_pd(nbv + j + 4));
+        __m256d d0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(cv)));
+        __m256d d1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(cv, 1)));
+        unsigned ok = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(d0, _mm256_mul_pd(vtau, s0), _CMP_GE_OQ))
+                    | (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(d1, _mm256_mul_pd(vtau, s1), _CMP_GE_OQ)) << 4;
+        nflag += __builtin_popcount(0xffu & ~ok);
+        __m256d e0 = _mm256_mul_pd(_mm256_max_pd(d0, zero), vsc);
+        __m256d e1 = _mm256_mul_pd(_mm256_max_pd(d1, zero), vsc);
+        __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(e1), _mm256_cvtpd_ps(e0));
+        if (take_sqrt) {
+            __m256 o = _mm256_or_ps(_mm256_cmp_ps(v, lo, _CMP_LT_OQ), _mm256_cmp_ps(v, hi, _CMP_GE_OQ));
+            __m256 rt = _mm256_sqrt_ps(v);
+            if (_mm256_movemask_ps(o))
+                rt = _mm256_blendv_ps(rt, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sqrt_pd(e1)),
+                                                          _mm256_cvtpd_ps(_mm256_sqrt_pd(e0))), o);
+            v = rt;
+        }
+        _mm256_storeu_ps(r + j, v);
+    }
+    for (; j < nb; j++) {
+        double s = na + nbv[j];
+        double d2 = s + (double)c[j];
+        nflag += (int64_t)!(d2 >= tau * s);
+        double e = (d2 > 0.0 ? d2 : 0.0) * scale;
+        r[j] = (float)e;
+        if (take_sqrt)
+            r[j] = (e > 0.0 && e < FLT_MIN) || e > FLT_MAX ? (float)sqrt(e) : sqrtf(r[j]);
+    }
+    return nflag;
+}
+#else
+#define FL_USE_256 0
+#define FL_256_CALL(x) 0
+#endif
+
 static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
 {
     ptrdiff_t j = 0;
@@ -637,6 +727,8 @@ static ptrdiff_t fl_dist_row_##SFX(T *FL_RESTRICT dst, const T *FL_RESTRICT c,  
     int64_t nflag = 0;      /* int64: the lane width of d2, so the loop vectorizes */      \
     if (FL_USE_512) {                                                                     \
         nflag = FL_512_CALL(fl_dist512_##SFX(r, c, nb, na, nbv, tau, take_sqrt, scale));  \
+    } else if (FL_USE_256) {                                                              \
+        nflag = FL_256_CALL(fl_dist256_##SFX(r, c, nb, na, nbv, tau, take_sqrt, scale));  \
     } else {                                                                              \
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
             double s = na + nbv[j];                                                       \

@@ -1,6 +1,6 @@
 /*
- * fl_gemm.h -- a single-threaded, packed AVX-512 GEMM for the tile products
- * of the distance kernels.
+ * fl_gemm.h -- a single-threaded, packed AVX-512 / AVX2 GEMM for the tile
+ * products of the distance kernels.
  *
  * Why not only scipy's OpenBLAS: on the AVX-512 machines fastlin is tuned on
  * (Sapphire Rapids), scipy's OpenBLAS 0.3.30 picks its SkylakeX kernels and
@@ -14,16 +14,21 @@
  *         for each MR panel:       the micro-kernel: MR x NR accumulators
  *                                  in registers, one rank-1 update per k
  *
- * MR = 14 rows are broadcast, NR = two 64-byte vectors of columns (16
- * doubles or 32 floats) are loaded: 28 accumulators + 2 operands of the 32
- * zmm registers.  Every C entry is the sum over k in increasing order, one
+ * MR = 14 rows are broadcast.  At avx512, NR = two 64-byte vectors of
+ * columns (16 doubles or 32 floats) are loaded: 28 accumulators + 2 operands
+ * of the 32 zmm registers.  At avx2, NR = one 32-byte vector (4 doubles or
+ * 8 floats): 14 accumulators, the operand and the broadcast fill the 16 ymm
+ * registers (MR stays 14 so that the distance tiles are cut the same at
+ * both levels).  Every C entry is the sum over k in increasing order, one
  * FMA per k within a KC slice, slices added in order: the result depends on
- * the shapes only, never on the thread count or on where a tile sits.
+ * the shapes and the level only, never on the thread count or on where a
+ * tile sits.
  *
- * Built only into the avx512 level's modules (FL_AVX512, see fl_common.h),
- * and not on Windows (its per-thread packing buffers use pthread keys).
- * Elsewhere fl_gemm_ok() is 0 and the callers (_blas.pxd) use scipy's BLAS;
- * the prepacked entry points, which have no BLAS twin, then abort if called.
+ * Built into the avx512 and avx2 levels' modules, and not on Windows (its
+ * per-thread packing buffers use pthread keys).  Elsewhere (the baseline
+ * level, NEON) fl_gemm_ok() is 0 and the callers (_blas.pxd) use scipy's
+ * BLAS; the prepacked entry points, which have no BLAS twin, then abort if
+ * called.
  *
  * The blocking constants below may be overridden with -D for tuning; the
  * distance tiles are cut to them (fl_distance.h asserts the relations).
@@ -43,7 +48,9 @@
 
 #include "fl_common.h"
 
-#if FL_AVX512 && !defined(_WIN32)
+/* Built at the levels with FMA and at least 16 registers of 32 bytes: the
+   avx512 level (32 zmm) and the avx2 level (16 ymm, FMA3). */
+#if (FL_AVX512 || (defined(__AVX2__) && defined(__FMA__))) && !defined(_WIN32)
 #define FL_HAVE_GEMM 1
 #include <pthread.h>
 #include "fl_transpose.h"
@@ -54,11 +61,24 @@
 #ifndef FL_GEMM_MR
 #define FL_GEMM_MR 14    /* rows per panel of op(A) */
 #endif
-#ifndef FL_GEMM_NV
-#define FL_GEMM_NV 2     /* 64-byte vectors per panel row of op(B) */
+/* FL_GEMM_VB: the bytes of one vector register of the micro-kernel. */
+#if FL_HAVE_GEMM && !FL_AVX512
+#define FL_GEMM_VB 32
+#else
+#define FL_GEMM_VB 64
 #endif
-#define FL_GEMM_NR_D (FL_GEMM_NV * 8)    /* columns per panel of op(B): float64 */
-#define FL_GEMM_NR_F (FL_GEMM_NV * 16)   /* float32 */
+/* FL_GEMM_NV: vectors per panel row of op(B).  MR x NV accumulators, NV
+   operands of B and one broadcast of A must fit the register file: 28 + 3
+   of 32 zmm at avx512, 14 + 2 of 16 ymm at avx2. */
+#ifndef FL_GEMM_NV
+#if FL_GEMM_VB == 32
+#define FL_GEMM_NV 1
+#else
+#define FL_GEMM_NV 2
+#endif
+#endif
+#define FL_GEMM_NR_D (FL_GEMM_NV * FL_GEMM_VB / 8)    /* columns per panel of op(B): float64 */
+#define FL_GEMM_NR_F (FL_GEMM_NV * FL_GEMM_VB / 4)    /* float32 */
 #ifndef FL_GEMM_KC
 #define FL_GEMM_KC 256   /* an NR panel of B (KC x 128 bytes, 32 KiB) stays in L1 */
 #endif
@@ -152,63 +172,131 @@ static void *fl_gemm_scratch(size_t bytes)
  * each tile's W this way too).  The packing moves values only, so no
  * product depends on how it is done.
  */
-typedef double fl_gemm_v8d __attribute__((vector_size(64)));
-typedef float fl_gemm_v16f __attribute__((vector_size(64)));
+/* The level's vectors: GCC vector types (what the transposes shuffle), and
+   loads and stores of the first n lanes (0 <= n <= VL; the other lanes read
+   as zeros, and are neither read nor written in memory). */
+#if FL_GEMM_VB == 64
+#define FL_GEMM_VL_D 8
+#define FL_GEMM_VL_F 16
+typedef double fl_gemm_vd __attribute__((vector_size(64)));
+typedef float fl_gemm_vf __attribute__((vector_size(64)));
+#define FL_GEMM_TRANSPOSE_D FL_TRANSPOSE8
+#define FL_GEMM_TRANSPOSE_F FL_TRANSPOSE16
+FL_INLINE fl_gemm_vd fl_gemm_ldn_d(const double *p, ptrdiff_t n)
+{
+    return (fl_gemm_vd)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+}
+FL_INLINE fl_gemm_vf fl_gemm_ldn_f(const float *p, ptrdiff_t n)
+{
+    return (fl_gemm_vf)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+FL_INLINE void fl_gemm_stn_d(double *p, ptrdiff_t n, fl_gemm_vd v)
+{
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+}
+FL_INLINE void fl_gemm_stn_f(float *p, ptrdiff_t n, fl_gemm_vf v)
+{
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+}
+#elif FL_HAVE_GEMM
+/* AVX2's masked moves take a vector mask: lane l is moved when l < n.  Full
+   vectors use the plain moves, masked stores being slow on some AMD cores. */
+#define FL_GEMM_VL_D 4
+#define FL_GEMM_VL_F 8
+typedef double fl_gemm_vd __attribute__((vector_size(32)));
+typedef float fl_gemm_vf __attribute__((vector_size(32)));
+#define FL_GEMM_TRANSPOSE_D FL_TRANSPOSE4
+#define FL_GEMM_TRANSPOSE_F FL_TRANSPOSE8
+FL_INLINE __m256i fl_gemm_m_d(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+FL_INLINE __m256i fl_gemm_m_f(ptrdiff_t n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+FL_INLINE fl_gemm_vd fl_gemm_ldn_d(const double *p, ptrdiff_t n)
+{
+    return (fl_gemm_vd)(n == 4 ? _mm256_loadu_pd(p) : _mm256_maskload_pd(p, fl_gemm_m_d(n)));
+}
+FL_INLINE fl_gemm_vf fl_gemm_ldn_f(const float *p, ptrdiff_t n)
+{
+    return (fl_gemm_vf)(n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, fl_gemm_m_f(n)));
+}
+FL_INLINE void fl_gemm_stn_d(double *p, ptrdiff_t n, fl_gemm_vd v)
+{
+    if (n == 4) _mm256_storeu_pd(p, (__m256d)v);
+    else _mm256_maskstore_pd(p, fl_gemm_m_d(n), (__m256d)v);
+}
+FL_INLINE void fl_gemm_stn_f(float *p, ptrdiff_t n, fl_gemm_vf v)
+{
+    if (n == 8) _mm256_storeu_ps(p, (__m256)v);
+    else _mm256_maskstore_ps(p, fl_gemm_m_f(n), (__m256)v);
+}
+#endif
 
-#define FL_GEMM_TRPACK(SUF, T, VT, VL, MT, LOADZ, STOREM, ZERO, TRANSPOSE)             \
+/*
+ * The transposing pack (op(A) = A, op(B) = B^T: a panel's lines run down X's
+ * columns) with register transposes: per group of VL lines, VL row pieces of
+ * VL elements are loaded (rows past w, and depths past kc, as zeros),
+ * transposed in registers, and each depth p's VL values stored into
+ * P[p * W + g * VL ..] (the first W - g of them where the panel's width W is
+ * not a multiple of VL: MR = 14).  In registers because a scalar loop stores
+ * one element at a time, W apart: measured 1.8x slower packing both operands
+ * of a (2048, 512) float32 cdist (the backward packs each tile's W this way
+ * too).  The packing moves values only, so no product depends on how it is
+ * done.
+ */
+#define FL_GEMM_TRPACK(SUF, T, VT, VL, TRANSPOSE)                                         \
 static void fl_gemm_trpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
                                  ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
 {                                                                                         \
     for (ptrdiff_t g = 0; g < W; g += VL) {                                               \
         ptrdiff_t lanes = W - g < VL ? W - g : VL;                                        \
-        MT sm = (MT)((1u << lanes) - 1);                                                  \
         for (ptrdiff_t p = 0; p < kc; p += VL) {                                          \
             ptrdiff_t left = kc - p < VL ? kc - p : VL;                                   \
-            MT lm = (MT)((1u << left) - 1);                                               \
             VT v[VL];                                                                     \
             for (int i = 0; i < VL; i++)                                                  \
-                v[i] = g + i < w ? (VT)LOADZ(lm, X + (size_t)(r0 + g + i) * ldx + p0 + p) \
-                                 : (VT)ZERO();                                            \
-            TRANSPOSE(VT, v);                                                         \
+                v[i] = g + i < w                                                          \
+                    ? fl_gemm_ldn_##SUF(X + (size_t)(r0 + g + i) * ldx + p0 + p, left)    \
+                    : (VT){0};                                                            \
+            TRANSPOSE(VT, v);                                                             \
             for (ptrdiff_t q = 0; q < left; q++)                                          \
-                STOREM(P + (p + q) * W + g, sm, v[q]);                                    \
+                fl_gemm_stn_##SUF(P + (p + q) * W + g, lanes, v[q]);                      \
         }                                                                                 \
     }                                                                                     \
 }
 
-FL_GEMM_TRPACK(d, double, fl_gemm_v8d, 8, __mmask8, _mm512_maskz_loadu_pd,
-               _mm512_mask_storeu_pd, _mm512_setzero_pd, FL_TRANSPOSE8)
-FL_GEMM_TRPACK(f, float, fl_gemm_v16f, 16, __mmask16, _mm512_maskz_loadu_ps,
-               _mm512_mask_storeu_ps, _mm512_setzero_ps, FL_TRANSPOSE16)
+FL_GEMM_TRPACK(d, double, fl_gemm_vd, FL_GEMM_VL_D, FL_GEMM_TRANSPOSE_D)
+FL_GEMM_TRPACK(f, float, fl_gemm_vf, FL_GEMM_VL_F, FL_GEMM_TRANSPOSE_F)
 
 /*
  * The copying pack (op(A) = A^T, op(B) = B: a panel's lines run along X's
  * rows), vectorized: per depth p, the row piece X[p0 + p, r0 .. r0 + w) goes
- * to P[p * W ..] in vectors of VL under masks fixed for the panel (lanes past
- * w as zeros).  Written with masks because a panel width of 14 does not
- * vectorize by itself: copied element by element, packing the two operands
- * of a (2048, 2048) x (2048, 512) float64 product took ~4 ms.
+ * to P[p * W ..] in vectors of VL with lane counts fixed for the panel (lanes
+ * past w as zeros).  Written with partial moves because a panel width of 14
+ * does not vectorize by itself: copied element by element, packing the two
+ * operands of a (2048, 2048) x (2048, 512) float64 product took ~4 ms.
  */
-#define FL_GEMM_ALPACK(SUF, T, VL, MT, LOADZ, STOREM)                                     \
+#define FL_GEMM_ALPACK(SUF, T, VL)                                                        \
 static void fl_gemm_alpack_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t w,       \
                                  ptrdiff_t p0, ptrdiff_t kc, T *P, ptrdiff_t W)          \
 {                                                                                         \
-    MT lm[4], sm[4];                                                                      \
+    ptrdiff_t ln[4], sn[4];                                                               \
     int ng = 0;                                                                           \
     for (ptrdiff_t g = 0; g < W && ng < 4; g += VL, ng++) {                               \
-        ptrdiff_t st = W - g < VL ? W - g : VL, ld = w - g < 0 ? 0 : (w - g < VL ? w - g : VL); \
-        sm[ng] = (MT)((1ull << st) - 1);                                                  \
-        lm[ng] = (MT)((1ull << ld) - 1);                                                  \
+        sn[ng] = W - g < VL ? W - g : VL;                                                 \
+        ln[ng] = w - g < 0 ? 0 : (w - g < VL ? w - g : VL);                               \
     }                                                                                     \
     for (ptrdiff_t p = 0; p < kc; p++) {                                                  \
         const T *src = X + (size_t)(p0 + p) * ldx + r0;                                   \
         for (int q = 0; q < ng; q++)                                                      \
-            STOREM(P + p * W + q * VL, sm[q], LOADZ(lm[q], src + q * VL));                \
+            fl_gemm_stn_##SUF(P + p * W + q * VL, sn[q], fl_gemm_ldn_##SUF(src + q * VL, ln[q])); \
     }                                                                                     \
 }
 
-FL_GEMM_ALPACK(d, double, 8, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd)
-FL_GEMM_ALPACK(f, float, 16, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps)
+FL_GEMM_ALPACK(d, double, FL_GEMM_VL_D)
+FL_GEMM_ALPACK(f, float, FL_GEMM_VL_F)
 
 /* A whole block of op(A) = A^T panels (mc lines, MR per panel, panel q at
    P + q * MR * kc), copied depth by depth: each depth's row piece of mc
@@ -216,7 +304,7 @@ FL_GEMM_ALPACK(f, float, 16, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_store
    panel by panel (fl_gemm_alpack), which visits each depth row once per
    panel, 56 bytes at a time: measured at 6% of cdist_backward(dist=)'s W^T A
    product at (2048, 512) float32.  Same values in the same places. */
-#define FL_GEMM_ALPACK_BLOCK(SUF, T, VL, MT, LOADZ, STOREM)                               \
+#define FL_GEMM_ALPACK_BLOCK(SUF, T, VL)                                                  \
 static void fl_gemm_alpack_block_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptrdiff_t mc, \
                                        ptrdiff_t p0, ptrdiff_t kc, T *P)                  \
 {                                                                                         \
@@ -229,15 +317,14 @@ static void fl_gemm_alpack_block_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptr
             for (ptrdiff_t g = 0; g < MR; g += VL) {                                      \
                 ptrdiff_t st = MR - g < VL ? MR - g : VL;                                 \
                 ptrdiff_t ld = w - g <= 0 ? 0 : (w - g < VL ? w - g : VL);                \
-                STOREM(dst + g, (MT)((1ull << st) - 1),                                   \
-                       LOADZ((MT)((1ull << ld) - 1), src + q * MR + g));                   \
+                fl_gemm_stn_##SUF(dst + g, st, fl_gemm_ldn_##SUF(src + q * MR + g, ld));  \
             }                                                                             \
         }                                                                                 \
     }                                                                                     \
 }
 
-FL_GEMM_ALPACK_BLOCK(d, double, 8, __mmask8, _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd)
-FL_GEMM_ALPACK_BLOCK(f, float, 16, __mmask16, _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps)
+FL_GEMM_ALPACK_BLOCK(d, double, FL_GEMM_VL_D)
+FL_GEMM_ALPACK_BLOCK(f, float, FL_GEMM_VL_F)
 
 /*
  * The per-dtype pieces, written once as a macro over the element type T,
@@ -475,10 +562,17 @@ static void fl_gemm_prepacked_##SUF(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, T alp
 
 #define FL_GEMM_RESTRICT __restrict__
 
+#if FL_GEMM_VB == 64
 FL_GEMM_DEFINE(d, double, __m512d, 8, __builtin_fma, _mm512_loadu_pd, _mm512_storeu_pd,
                _mm512_set1_pd, _mm512_fmadd_pd, _mm512_mul_pd, _mm512_setzero_pd)
 FL_GEMM_DEFINE(f, float, __m512, 16, __builtin_fmaf, _mm512_loadu_ps, _mm512_storeu_ps,
                _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_setzero_ps)
+#else
+FL_GEMM_DEFINE(d, double, __m256d, 4, __builtin_fma, _mm256_loadu_pd, _mm256_storeu_pd,
+               _mm256_set1_pd, _mm256_fmadd_pd, _mm256_mul_pd, _mm256_setzero_pd)
+FL_GEMM_DEFINE(f, float, __m256, 8, __builtin_fmaf, _mm256_loadu_ps, _mm256_storeu_ps,
+               _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_setzero_ps)
+#endif
 
 #else /* no own GEMM in this build: the callers use BLAS */
 
