@@ -22,9 +22,9 @@
    then skips the read-for-ownership of each line (every line is written
    whole), up to half the memory traffic of a write-bound cdist.  64-byte
    stores where the CPU has AVX-512 (one store per line; the SSE2 16-byte
-   loop costs 4x the instructions, which showed in profiles), else 16-byte
-   SSE2 stores (baseline x86-64: every level has them), a line per
-   iteration.  The caller fences (fl_stream_fence) before the output is
+   loop costs 4x the instructions, which showed in profiles), 32-byte ones
+   at avx2, else 16-byte SSE2 stores (baseline x86-64: every level has
+   them), a whole line per iteration.  The caller fences (fl_stream_fence) before the output is
    handed on. */
 #if FL_AVX512
 static size_t
@@ -48,13 +48,26 @@ static inline void fl_store_bytes(char *FL_RESTRICT dst, const char *FL_RESTRICT
 #if FL_AVX512
         j = fl_stream512(dst, src, n);
 #else
-        j = (size_t)(-(uintptr_t)dst & 15);
+        /* from the first 64-byte boundary, as fl_stream512: a line written
+           in pieces by non-temporal stores that start mid-line is flushed
+           from the write-combining buffer half filled, and stalls the
+           stores after it (a pdist row starts anywhere in a line: pdist
+           of (8192, 64) float32 took 1.5x as long at avx2 with 16-byte
+           alignment, 1.15x at baseline) */
+        j = (size_t)(-(uintptr_t)dst & 63);
         if (j > n) j = n;
         memcpy(dst, src, j);
+#if defined(__AVX__)
+        for (; j + 64 <= n; j += 64)
+            for (int q = 0; q < 64; q += 32)
+                _mm256_stream_si256((__m256i *)(dst + j + q),
+                                    _mm256_loadu_si256((const __m256i *)(src + j + q)));
+#else
         for (; j + 64 <= n; j += 64)
             for (int q = 0; q < 64; q += 16)
                 _mm_stream_si128((__m128i *)(dst + j + q),
                                  _mm_loadu_si128((const __m128i *)(src + j + q)));
+#endif
 #endif
     }
 #endif
