@@ -629,6 +629,156 @@ static int64_t fl_dist256_f(float *r, const float *c, ptrdiff_t nb, double na,
     }
     return nflag;
 }
+
+/* The backward's weight passes at the avx2 level (fl_bwdw512, fl_gdivcs512
+   on 4 / 8 lanes): the portable loops sum the row in one scalar chain, which
+   keeps gcc and clang from vectorizing them, and took twice the avx512
+   level's time in cdist_backward(dist=).  Entries the portable
+   arithmetic's; the row's sum over whole vectors in 4 double lanes, added
+   in a fixed order, then the tail in order (the same for any thread). */
+FL_INLINE double fl_hsum256(__m256d a)
+{
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(a), _mm256_extractf128_pd(a, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+
+FL_INLINE void fl_wsum4(double *w, double *cs, __m256d wv, __m256d *acc)
+{
+    _mm256_storeu_pd(w, wv);
+    _mm256_storeu_pd(cs, _mm256_add_pd(_mm256_loadu_pd(cs), wv));
+    *acc = _mm256_add_pd(*acc, wv);
+}
+
+FL_INLINE void fl_wsum8f(float *w, double *cs, __m256 wv, __m256d *acc)
+{
+    __m256d w0 = _mm256_cvtps_pd(_mm256_castps256_ps128(wv));
+    __m256d w1 = _mm256_cvtps_pd(_mm256_extractf128_ps(wv, 1));
+    _mm256_storeu_ps(w, wv);
+    _mm256_storeu_pd(cs, _mm256_add_pd(_mm256_loadu_pd(cs), w0));
+    _mm256_storeu_pd(cs + 4, _mm256_add_pd(_mm256_loadu_pd(cs + 4), w1));
+    *acc = _mm256_add_pd(*acc, _mm256_add_pd(w0, w1));
+}
+
+static ptrdiff_t fl_bwdw256_d(const double *g, const double *d, double *w, ptrdiff_t n,
+                              double na, const double *nbv, double tau, double *cs,
+                              double *rs)
+{
+    const __m256d vna = _mm256_set1_pd(na), vtau = _mm256_set1_pd(tau);
+    const __m256d zero = _mm256_setzero_pd();
+    __m256d acc = zero;
+    ptrdiff_t nflag = 0, j = 0;
+    for (; j + 4 <= n; j += 4) {
+        __m256d dv = _mm256_loadu_pd(d + j), gv = _mm256_loadu_pd(g + j);
+        __m256d s = _mm256_add_pd(vna, _mm256_loadu_pd(nbv + j));
+        __m256d c = _mm256_sub_pd(_mm256_mul_pd(dv, dv), s);
+        __m256d ok = _mm256_cmp_pd(_mm256_add_pd(s, c), _mm256_mul_pd(vtau, s), _CMP_GE_OQ);
+        __m256d wv = _mm256_and_pd(_mm256_div_pd(gv, dv), _mm256_cmp_pd(dv, zero, _CMP_NEQ_UQ));
+        __m256d near = _mm256_andnot_pd(ok, _mm256_cmp_pd(wv, zero, _CMP_NEQ_UQ));
+        wv = _mm256_andnot_pd(near, wv);
+        nflag += __builtin_popcount((unsigned)_mm256_movemask_pd(near));
+        fl_wsum4(w + j, cs + j, wv, &acc);
+    }
+    double sum = fl_hsum256(acc);
+    for (; j < n; j++) {
+        double s = na + nbv[j], dj = d[j];
+        double cj = dj * dj - s;
+        double wj = d[j] != 0 ? g[j] / d[j] : 0.0;
+        if (!(s + cj >= tau * s) && wj != 0) {
+            wj = 0;
+            nflag++;
+        }
+        w[j] = wj;
+        cs[j] += wj;
+        sum += wj;
+    }
+    *rs = sum;
+    return nflag;
+}
+
+static ptrdiff_t fl_bwdw256_f(const float *g, const float *d, float *w, ptrdiff_t n,
+                              double na, const double *nbv, double tau, double *cs,
+                              double *rs)
+{
+    const __m256d vna = _mm256_set1_pd(na), vtau = _mm256_set1_pd(tau);
+    const __m256 zf = _mm256_setzero_ps();
+    __m256d acc = _mm256_setzero_pd();
+    ptrdiff_t nflag = 0, j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 dv = _mm256_loadu_ps(d + j), gv = _mm256_loadu_ps(g + j);
+        __m256d s0 = _mm256_add_pd(vna, _mm256_loadu_pd(nbv + j));
+        __m256d s1 = _mm256_add_pd(vna, _mm256_loadu_pd(nbv + j + 4));
+        __m256d d0 = _mm256_cvtps_pd(_mm256_castps256_ps128(dv));
+        __m256d d1 = _mm256_cvtps_pd(_mm256_extractf128_ps(dv, 1));
+        /* c = d^2 - s rounded to float32, as the float32 tile holds it */
+        __m256d c0 = _mm256_cvtps_pd(_mm256_cvtpd_ps(_mm256_sub_pd(_mm256_mul_pd(d0, d0), s0)));
+        __m256d c1 = _mm256_cvtps_pd(_mm256_cvtpd_ps(_mm256_sub_pd(_mm256_mul_pd(d1, d1), s1)));
+        __m256 ok = _mm256_set_m128(
+            _mm256_cvtpd_ps(_mm256_cmp_pd(_mm256_add_pd(s1, c1), _mm256_mul_pd(vtau, s1), _CMP_GE_OQ)),
+            _mm256_cvtpd_ps(_mm256_cmp_pd(_mm256_add_pd(s0, c0), _mm256_mul_pd(vtau, s0), _CMP_GE_OQ)));
+        __m256 wv = _mm256_and_ps(_mm256_div_ps(gv, dv), _mm256_cmp_ps(dv, zf, _CMP_NEQ_UQ));
+        __m256 near = _mm256_andnot_ps(ok, _mm256_cmp_ps(wv, zf, _CMP_NEQ_UQ));
+        wv = _mm256_andnot_ps(near, wv);
+        nflag += __builtin_popcount((unsigned)_mm256_movemask_ps(near));
+        fl_wsum8f(w + j, cs + j, wv, &acc);
+    }
+    double sum = fl_hsum256(acc);
+    for (; j < n; j++) {
+        double s = na + nbv[j], dj = (double)d[j];
+        float cj = (float)(dj * dj - s);
+        float wj = d[j] != 0 ? g[j] / d[j] : 0.0f;
+        if (!(s + (double)cj >= tau * s) && wj != 0) {
+            wj = 0;
+            nflag++;
+        }
+        w[j] = wj;
+        cs[j] += (double)wj;
+        sum += (double)wj;
+    }
+    *rs = sum;
+    return nflag;
+}
+
+static void fl_gdivcs256_d(const double *g, double *d, ptrdiff_t n, double *cs, double *rs)
+{
+    const __m256d zero = _mm256_setzero_pd();
+    __m256d acc = zero;
+    ptrdiff_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        __m256d dv = _mm256_loadu_pd(d + j);
+        __m256d wv = _mm256_and_pd(_mm256_div_pd(_mm256_loadu_pd(g + j), dv),
+                                   _mm256_cmp_pd(dv, zero, _CMP_NEQ_UQ));
+        fl_wsum4(d + j, cs + j, wv, &acc);
+    }
+    double sum = fl_hsum256(acc);
+    for (; j < n; j++) {
+        double wj = d[j] != 0 ? g[j] / d[j] : 0.0;
+        d[j] = wj;
+        cs[j] += wj;
+        sum += wj;
+    }
+    *rs = sum;
+}
+
+static void fl_gdivcs256_f(const float *g, float *d, ptrdiff_t n, double *cs, double *rs)
+{
+    const __m256 zf = _mm256_setzero_ps();
+    __m256d acc = _mm256_setzero_pd();
+    ptrdiff_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        __m256 dv = _mm256_loadu_ps(d + j);
+        __m256 wv = _mm256_and_ps(_mm256_div_ps(_mm256_loadu_ps(g + j), dv),
+                                  _mm256_cmp_ps(dv, zf, _CMP_NEQ_UQ));
+        fl_wsum8f(d + j, cs + j, wv, &acc);
+    }
+    double sum = fl_hsum256(acc);
+    for (; j < n; j++) {
+        float wj = d[j] != 0 ? g[j] / d[j] : 0.0f;
+        d[j] = wj;
+        cs[j] += (double)wj;
+        sum += (double)wj;
+    }
+    *rs = sum;
+}
 #else
 #define FL_USE_256 0
 #define FL_256_CALL(x) 0
@@ -1002,6 +1152,8 @@ static ptrdiff_t fl_bwd_weights_row_##SFX(const T *FL_RESTRICT g,               
     ptrdiff_t nflag = 0;                                                                  \
     if (FL_USE_512)                                                                       \
         return FL_512_CALL(fl_bwdw512_##SFX(g, d, w, n, na, nbv, tau, cs, rs));           \
+    if (FL_USE_256)                                                                       \
+        return FL_256_CALL(fl_bwdw256_##SFX(g, d, w, n, na, nbv, tau, cs, rs));           \
     for (ptrdiff_t j = 0; j < n; j++) {                                                   \
         double s = na + nbv[j], dj = (double)d[j];                                        \
         T cj = (T)(dj * dj - s);                                                          \
@@ -1083,6 +1235,11 @@ static double fl_gdiv_colsum_row_##SFX(const T *FL_RESTRICT g, T *FL_RESTRICT d,
     if (FL_USE_512) {                                                                     \
         s = 0.0;                                                                          \
         (void)FL_512_CALL((fl_gdivcs512_##SFX(g, d, n, cs, &s), 0));                      \
+        return s;                                                                         \
+    }                                                                                     \
+    if (FL_USE_256) {                                                                     \
+        s = 0.0;                                                                          \
+        (void)FL_256_CALL((fl_gdivcs256_##SFX(g, d, n, cs, &s), 0));                      \
         return s;                                                                         \
     }                                                                                     \
     s = fl_grad_over_dist_row_##SFX(g, d, n);                                             \

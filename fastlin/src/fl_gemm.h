@@ -199,8 +199,8 @@ FL_INLINE void fl_gemm_stn_f(float *p, ptrdiff_t n, fl_gemm_vf v)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
 }
 #elif FL_HAVE_GEMM
-/* AVX2's masked moves take a vector mask: lane l is moved when l < n.  Full
-   vectors use the plain moves, masked stores being slow on some AMD cores. */
+/* AVX2's masked loads take a vector mask: lane l is loaded when l < n; full
+   vectors use the plain loads. */
 #define FL_GEMM_VL_D 4
 #define FL_GEMM_VL_F 8
 typedef double fl_gemm_vd __attribute__((vector_size(32)));
@@ -223,15 +223,48 @@ FL_INLINE fl_gemm_vf fl_gemm_ldn_f(const float *p, ptrdiff_t n)
 {
     return (fl_gemm_vf)(n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, fl_gemm_m_f(n)));
 }
+/* partial stores in 16-, 8- and 4-byte pieces: vmaskmovps / vmaskmovpd to
+   memory are microcoded on AMD's cores, and took a third of the packing of
+   a backward's W (cdist_backward(dist=) of (4096, 64) float32) */
+FL_INLINE void fl_gemm_st4_f(float *p, ptrdiff_t n, __m128 x)
+{
+    if (n == 4) {
+        _mm_storeu_ps(p, x);
+        return;
+    }
+    if (n >= 2) {
+        _mm_storel_pi((__m64 *)p, x);
+        x = _mm_movehl_ps(x, x);
+        p += 2;
+        n -= 2;
+    }
+    if (n) _mm_store_ss(p, x);
+}
 FL_INLINE void fl_gemm_stn_d(double *p, ptrdiff_t n, fl_gemm_vd v)
 {
-    if (n == 4) _mm256_storeu_pd(p, (__m256d)v);
-    else _mm256_maskstore_pd(p, fl_gemm_m_d(n), (__m256d)v);
+    __m128d x = _mm256_castpd256_pd128((__m256d)v);
+    if (n == 4) {
+        _mm256_storeu_pd(p, (__m256d)v);
+        return;
+    }
+    if (n >= 2) {
+        _mm_storeu_pd(p, x);
+        x = _mm256_extractf128_pd((__m256d)v, 1);
+        p += 2;
+        n -= 2;
+    }
+    if (n) _mm_store_sd(p, x);
 }
 FL_INLINE void fl_gemm_stn_f(float *p, ptrdiff_t n, fl_gemm_vf v)
 {
-    if (n == 8) _mm256_storeu_ps(p, (__m256)v);
-    else _mm256_maskstore_ps(p, fl_gemm_m_f(n), (__m256)v);
+    if (n == 8) {
+        _mm256_storeu_ps(p, (__m256)v);
+    } else if (n >= 4) {
+        _mm_storeu_ps(p, _mm256_castps256_ps128((__m256)v));
+        fl_gemm_st4_f(p + 4, n - 4, _mm256_extractf128_ps((__m256)v, 1));
+    } else {
+        fl_gemm_st4_f(p, n, _mm256_castps256_ps128((__m256)v));
+    }
 }
 #endif
 
