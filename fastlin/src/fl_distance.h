@@ -158,6 +158,18 @@ static void fl_term_scaled_##SFX(double g, const T *a, const T *b, ptrdiff_t bs,
 FL_SCALED_TPL(double, d)
 FL_SCALED_TPL(float, f)
 
+/* the entries of a direct-path row whose squares are unsafe (fl_sq_unsafe:
+   their roots, faithfully rounded, below 2^-480 or inf) recomputed scaled */
+static __attribute__((noinline, cold, unused)) void fl_direct_fix_d(double *r, ptrdiff_t nb,
+                                                            const double *a, const double *bt,
+                                                            ptrdiff_t ldb, ptrdiff_t k,
+                                                            const double *w, double scale)
+{
+    for (ptrdiff_t j = 0; j < nb; j++)
+        if (r[j] < 0x1p-480 || r[j] == INFINITY)
+            r[j] = fl_dist_scaled_d(a, bt + j, ldb, k, w, NULL, scale);
+}
+
 /* r[0..n) := sqrt(r[0..n)), r >= 0 or NaN.  The square root pass was the
    largest part of the epilogue (vsqrtpd: ~2 cycles an element; the divider
    is the bottleneck).  With AVX-512: the 14-bit reciprocal square root
@@ -288,18 +300,6 @@ static int64_t fl_dist512_f(float *r, const float *c, ptrdiff_t nb, double na,
  * it in an array and makes k + 2 passes over it), then scale and square
  * root.  Same arithmetic and order per entry as fl_dist_direct_row's loops.
  */
-/* the entries of a direct-path row whose squares are unsafe (fl_sq_unsafe:
-   their roots, faithfully rounded, below 2^-480 or inf) recomputed scaled */
-static __attribute__((noinline, cold)) void fl_direct_fix_d(double *r, ptrdiff_t nb,
-                                                            const double *a, const double *bt,
-                                                            ptrdiff_t ldb, ptrdiff_t k,
-                                                            const double *w, double scale)
-{
-    for (ptrdiff_t j = 0; j < nb; j++)
-        if (r[j] < 0x1p-480 || r[j] == INFINITY)
-            r[j] = fl_dist_scaled_d(a, bt + j, ldb, k, w, NULL, scale);
-}
-
 /* The loop of fl_direct512_d, compiled twice (check a constant): with and
    without the running min and max of the squares that take_sqrt 2 asks for
    (even these two operations a vector cost ~10% at (10000, 3), one thread,
@@ -779,9 +779,130 @@ static void fl_gdivcs256_f(const float *g, float *d, ptrdiff_t n, double *cs, do
     }
     *rs = sum;
 }
+
+/* The direct path (few columns) at the avx2 level, as fl_direct512: the sum
+   over the k columns in registers, then scale and square root, 4 (float64)
+   or 8 (float32) entries a vector, into the row buffer r.  The portable
+   loops' float32 range test and unsafe-square test are scalar and took
+   two thirds of a (4096, 3) float32 cdist.  Vector lanes and the scalar
+   tail do the same operations (fma, correctly rounded roots), so an entry's
+   value does not depend on where the row starts. */
+static void fl_direct256_d(double *r, ptrdiff_t nb, const double *a, const double *bt,
+                           ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
+                           double scale)
+{
+    const __m256d vsc = _mm256_set1_pd(scale);
+    __m256d vmn = _mm256_set1_pd(INFINITY), vmx = _mm256_setzero_pd();
+    double mn = INFINITY, mx = 0.0;
+    ptrdiff_t j = 0;
+    for (; j + 4 <= nb; j += 4) {
+        __m256d acc = _mm256_setzero_pd();
+        for (ptrdiff_t q = 0; q < k; q++) {
+            __m256d d = _mm256_sub_pd(_mm256_set1_pd(a[q]), _mm256_loadu_pd(bt + q * ldb + j));
+            __m256d wd = w ? _mm256_mul_pd(_mm256_set1_pd(w[q]), d) : d;
+            acc = _mm256_fmadd_pd(wd, d, acc);
+        }
+        __m256d v = _mm256_mul_pd(acc, vsc);
+        vmn = _mm256_min_pd(vmn, v);
+        vmx = _mm256_max_pd(vmx, v);
+        if (take_sqrt) v = _mm256_sqrt_pd(v);
+        _mm256_storeu_pd(r + j, v);
+    }
+    for (; j < nb; j++) {
+        double acc = 0.0;
+        for (ptrdiff_t q = 0; q < k; q++) {
+            double d = a[q] - bt[q * ldb + j];
+            acc = fma(w ? w[q] * d : d, d, acc);
+        }
+        double v = acc * scale;
+        mn = v < mn ? v : mn;
+        mx = v > mx ? v : mx;
+        r[j] = take_sqrt ? sqrt(v) : v;
+    }
+    if (take_sqrt != 2)
+        return;
+    {
+        double l[4], h[4];
+        _mm256_storeu_pd(l, vmn);
+        _mm256_storeu_pd(h, vmx);
+        for (int i = 0; i < 4; i++) {
+            mn = l[i] < mn ? l[i] : mn;
+            mx = h[i] > mx ? h[i] : mx;
+        }
+    }
+    /* a square out of fl_sq_unsafe's range somewhere in the row: its
+       distances recomputed scaled */
+    if (mn < 0x1p-960 || mx == INFINITY)
+        fl_direct_fix_d(r, nb, a, bt, ldb, k, w, scale);
+}
+
+/* float32: the sums in double (two vectors of 4), the roots as
+   fl_dist256_f's.  A float32 result needs no unsafe-square pass: a root
+   below 2^-480 is 0 in float32 either way, and float32 inputs cannot
+   square to inf in double. */
+static void fl_direct256_f(float *r, ptrdiff_t nb, const float *a, const float *bt,
+                           ptrdiff_t ldb, ptrdiff_t k, const double *w, int take_sqrt,
+                           double scale)
+{
+    const __m256d vsc = _mm256_set1_pd(scale);
+    const __m256 lo = _mm256_set1_ps(FLT_MIN), hi = _mm256_set1_ps(FLT_MAX);
+    ptrdiff_t j = 0;
+    for (; j + 8 <= nb; j += 8) {
+        __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+        for (ptrdiff_t q = 0; q < k; q++) {
+            __m256d aq = _mm256_set1_pd((double)a[q]);
+            __m256 b = _mm256_loadu_ps(bt + q * ldb + j);
+            __m256d d0 = _mm256_sub_pd(aq, _mm256_cvtps_pd(_mm256_castps256_ps128(b)));
+            __m256d d1 = _mm256_sub_pd(aq, _mm256_cvtps_pd(_mm256_extractf128_ps(b, 1)));
+            __m256d wd0 = d0, wd1 = d1;
+            if (w) {
+                __m256d wq = _mm256_set1_pd(w[q]);
+                wd0 = _mm256_mul_pd(wq, d0);
+                wd1 = _mm256_mul_pd(wq, d1);
+            }
+            acc0 = _mm256_fmadd_pd(wd0, d0, acc0);
+            acc1 = _mm256_fmadd_pd(wd1, d1, acc1);
+        }
+        acc0 = _mm256_mul_pd(acc0, vsc);
+        acc1 = _mm256_mul_pd(acc1, vsc);
+        __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(acc1), _mm256_cvtpd_ps(acc0));
+        if (take_sqrt) {
+            __m256 o = _mm256_or_ps(_mm256_cmp_ps(v, lo, _CMP_LT_OQ), _mm256_cmp_ps(v, hi, _CMP_GE_OQ));
+            __m256 rt = _mm256_sqrt_ps(v);
+            if (_mm256_movemask_ps(o))
+                rt = _mm256_blendv_ps(rt, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sqrt_pd(acc1)),
+                                                          _mm256_cvtpd_ps(_mm256_sqrt_pd(acc0))), o);
+            v = rt;
+        }
+        _mm256_storeu_ps(r + j, v);
+    }
+    for (; j < nb; j++) {
+        double acc = 0.0;
+        for (ptrdiff_t q = 0; q < k; q++) {
+            double d = (double)a[q] - (double)bt[q * ldb + j];
+            acc = fma(w ? w[q] * d : d, d, acc);
+        }
+        double e = acc * scale;
+        r[j] = (float)e;
+        if (take_sqrt)
+            r[j] = (e > 0.0 && e < FLT_MIN) || e > FLT_MAX ? (float)sqrt(e) : sqrtf(r[j]);
+    }
+}
+#define FL_DIRECT256_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream)              \
+    do {                                                                                  \
+        fl_direct256_d(r, nb, a, bt, ldb, k, w, take_sqrt, scale);                        \
+        fl_store_row_d(c, r, nb, stream);                                                 \
+    } while (0)
+#define FL_DIRECT256_f(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream)              \
+    do {                                                                                  \
+        fl_direct256_f(r, nb, a, bt, ldb, k, w, take_sqrt, scale);                        \
+        fl_store_row_f(c, r, nb, stream);                                                 \
+    } while (0)
 #else
 #define FL_USE_256 0
 #define FL_256_CALL(x) 0
+#define FL_DIRECT256_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
+#define FL_DIRECT256_f(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
 #endif
 
 static inline void fl_sqrt_row_d(double *r, ptrdiff_t n)
@@ -927,6 +1048,10 @@ static void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,            
         FL_DIRECT512_##SFX(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream);         \
         return;                                                                           \
     }                                                                                     \
+    if (FL_USE_256) {                                                                     \
+        FL_DIRECT256_##SFX(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream);         \
+        return;                                                                           \
+    }                                                                                     \
     for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;                                      \
     for (ptrdiff_t q = 0; q < k; q++) {                                                   \
         const double aq = (double)a[q], wq = w ? w[q] : 1.0;                              \
@@ -948,17 +1073,28 @@ static void fl_dist_direct_row_##SFX(T *FL_RESTRICT c, ptrdiff_t nb,            
     fl_store_row_##SFX(c, r, nb, stream);                                                 \
 }
 
-/* sum of t[0..n) in a fixed order: FL_VL_d lanes, then adjacent lanes
-   pairwise, then the tail. */
+/* sum of t[0..n) in a fixed order: 16 lanes (lane i sums the t[j] with j = i
+   mod 16 over whole blocks of 16), then adjacent lanes pairwise, then the
+   tail in order.  The lanes are 16 / FL_VL_d independent vectors: with one
+   (4 lanes at gcc's avx2) the adds form one chain, and its latency took a
+   third of a (4096, 3) float32 cdist_backward.  The same order at every
+   level and with every compiler. */
+#define FL_LANESUM_N 16
 static inline double fl_lanesum(const double *t, ptrdiff_t n)
 {
-    fl_vd acc = {0};
+    enum { NACC = FL_LANESUM_N / FL_VL_d };
+    fl_vd acc[NACC];
     ptrdiff_t j = 0;
-    for (; j + FL_VL_d <= n; j += FL_VL_d) acc += vld_d(t + j);
-    double s[FL_VL_d];
-    memcpy(s, &acc, sizeof s);
-    for (int w = 1; w < FL_VL_d; w *= 2)
-        for (int i = 0; i < FL_VL_d; i += 2 * w) s[i] += s[i + w];
+    _Pragma("GCC unroll 8")
+    for (int i = 0; i < NACC; i++) acc[i] = vsplat_d(0);
+    for (; j + FL_LANESUM_N <= n; j += FL_LANESUM_N) {
+        _Pragma("GCC unroll 8")
+        for (int i = 0; i < NACC; i++) acc[i] += vld_d(t + j + i * FL_VL_d);
+    }
+    double s[FL_LANESUM_N];
+    memcpy(s, acc, sizeof s);
+    for (int w = 1; w < FL_LANESUM_N; w *= 2)
+        for (int i = 0; i < FL_LANESUM_N; i += 2 * w) s[i] += s[i + w];
     double tot = s[0];
     for (; j < n; j++) tot += t[j];
     return tot;
