@@ -413,8 +413,6 @@ FL_INLINE fl_vf vsel_f(fl_vfi m, fl_vf a, fl_vf b) { return FL_SELECT(m, a, b, f
 /* NaN-ignoring lane-wise max: a > b ? a : b */
 FL_INLINE fl_vd vmax_d(fl_vd a, fl_vd b) { return vsel_d(vgt_d(a, b), a, b); }
 FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(vgt_f(a, b), a, b); }
-/* the lanes' maximum, pairwise as acc_sum (a NaN lane loses every
-   comparison), in registers for the same reason */
 /* FL_FOLD_<lanes>(v, f): v = f(v with lane j swapped with lane j + w, v)
    for w = lanes / 2, ..., 1 (each swap exchanges the halves of every block
    of 2 w lanes), leaving the fold of all lanes in lane 0. */
@@ -445,6 +443,8 @@ FL_INLINE fl_vf vmax_f(fl_vf a, fl_vf b) { return vsel_f(vgt_f(a, b), a, b); }
 #define FL_FOLD_f FL_FOLD_4
 #endif
 FL_INLINE fl_vd fl_vadd_d(fl_vd a, fl_vd b) { return a + b; }
+/* the lanes' maximum, pairwise as acc_sum (a NaN lane loses every
+   comparison), in registers (FL_FOLD) */
 FL_INLINE double vhmax_d(fl_vd v)
 {
     FL_FOLD_d(v, vmax_d);
