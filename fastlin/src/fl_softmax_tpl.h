@@ -20,14 +20,25 @@
    row's output, prefetched for writing meanwhile. */
 FL_INLINE T FL(rowmax)(const T *FL_RESTRICT x, ptrdiff_t n, T *pw)
 {
-    VT acc = FL(vsplat)(-INFINITY);
+    /* two running maxima: one is a chain of compare-and-select latencies
+       (the max is exact, so the split changes no result) */
+    VT acc = FL(vsplat)(-INFINITY), acc2 = acc;
     ptrdiff_t i = 0;
-    for (; i + VL <= n; i += VL) {
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        if (pw) {
+            FL_PREFETCH_W(pw + i);
+            FL_PREFETCH_W(pw + i + VL);
+        }
+        acc = FL(vmax)(FL(vld)(x + i), acc);
+        acc2 = FL(vmax)(FL(vld)(x + i + VL), acc2);
+    }
+    if (i + VL <= n) {
         if (pw) FL_PREFETCH_W(pw + i);
         acc = FL(vmax)(FL(vld)(x + i), acc);
+        i += VL;
     }
-    if (i < n) acc = FL(vmax)(FL(vldpad)(x + i, n - i, -INFINITY), acc);
-    return FL(vhmax)(acc);
+    if (i < n) acc2 = FL(vmax)(FL(vldpad)(x + i, n - i, -INFINITY), acc2);
+    return FL(vhmax)(FL(vmax)(acc, acc2));
 }
 
 /* Per-column maxima of a tile, vector k covering columns [k*VL, k*VL+VL). */
