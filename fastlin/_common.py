@@ -76,22 +76,35 @@ def _rows(arrays, axis):
     return x.size // shape[-1], shape[-1]
 
 
-def _run_rows(kernel, arrays, rows, extra):
-    """The kernel on the (outer, n, 1) views, into a new array of their shape."""
+def _run_rows(kernel, arrays, rows, extra, out=None):
+    """The kernel on the (outer, n, 1) views, into `out` (from _rows_into) or
+    a new array of their shape."""
     outer, n = rows
     x = arrays[0]
-    res = _memory.empty(x.shape, x.dtype)[0]
+    res = _memory.empty(x.shape, x.dtype)[0] if out is None else out
     kernel(*[a.reshape(outer, n, 1) for a in arrays], res.reshape(outer, n, 1), *extra,
            _for_work(x.size))
     return res
 
 
+def _rows_into(arrays, out, axis):
+    """_rows of the inputs when `out` can take the kernel's result as it is:
+    a writeable ndarray of their dtype, shape and layout that shares no
+    memory with them (else None: the general path checks `out` and copies
+    through a buffer where it overlaps an input)."""
+    if type(out) is not np.ndarray or not out.flags.writeable:
+        return None
+    rows = _rows(arrays + (out,), axis)
+    if rows is None or any(np.may_share_memory(out, a) for a in arrays):
+        return None
+    return rows
+
+
 def forward_same_shape(kernel, x, axis, out, *extra):
     """A forward op whose output has the shape of `x`: validate, run, return."""
-    if out is None:
-        rows = _rows((x,), axis)
-        if rows is not None:
-            return _run_rows(kernel, (x,), rows, extra)
+    rows = _rows((x,), axis) if out is None else _rows_into((x,), out, axis)
+    if rows is not None:
+        return _run_rows(kernel, (x,), rows, extra, out)
     x = as_array(x, "x")
     dtype = result_dtype((x, "x"))
     plan = Plan(x.shape, normalize_axes(axis, x.ndim))
@@ -102,10 +115,10 @@ def forward_same_shape(kernel, x, axis, out, *extra):
 def backward_same_shape(kernel, grad, saved, saved_name, axis, *extra, out=None):
     """A backward op taking (grad, saved forward array) of one shape; `out`
     as the forwards' (run_same_shape)."""
-    if out is None:
-        rows = _rows((saved, grad), axis)
-        if rows is not None:
-            return _run_rows(kernel, (grad, saved), rows, extra)
+    rows = (_rows((saved, grad), axis) if out is None
+            else _rows_into((saved, grad), out, axis))
+    if rows is not None:
+        return _run_rows(kernel, (grad, saved), rows, extra, out)
     grad = as_array(grad, "grad")
     saved = as_array(saved, saved_name)
     check_same_shape(grad, saved, "grad", saved_name)
