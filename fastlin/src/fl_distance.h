@@ -888,6 +888,54 @@ static void fl_direct256_f(float *r, ptrdiff_t nb, const float *a, const float *
             r[j] = (e > 0.0 && e < FLT_MIN) || e > FLT_MAX ? (float)sqrt(e) : sqrtf(r[j]);
     }
 }
+/* w[j] = g[j] / sqrt(s[j]) (0 where s[j] == 0), as fl_rsqrtdiv512 at the
+   avx2 level: AVX2 has no double reciprocal square root, so the estimate is
+   float32's (12 bits, for s within float32's normal range) and three
+   Newton steps in double (2^-12 -> 2^-23 -> 2^-45 -> rounding), on the FMA
+   ports instead of a square root and a division that both queue on the
+   divider.  Within 2 ulp of g / sqrt(s).  A vector with a lane outside
+   [2^-120, 2^120] takes g / sqrt(s) itself and the return is 1 (the caller
+   then checks every entry for unsafe squares).  The row's tail goes through
+   the same vector code on a padded copy, so every entry gets the same
+   arithmetic wherever it sits.  (s and g are not const: gcc's
+   -Wmaybe-uninitialized reads a const pointer to the caller's row buffers
+   as a read of them before their first write.) */
+FL_INLINE __m256d fl_rsqrtdiv4(__m256d x, __m256d gv, int *slow)
+{
+    const __m256d half = _mm256_set1_pd(0.5), three_half = _mm256_set1_pd(1.5);
+    const __m256d zero = _mm256_setzero_pd();
+    const __m256d lo = _mm256_set1_pd(0x1p-120), hi = _mm256_set1_pd(0x1p120);
+    __m256d ok = _mm256_and_pd(_mm256_cmp_pd(x, lo, _CMP_GE_OQ), _mm256_cmp_pd(x, hi, _CMP_LE_OQ));
+    if (_mm256_movemask_pd(ok) != 0xf) {
+        *slow = 1;
+        return _mm256_and_pd(_mm256_div_pd(gv, _mm256_sqrt_pd(x)),
+                             _mm256_cmp_pd(x, zero, _CMP_NEQ_UQ));
+    }
+    __m256d hx = _mm256_mul_pd(half, x);
+    __m256d e = _mm256_cvtps_pd(_mm_rsqrt_ps(_mm256_cvtpd_ps(x)));
+    e = _mm256_mul_pd(e, _mm256_fnmadd_pd(_mm256_mul_pd(hx, e), e, three_half));
+    e = _mm256_mul_pd(e, _mm256_fnmadd_pd(_mm256_mul_pd(hx, e), e, three_half));
+    e = _mm256_mul_pd(e, _mm256_fnmadd_pd(_mm256_mul_pd(hx, e), e, three_half));
+    return _mm256_mul_pd(gv, e);
+}
+
+static int fl_rsqrtdiv256(double *w, double *s, double *g, ptrdiff_t n)
+{
+    int slow = 0;
+    ptrdiff_t j = 0;
+    for (; j + 4 <= n; j += 4)
+        _mm256_storeu_pd(w + j, fl_rsqrtdiv4(_mm256_loadu_pd(s + j), _mm256_loadu_pd(g + j), &slow));
+    if (j < n) {
+        double xs[4] = {1.0, 1.0, 1.0, 1.0}, gs[4] = {0.0, 0.0, 0.0, 0.0}, ws[4];
+        for (ptrdiff_t i = 0; i < n - j; i++) {
+            xs[i] = s[j + i];
+            gs[i] = g[j + i];
+        }
+        _mm256_storeu_pd(ws, fl_rsqrtdiv4(_mm256_loadu_pd(xs), _mm256_loadu_pd(gs), &slow));
+        for (ptrdiff_t i = 0; i < n - j; i++) w[j + i] = ws[i];
+    }
+    return slow;
+}
 #define FL_DIRECT256_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream)              \
     do {                                                                                  \
         fl_direct256_d(r, nb, a, bt, ldb, k, w, take_sqrt, scale);                        \
@@ -1127,7 +1175,8 @@ static void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT
         }                                                                                 \
     }                                                                                     \
     /* w = g / dist, 0 at dist == 0 (as fl_grad_over_dist: nan stays nan):     \
-       fl_rsqrtdiv512 where AVX-512 is, else the division on whole vectors,    \
+       fl_rsqrtdiv512 / 256 where AVX-512 / AVX2 is, else the division on     \
+       whole vectors,                                                          \
        the zero lanes selected away (written as a conditional, the division    \
        stayed scalar -- gcc sinks it into the branch -- and took half the time \
        of a (10000, 3) float32 backward). */                                    \
@@ -1136,6 +1185,10 @@ static void fl_bwd_direct_row_##SFX(const T *FL_RESTRICT a, const T *FL_RESTRICT
     if (FL_USE_512) {                                                                     \
         for (ptrdiff_t j = 0; j < nb; j++) t[j] = (double)g[j];                           \
         unsafe = FL_512_CALL(fl_rsqrtdiv512(w, acc, t, nb));                              \
+        jv = nb;                                                                          \
+    } else if (FL_USE_256) {                                                              \
+        for (ptrdiff_t j = 0; j < nb; j++) t[j] = (double)g[j];                           \
+        unsafe = FL_256_CALL(fl_rsqrtdiv256(w, acc, t, nb));                              \
         jv = nb;                                                                          \
     } else {                                                                              \
         for (ptrdiff_t j = 0; j < nb; j++) {                                              \
