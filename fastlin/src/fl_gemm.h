@@ -199,8 +199,6 @@ FL_INLINE void fl_gemm_stn_f(float *p, ptrdiff_t n, fl_gemm_vf v)
     _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
 }
 #elif FL_HAVE_GEMM
-/* AVX2's masked loads take a vector mask: lane l is loaded when l < n; full
-   vectors use the plain loads. */
 #define FL_GEMM_VL_D 4
 #define FL_GEMM_VL_F 8
 typedef double fl_gemm_vd __attribute__((vector_size(32)));
@@ -239,21 +237,40 @@ FL_INLINE void fl_gemm_tr8_f(fl_gemm_vf *v)
         v[i + 4] = (fl_gemm_vf)_mm256_permute2f128_ps(u[i], u[i + 4], 0x31);
     }
 }
-FL_INLINE __m256i fl_gemm_m_d(ptrdiff_t n)
+/* partial loads in 16-, 8- and 4-byte pieces, the other lanes zero: only
+   the n elements are read.  (vmaskmov loads suppress the faults of masked
+   lanes on Intel's and AMD's cores, but AMD documents that behaviour as
+   implementation dependent, and qemu's emulation of them faulted on a
+   panel's last row, which ends at an array's end.) */
+FL_INLINE __m128 fl_gemm_ld4_f(const float *p, ptrdiff_t n)
 {
-    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)n), _mm256_setr_epi64x(0, 1, 2, 3));
-}
-FL_INLINE __m256i fl_gemm_m_f(ptrdiff_t n)
-{
-    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m128 x = _mm_setzero_ps();
+    if (n == 4) return _mm_loadu_ps(p);
+    if (n >= 2) {
+        x = _mm_loadl_pi(x, (const __m64 *)p);
+        if (n == 3) x = _mm_movelh_ps(x, _mm_load_ss(p + 2));
+    } else if (n == 1) {
+        x = _mm_load_ss(p);
+    }
+    return x;
 }
 FL_INLINE fl_gemm_vd fl_gemm_ldn_d(const double *p, ptrdiff_t n)
 {
-    return (fl_gemm_vd)(n == 4 ? _mm256_loadu_pd(p) : _mm256_maskload_pd(p, fl_gemm_m_d(n)));
+    __m128d lo = _mm_setzero_pd(), hi = _mm_setzero_pd();
+    if (n == 4) return (fl_gemm_vd)_mm256_loadu_pd(p);
+    if (n >= 2) {
+        lo = _mm_loadu_pd(p);
+        if (n == 3) hi = _mm_load_sd(p + 2);
+    } else if (n == 1) {
+        lo = _mm_load_sd(p);
+    }
+    return (fl_gemm_vd)_mm256_set_m128d(hi, lo);
 }
 FL_INLINE fl_gemm_vf fl_gemm_ldn_f(const float *p, ptrdiff_t n)
 {
-    return (fl_gemm_vf)(n == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, fl_gemm_m_f(n)));
+    if (n == 8) return (fl_gemm_vf)_mm256_loadu_ps(p);
+    if (n >= 4) return (fl_gemm_vf)_mm256_set_m128(fl_gemm_ld4_f(p + 4, n - 4), _mm_loadu_ps(p));
+    return (fl_gemm_vf)_mm256_set_m128(_mm_setzero_ps(), fl_gemm_ld4_f(p, n));
 }
 /* partial stores in 16-, 8- and 4-byte pieces: vmaskmovps / vmaskmovpd to
    memory are microcoded on AMD's cores, and took a third of the packing of
