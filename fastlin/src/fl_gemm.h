@@ -399,6 +399,12 @@ static void fl_gemm_alpack_block_##SUF(const T *X, size_t ldx, ptrdiff_t r0, ptr
             for (ptrdiff_t g = 0; g < MR; g += VL) {                                      \
                 ptrdiff_t st = MR - g < VL ? MR - g : VL;                                 \
                 ptrdiff_t ld = w - g <= 0 ? 0 : (w - g < VL ? w - g : VL);                \
+                /* whole vectors where they stay in bounds (partial moves     */          \
+                /* cost a few percent of a backward): a load within the       */          \
+                /* block's mc lines of the row, a store whose extra lanes land */         \
+                /* on depth p + 1's line, written after it                    */          \
+                if (q * MR + g + VL <= mc) ld = VL;                                       \
+                if (p + 1 < kc) st = VL;                                                  \
                 fl_gemm_stn_##SUF(dst + g, st, fl_gemm_ldn_##SUF(src + q * MR + g, ld));  \
             }                                                                             \
         }                                                                                 \
