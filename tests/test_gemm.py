@@ -2,8 +2,8 @@
 distance kernels on both of its backends.
 
 At the avx512 and avx2 levels the tile products use fastlin's own packed
-kernel (except on Windows); elsewhere they use scipy's BLAS.  The testing hook ``_use_own_gemm(False)``
-forces the BLAS path, so both are checked here on any machine that has the
+kernel (except on Windows); elsewhere they use scipy's BLAS.  The testing
+hook ``_use_own_gemm(False)`` forces the BLAS path, so both are checked here on any machine that has the
 kernel: the GEMM itself against a longdouble product (edge panels, strides
 wider than the block, beta 0 over NaN and beta 1), and the distance results
 of both backends against scipy, the longdouble backward twin and each

@@ -15,7 +15,7 @@
  * FASTLIN_SIMD forces).  Inside a module the level is a compile-time fact:
  * FL_AVX512 selects the AVX-512 intrinsics paths (the distance epilogues,
  * 64-byte streaming stores, the own GEMM; the avx2 level has AVX2 twins of
- * the GEMM and of the forward epilogue), and the generic vectors below
+ * the GEMM and of the distance epilogues), and the generic vectors below
  * lower to the level's registers.  No ifunc, no target attributes and
  * no CPU test inside the kernels: forcing a level on one machine runs exactly
  * the code a CPU of that level runs.

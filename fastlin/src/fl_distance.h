@@ -69,6 +69,23 @@ _Static_assert(FL_DIST_TILE_BYTES % (FL_DIST_TILE * 8) == 0,
    above 2^-960 what they lose is below the sum's rounding) or 0 (every
    square underflowed, or a duplicate).  Such a distance is recomputed by
    fl_dist_scaled.  nan: not (the plain value stands). */
+/* A square (double) whose root a float32 result must take from the double
+   (fl_sqrt16_pd tests the square's float32 rounding instead, with v ==
+   FLT_MAX included: the same roots); never for float64 results. */
+static inline int fl_sq_beyond(double e, size_t tsize)
+{
+    return tsize == sizeof(float) && ((e > 0.0 && e < FLT_MIN) || e > FLT_MAX);
+}
+
+/* The float32 distance of a square e >= 0 held in double: the root of its
+   float32 rounding (vsqrtps where vectorized), the double's own root where
+   that rounding is beyond float32's normal range (fl_sq_beyond).  The
+   scalar twin of fl_sqrt16_pd / fl_sqrt8_pd, for a row's tail. */
+static inline float fl_root_f(double e)
+{
+    return fl_sq_beyond(e, sizeof(float)) ? (float)sqrt(e) : sqrtf((float)e);
+}
+
 static inline int fl_sq_unsafe(double e)
 {
     return e == INFINITY || e < 0x1p-960;
@@ -557,6 +574,20 @@ static int fl_rsqrtdiv512(double *w, const double *s, const double *g, ptrdiff_t
  * correctly rounded, vsqrtpd / vsqrtps), so each entry's value is the
  * portable pass's, wherever it sits.
  */
+/* fl_sqrt16_pd on 8 lanes: the roots of v, the float32 rounding of the
+   squares e0 (lanes 0-3) and e1 (4-7), except in the lanes where v is beyond
+   float32's normal range, which take the double's root */
+FL_INLINE __m256 fl_sqrt8_pd(__m256 v, __m256d e0, __m256d e1)
+{
+    const __m256 lo = _mm256_set1_ps(FLT_MIN), hi = _mm256_set1_ps(FLT_MAX);
+    __m256 o = _mm256_or_ps(_mm256_cmp_ps(v, lo, _CMP_LT_OQ), _mm256_cmp_ps(v, hi, _CMP_GE_OQ));
+    __m256 r = _mm256_sqrt_ps(v);
+    if (_mm256_movemask_ps(o))
+        r = _mm256_blendv_ps(r, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sqrt_pd(e1)),
+                                                _mm256_cvtpd_ps(_mm256_sqrt_pd(e0))), o);
+    return r;
+}
+
 static int64_t fl_dist256_d(double *r, const double *c, ptrdiff_t nb, double na,
                             const double *nbv, double tau, int take_sqrt, double scale)
 {
@@ -585,15 +616,12 @@ static int64_t fl_dist256_d(double *r, const double *c, ptrdiff_t nb, double na,
     return nflag;
 }
 
-/* float32: d2 in double (two vectors of 4), the root of its float32
-   rounding except where that is beyond float32's normal range (the test of
-   fl_sqrt16_pd, the same roots as the portable fl_sq_beyond) */
+/* float32: d2 in double (two vectors of 4), the roots as fl_sqrt8_pd */
 static int64_t fl_dist256_f(float *r, const float *c, ptrdiff_t nb, double na,
                             const double *nbv, double tau, int take_sqrt, double scale)
 {
     const __m256d vna = _mm256_set1_pd(na), vtau = _mm256_set1_pd(tau);
     const __m256d vsc = _mm256_set1_pd(scale), zero = _mm256_setzero_pd();
-    const __m256 lo = _mm256_set1_ps(FLT_MIN), hi = _mm256_set1_ps(FLT_MAX);
     int64_t nflag = 0;
     ptrdiff_t j = 0;
     for (; j + 8 <= nb; j += 8) {
@@ -608,14 +636,7 @@ static int64_t fl_dist256_f(float *r, const float *c, ptrdiff_t nb, double na,
         __m256d e0 = _mm256_mul_pd(_mm256_max_pd(d0, zero), vsc);
         __m256d e1 = _mm256_mul_pd(_mm256_max_pd(d1, zero), vsc);
         __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(e1), _mm256_cvtpd_ps(e0));
-        if (take_sqrt) {
-            __m256 o = _mm256_or_ps(_mm256_cmp_ps(v, lo, _CMP_LT_OQ), _mm256_cmp_ps(v, hi, _CMP_GE_OQ));
-            __m256 rt = _mm256_sqrt_ps(v);
-            if (_mm256_movemask_ps(o))
-                rt = _mm256_blendv_ps(rt, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sqrt_pd(e1)),
-                                                          _mm256_cvtpd_ps(_mm256_sqrt_pd(e0))), o);
-            v = rt;
-        }
+        if (take_sqrt) v = fl_sqrt8_pd(v, e0, e1);
         _mm256_storeu_ps(r + j, v);
     }
     for (; j < nb; j++) {
@@ -623,9 +644,7 @@ static int64_t fl_dist256_f(float *r, const float *c, ptrdiff_t nb, double na,
         double d2 = s + (double)c[j];
         nflag += (int64_t)!(d2 >= tau * s);
         double e = (d2 > 0.0 ? d2 : 0.0) * scale;
-        r[j] = (float)e;
-        if (take_sqrt)
-            r[j] = (e > 0.0 && e < FLT_MIN) || e > FLT_MAX ? (float)sqrt(e) : sqrtf(r[j]);
+        r[j] = take_sqrt ? fl_root_f(e) : (float)e;
     }
     return nflag;
 }
@@ -837,7 +856,7 @@ static void fl_direct256_d(double *r, ptrdiff_t nb, const double *a, const doubl
 }
 
 /* float32: the sums in double (two vectors of 4), the roots as
-   fl_dist256_f's.  A float32 result needs no unsafe-square pass: a root
+   fl_sqrt8_pd.  A float32 result needs no unsafe-square pass: a root
    below 2^-480 is 0 in float32 either way, and float32 inputs cannot
    square to inf in double. */
 static void fl_direct256_f(float *r, ptrdiff_t nb, const float *a, const float *bt,
@@ -845,7 +864,6 @@ static void fl_direct256_f(float *r, ptrdiff_t nb, const float *a, const float *
                            double scale)
 {
     const __m256d vsc = _mm256_set1_pd(scale);
-    const __m256 lo = _mm256_set1_ps(FLT_MIN), hi = _mm256_set1_ps(FLT_MAX);
     ptrdiff_t j = 0;
     for (; j + 8 <= nb; j += 8) {
         __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
@@ -866,14 +884,7 @@ static void fl_direct256_f(float *r, ptrdiff_t nb, const float *a, const float *
         acc0 = _mm256_mul_pd(acc0, vsc);
         acc1 = _mm256_mul_pd(acc1, vsc);
         __m256 v = _mm256_set_m128(_mm256_cvtpd_ps(acc1), _mm256_cvtpd_ps(acc0));
-        if (take_sqrt) {
-            __m256 o = _mm256_or_ps(_mm256_cmp_ps(v, lo, _CMP_LT_OQ), _mm256_cmp_ps(v, hi, _CMP_GE_OQ));
-            __m256 rt = _mm256_sqrt_ps(v);
-            if (_mm256_movemask_ps(o))
-                rt = _mm256_blendv_ps(rt, _mm256_set_m128(_mm256_cvtpd_ps(_mm256_sqrt_pd(acc1)),
-                                                          _mm256_cvtpd_ps(_mm256_sqrt_pd(acc0))), o);
-            v = rt;
-        }
+        if (take_sqrt) v = fl_sqrt8_pd(v, acc0, acc1);
         _mm256_storeu_ps(r + j, v);
     }
     for (; j < nb; j++) {
@@ -883,9 +894,7 @@ static void fl_direct256_f(float *r, ptrdiff_t nb, const float *a, const float *
             acc = fma(w ? w[q] * d : d, d, acc);
         }
         double e = acc * scale;
-        r[j] = (float)e;
-        if (take_sqrt)
-            r[j] = (e > 0.0 && e < FLT_MIN) || e > FLT_MAX ? (float)sqrt(e) : sqrtf(r[j]);
+        r[j] = take_sqrt ? fl_root_f(e) : (float)e;
     }
 }
 /* w[j] = g[j] / sqrt(s[j]) (0 where s[j] == 0), as fl_rsqrtdiv512 at the
@@ -987,14 +996,6 @@ static inline void fl_sqrt_row_f(float *r, ptrdiff_t n)
 #define FL_DIRECT512_d(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
 #define FL_DIRECT512_f(c, r, nb, a, bt, ldb, k, w, take_sqrt, scale, stream) ((void)0)
 #endif
-
-/* A square (double) whose root a float32 result must take from the double
-   (fl_sqrt16_pd tests the square's float32 rounding instead, with v ==
-   FLT_MAX included: the same roots); never for float64 results. */
-static inline int fl_sq_beyond(double e, size_t tsize)
-{
-    return tsize == sizeof(float) && ((e > 0.0 && e < FLT_MIN) || e > FLT_MAX);
-}
 
 #define FL_DIST_TPL(T, SFX)                                                               \
 /* sum_i w_i (a_i - b_i)^2 in double (w NULL: all ones): the difference is      \
